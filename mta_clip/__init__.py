@@ -1,0 +1,1 @@
+"""MTA-CLIP for Detectron2."""

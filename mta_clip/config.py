@@ -1,0 +1,102 @@
+"""Every config key this project adds to Detectron2's defaults, with its real default.
+
+YAML files only override these. Keys shared with the Mask2Former project keep Mask2Former's names
+(``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``), so its recipes read the same here.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_mtaclip_config(cfg: CN) -> CN:
+    """Adds all project keys to ``cfg`` in place and returns it."""
+    _add_baseline_config(cfg)
+    _add_data_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+    _add_clip_config(cfg)
+    _add_mta_clip_config(cfg)
+    return cfg
+
+
+def _add_baseline_config(cfg: CN) -> None:
+    """Mask2Former semantic-segmentation model (pixel decoder, masked decoder, criterion)."""
+    cfg.MODEL.MASK_FORMER = CN()
+    mf = cfg.MODEL.MASK_FORMER
+    mf.TRANSFORMER_DECODER_NAME = "MaskedDecoder"  # registry name in mta_clip TRANSFORMER_DECODER_REGISTRY
+    mf.TRANSFORMER_IN_FEATURE = "multi_scale_pixel_decoder"  # decoder reads the pixel decoder's memories
+    mf.DEEP_SUPERVISION = True  # supervise every intermediate prediction
+    mf.NO_OBJECT_WEIGHT = 0.1  # CE weight of the no-object class
+    mf.CLASS_WEIGHT = 2.0  # lambda of the classification CE (loss and matching cost)
+    mf.DICE_WEIGHT = 5.0  # weight of the dice loss (loss and matching cost)
+    mf.MASK_WEIGHT = 5.0  # weight of the sigmoid BCE mask loss (loss and matching cost)
+    mf.NHEADS = 8  # attention heads in the transformer decoder
+    mf.DROPOUT = 0.0  # dropout in the transformer decoder
+    mf.DIM_FEEDFORWARD = 2048  # FFN width of the transformer decoder
+    mf.ENC_LAYERS = 0  # unused by the masked decoder (kept for Mask2Former YAML compatibility)
+    mf.DEC_LAYERS = 10  # predictions = decoder layers + 1 (the one made before the first layer)
+    mf.PRE_NORM = False  # pre-norm instead of post-norm decoder layers
+    mf.ENFORCE_INPUT_PROJ = False  # always project memories to hidden dim, even if sizes match
+    mf.HIDDEN_DIM = 256  # query / memory width of the decoder
+    mf.NUM_OBJECT_QUERIES = 100  # N mask queries
+    mf.SIZE_DIVISIBILITY = 32  # pad batched images to a multiple of this (model side)
+    mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for the mask losses and costs
+    mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
+    mf.TEST = CN()
+    mf.TEST.SEMANTIC_ON = True  # produce "sem_seg" outputs
+    mf.TEST.INSTANCE_ON = False  # not supported (semantic project); kept for YAML compatibility
+    mf.TEST.PANOPTIC_ON = False  # not supported (semantic project); kept for YAML compatibility
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8  # unused for semantic inference (compatibility)
+    mf.TEST.OVERLAP_THRESHOLD = 0.8  # unused for semantic inference (compatibility)
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks to image before combining
+
+    sh = cfg.MODEL.SEM_SEG_HEAD
+    sh.NAME = "MaskedSemSegHead"  # our head: pixel decoder + transformer decoder
+    sh.MASK_DIM = 256  # channels of mask_features
+    sh.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"  # registry name in mta_clip PIXEL_DECODER_REGISTRY
+    sh.TRANSFORMER_ENC_LAYERS = 6  # deformable encoder layers in the pixel decoder
+    sh.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]  # encoder input levels
+    sh.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4  # sampling points per head and level
+    sh.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8  # deformable attention heads
+    sh.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
+    sh.COMMON_STRIDE = 4  # stride of mask_features
+    sh.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features the head reads
+    sh.NUM_CLASSES = 150  # C
+    sh.IGNORE_VALUE = 255  # label value ignored by the loss and the evaluator
+    sh.NORM = "GN"  # norm of the pixel decoder convolutions
+    sh.CONVS_DIM = 256  # pixel decoder width
+    sh.LOSS_WEIGHT = 1.0  # unused (compatibility with Detectron2 semantic heads)
+
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (7x7 stem) or "deeplab" (3x 3x3 stem)
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # dilation multipliers of res5 blocks
+
+
+def _add_data_config(cfg: CN) -> None:
+    """Training data pipeline (mapper, toy dataset)."""
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # the semantic mapper of this project
+    cfg.INPUT.COLOR_AUG_SSD = True  # photometric distortion (SSD style)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # reject crops where one class exceeds this ratio
+    cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (0) and label (ignore) to a multiple of this; -1 = off
+    cfg.INPUT.IMAGE_SIZE = 1024  # unused by the semantic recipes (compatibility)
+    cfg.INPUT.MIN_SCALE = 0.1  # unused by the semantic recipes (compatibility)
+    cfg.INPUT.MAX_SCALE = 2.0  # unused by the semantic recipes (compatibility)
+
+
+def _add_solver_config(cfg: CN) -> None:
+    """Optimizer and schedule keys beyond Detectron2's."""
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr multiplier of backbone parameters
+    cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # constant lr factor after this point (0 = off)
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding parameters
+
+
+def _add_test_config(cfg: CN) -> None:
+    """Evaluation and test-time augmentation."""
+
+
+def _add_clip_config(cfg: CN) -> None:
+    """CLIP image backbones and prompt text encoder."""
+
+
+def _add_mta_clip_config(cfg: CN) -> None:
+    """MTA-CLIP: mask-text decoder, contrastive loss, prompts."""
