@@ -1,1 +1,8 @@
-"""MTA-CLIP for Detectron2."""
+"""MTA-CLIP (ECCV 2024) and a Mask2Former semantic baseline for Detectron2.
+
+Importing the package registers its models, backbones and datasets.
+"""
+from . import data, modeling  # noqa: F401  (registration)
+from .config import add_mtaclip_config
+
+__all__ = ["add_mtaclip_config"]

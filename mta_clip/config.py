@@ -41,6 +41,7 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for the mask losses and costs
     mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
+    mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction made before the first decoder layer (MTA-CLIP authors: False)
     mf.TEST = CN()
     mf.TEST.SEMANTIC_ON = True  # produce "sem_seg" outputs
     mf.TEST.INSTANCE_ON = False  # not supported (semantic project); kept for YAML compatibility
@@ -66,6 +67,7 @@ def _add_baseline_config(cfg: CN) -> None:
     sh.CONVS_DIM = 256  # pixel decoder width
     sh.LOSS_WEIGHT = 1.0  # unused (compatibility with Detectron2 semantic heads)
 
+    cfg.MODEL.FIND_UNUSED_PARAMETERS = False  # DDP find_unused_parameters (needed if a branch is skipped)
     cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (7x7 stem) or "deeplab" (3x 3x3 stem)
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # dilation multipliers of res5 blocks
 
@@ -92,11 +94,58 @@ def _add_solver_config(cfg: CN) -> None:
 
 def _add_test_config(cfg: CN) -> None:
     """Evaluation and test-time augmentation."""
+    # Detectron2 defines TEST.AUG.ENABLED (multi-scale + flip on/off) and TEST.AUG.FLIP (add the
+    # horizontally flipped views); our wrapper ignores its absolute TEST.AUG.MIN_SIZES / MAX_SIZE.
+    cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale factors of the test size
+    cfg.TEST.AUG.NORMALIZE = "softmax"  # per-view scores -> probabilities: "softmax"|"sum"|"none"
+    cfg.TEST.SLIDE = CN()
+    cfg.TEST.SLIDE.ENABLED = False  # sliding-window inference (also inside every multi-scale view)
+    cfg.TEST.SLIDE.CROP_SIZE = [512, 512]  # window (h, w); ADE20k 512x512, Cityscapes 1024x1024
+    cfg.TEST.SLIDE.STRIDE = [341, 341]  # window step (h, w); ADE20k 341, Cityscapes 683
+    cfg.TEST.SLIDE.BATCH_SIZE = 1  # windows run through the model at once
+    cfg.TEST.BEST_CHECKPOINT = CN()
+    cfg.TEST.BEST_CHECKPOINT.ENABLED = True  # keep model_best.pth of the best evaluation
+    cfg.TEST.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"  # storage key of the tracked metric
+    cfg.TEST.BEST_CHECKPOINT.MODE = "max"  # "max" or "min": which direction is better
 
 
 def _add_clip_config(cfg: CN) -> None:
     """CLIP image backbones and prompt text encoder."""
+    cfg.MODEL.CLIP = CN()
+    clip = cfg.MODEL.CLIP
+    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of CHECKPOINT
+    clip.CHECKPOINT = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
+    clip.DOWNLOAD = False  # fetch OpenAI's file to CHECKPOINT (named like the official file) when it is missing
+    clip.IMAGE_SIZE = [512, 512]  # (H, W) the image positional embeddings are resized to at build time
+
+    clip.RESNET = CN()
+    clip.RESNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # CLIPResNet outputs (+ "attnpool": dense CLIP map)
+    clip.RESNET.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN" or "naiveSyncBN" for every batch norm
+    clip.RESNET.FREEZE_AT = 0  # 0 = train all; 1 = freeze stem; k >= 2 = stem + res2..res{k}
+
+    clip.VIT = CN()
+    clip.VIT.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
+    clip.VIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # CLIPViT outputs (strides 4, 8, 16, 32)
+    clip.VIT.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the pyramid
+
+    clip.TEXT = CN()
+    clip.TEXT.NUM_PROMPTS = 3  # K learned context sets shared by all classes
+    clip.TEXT.N_CTX = 8  # learned context tokens per set
+    clip.TEXT.CLASS_SLOT = 5  # class-slot positions: start, <= CLASS_SLOT - 2 BPE tokens, end
+    clip.TEXT.CLASS_SUFFIX = ""  # text appended to each class name in the slot ("." = CoOp style)
+    clip.TEXT.CONTEXT_INIT = ""  # template initializing every set (token count = N_CTX); "" = random
+    clip.TEXT.CONTEXT_INIT_STD = 1.0  # std of the random truncated-normal (+-2 std) context init
+    clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
+    clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
 
 
 def _add_mta_clip_config(cfg: CN) -> None:
     """MTA-CLIP: mask-text decoder, contrastive loss, prompts."""
+    cfg.MODEL.MTA_CLIP = CN()
+    mc = cfg.MODEL.MTA_CLIP
+    mc.USE_SIM_LOSS = True  # add the mask-to-text contrastive loss L_sim (False: "text-enhanced only" ablation)
+    mc.SIM_WEIGHT = 1.0  # lambda_3, weight of L_sim at every supervised prediction
+    mc.NEGATIVES = "MixNeg"  # L_sim negatives: "MixNeg" (Eq. 8) or "SeparateNeg" (Eq. 9)
+    mc.NONE_CLASS = True  # extra "none" class text (C' = C + 1) as the positive of unmatched queries
+    mc.NONE_WEIGHT = 0.1  # weight of the unmatched queries' L_sim terms (with NONE_CLASS)
+    mc.SIM_NORMALIZATION = "weighted_mean"  # "weighted_mean" (authors) or "mean_over_queries" (paper)

@@ -1,0 +1,259 @@
+"""Masked-attention transformer decoder (Mask2Former), the base of the Mask-Text Decoder.
+
+Queries attend to one memory level per layer (round-robin, lowest resolution first) under an
+attention mask built from the previous layer's mask prediction, then to each other, then pass an
+FFN (post-norm by default). After the initial queries and after every layer, the heads predict
+class logits (C+1) and mask logits (dot product with ``mask_features``).
+
+Subclasses change the query set and the heads through ``_initial_queries``,
+``_self_attention_mask`` and ``_predict`` without copying the layer loop.
+"""
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d
+from detectron2.utils.registry import Registry
+from torch import nn
+
+import fvcore.nn.weight_init as weight_init
+
+from .position_encoding import PositionEmbeddingSine
+
+TRANSFORMER_DECODER_REGISTRY = Registry("MTA_CLIP_TRANSFORMER_DECODER")
+TRANSFORMER_DECODER_REGISTRY.__doc__ = "Transformer decoders of mta_clip (queries -> class and mask predictions)."
+
+
+def build_transformer_decoder(cfg, in_channels: int, **kwargs) -> nn.Module:
+    name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
+    return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, **kwargs)
+
+
+class SelfAttentionLayer(nn.Module):
+    """Self-attention among queries with residual and LayerNorm (post- or pre-norm)."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt, tgt_mask: Optional[torch.Tensor] = None, query_pos: Optional[torch.Tensor] = None):
+        """tgt, query_pos: (Q, B, C); tgt_mask: (Q, Q) bool, True = may not attend."""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        q = k = x if query_pos is None else x + query_pos
+        out = tgt + self.dropout(self.self_attn(q, k, value=x, attn_mask=tgt_mask)[0])
+        return out if self.normalize_before else self.norm(out)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Cross-attention from queries to one memory level, with an optional attention mask."""
+
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt, memory, memory_mask=None, pos=None, query_pos=None):
+        """tgt: (Q, B, C); memory, pos: (HW, B, C); memory_mask: (B*heads, Q, HW) bool."""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        q = x if query_pos is None else x + query_pos
+        k = memory if pos is None else memory + pos
+        out = tgt + self.dropout(self.multihead_attn(q, k, value=memory, attn_mask=memory_mask)[0])
+        return out if self.normalize_before else self.norm(out)
+
+
+class FFNLayer(nn.Module):
+    """Two-layer ReLU FFN with residual and LayerNorm."""
+
+    def __init__(self, d_model: int, dim_feedforward: int = 2048, dropout: float = 0.0, normalize_before: bool = False):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+        _xavier_init(self)
+
+    def forward(self, tgt):
+        x = self.norm(tgt) if self.normalize_before else tgt
+        out = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return out if self.normalize_before else self.norm(out)
+
+
+class MLP(nn.Module):
+    """Plain MLP with ReLU between layers (``layers.{i}`` names, as in Mask2Former)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+def _xavier_init(module: nn.Module) -> None:
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+class MaskedDecoder(nn.Module):
+    """Mask2Former's multi-scale masked-attention decoder.
+
+    Parameter names match published Mask2Former checkpoints (``sem_seg_head.predictor.*``).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        mask_dim: int,
+        enforce_input_project: bool,
+        dropout: float = 0.0,
+        supervise_initial_prediction: bool = True,
+    ):
+        """``dec_layers`` counts the layers (Mask2Former's DEC_LAYERS - 1); ``num_classes`` = C."""
+        super().__init__()
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.num_queries = num_queries
+        self.num_classes = num_classes
+        self.supervise_initial_prediction = supervise_initial_prediction
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, dropout, pre_norm) for _ in range(dec_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.num_feature_levels = 3
+        self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(self.num_feature_levels):
+            if in_channels != hidden_dim or enforce_input_project:
+                proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
+                weight_init.c2_xavier_fill(proj)
+                self.input_proj.append(proj)
+            else:
+                self.input_proj.append(nn.Sequential())
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int):
+        mf = cfg.MODEL.MASK_FORMER
+        if mf.DEC_LAYERS < 1:
+            raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {mf.DEC_LAYERS}")
+        return {
+            "in_channels": in_channels,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "hidden_dim": mf.HIDDEN_DIM,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "nheads": mf.NHEADS,
+            "dim_feedforward": mf.DIM_FEEDFORWARD,
+            "dec_layers": mf.DEC_LAYERS - 1,
+            "pre_norm": mf.PRE_NORM,
+            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
+            "dropout": mf.DROPOUT,
+            "supervise_initial_prediction": mf.SUPERVISE_INITIAL_PREDICTION,
+        }
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    def _initial_queries(self, batch: int, **inputs) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Query features and positional embeddings, each (Q, B, hidden)."""
+        feat = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
+        pos = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
+        return feat, pos
+
+    def _self_attention_mask(self, num_queries: int, device) -> Optional[torch.Tensor]:
+        """(Q, Q) bool mask for query self-attention (True = blocked); None = all attend."""
+        return None
+
+    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, **inputs) -> Dict:
+        """Heads on the normalized queries.
+
+        output: (Q, B, hidden); mask_features: (B, mask_dim, H, W).
+        Returns ``pred_logits`` (B, N, C+1), ``pred_masks`` (B, N, H, W) and ``attn_mask``
+        (B*heads, Q, h*w) for the next layer's cross-attention at size ``attn_size``.
+        """
+        decoded = self.decoder_norm(output).transpose(0, 1)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        return {
+            "pred_logits": self.class_embed(decoded),
+            "pred_masks": masks,
+            "attn_mask": self._attention_mask(masks, attn_size),
+        }
+
+    # ----------------------------------------------------------------- shared machinery
+    def _attention_mask(self, masks: torch.Tensor, size) -> torch.Tensor:
+        """Blocks memory positions where the (resized) predicted mask has probability < 0.5."""
+        resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        blocked = resized.sigmoid().flatten(2) < 0.5  # (B, Q, hw)
+        blocked = blocked.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
+        return blocked.detach()
+
+    def _prepare_memories(self, x: List[torch.Tensor]):
+        if len(x) != self.num_feature_levels:
+            raise ValueError(f"expected {self.num_feature_levels} memory levels, got {len(x)}")
+        srcs, pos, sizes = [], [], []
+        for i, feat in enumerate(x):
+            sizes.append(tuple(feat.shape[-2:]))
+            pos.append(self.pe_layer(feat).flatten(2).permute(2, 0, 1))
+            src = self.input_proj[i](feat).flatten(2) + self.level_embed.weight[i][None, :, None]
+            srcs.append(src.permute(2, 0, 1))
+        return srcs, pos, sizes
+
+    def forward(self, x: List[torch.Tensor], mask_features: torch.Tensor, **inputs) -> Dict:
+        """x: memories (B, C, H_l, W_l), lowest resolution first; mask_features (B, mask_dim, H, W).
+
+        Returns the last prediction's keys plus ``aux_outputs``: the earlier supervised predictions.
+        """
+        srcs, pos, sizes = self._prepare_memories(x)
+        output, query_pos = self._initial_queries(mask_features.shape[0], **inputs)
+        self_mask = self._self_attention_mask(output.shape[0], output.device)
+        preds = [self._predict(output, mask_features, sizes[0], **inputs)]
+        for i in range(self.num_layers):
+            level = i % self.num_feature_levels
+            attn_mask = preds[-1]["attn_mask"].clone()
+            # a query whose mask covers nothing attends everywhere rather than nowhere
+            attn_mask[attn_mask.all(dim=-1)] = False
+            output = self.transformer_cross_attention_layers[i](
+                output, srcs[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_pos
+            )
+            output = self.transformer_self_attention_layers[i](output, tgt_mask=self_mask, query_pos=query_pos)
+            output = self.transformer_ffn_layers[i](output)
+            preds.append(self._predict(output, mask_features, sizes[(i + 1) % self.num_feature_levels], **inputs))
+        for p in preds:
+            p.pop("attn_mask")
+        supervised = preds if self.supervise_initial_prediction else preds[1:]
+        out = dict(preds[-1])
+        out["aux_outputs"] = supervised[:-1]
+        return out

@@ -1,0 +1,99 @@
+"""Optimizer (parameter groups, full-model gradient clipping) and the warm-up + poly schedule."""
+import itertools
+import logging
+from typing import Any, Dict, List, Set, Type
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
+from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+
+logger = logging.getLogger(__name__)
+
+_NORM_TYPES = (
+    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
+    torch.nn.GroupNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d,
+    torch.nn.LayerNorm, torch.nn.LocalResponseNorm,
+)
+
+
+def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
+    """One group per trainable parameter with its lr and weight decay.
+
+    Backbone parameters (name starts with ``backbone.``) get ``BACKBONE_MULTIPLIER``; norm
+    parameters get ``WEIGHT_DECAY_NORM``; ``nn.Embedding`` weights get ``WEIGHT_DECAY_EMBED``.
+    Frozen parameters (``requires_grad=False``, e.g. the CLIP text encoder) are left out.
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+
+    norm_types = _NORM_TYPES + (FrozenBatchNorm2d,)
+    groups: List[Dict[str, Any]] = []
+    seen: Set[int] = set()
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{module_name}.{name}" if module_name else name
+            lr = cfg.SOLVER.BASE_LR
+            wd = cfg.SOLVER.WEIGHT_DECAY
+            if full.startswith("backbone.") or ".backbone." in full:
+                lr = lr * cfg.SOLVER.BACKBONE_MULTIPLIER
+            if isinstance(module, norm_types):
+                wd = cfg.SOLVER.WEIGHT_DECAY_NORM
+            elif isinstance(module, torch.nn.Embedding):
+                wd = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": full})
+    return groups
+
+
+def _with_full_model_clipping(optim_cls: Type[torch.optim.Optimizer], clip_norm: float):
+    """Subclass of ``optim_cls`` whose ``step`` first clips the norm of all gradients together."""
+
+    class FullModelGradClip(optim_cls):
+        def step(self, closure=None):
+            params = itertools.chain(*[g["params"] for g in self.param_groups])
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            return super().step(closure=closure)
+
+    FullModelGradClip.__name__ = optim_cls.__name__ + "WithFullModelGradClip"
+    return FullModelGradClip
+
+
+def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW / SGD over ``param_groups``; clipping per ``SOLVER.CLIP_GRADIENTS``."""
+    groups = param_groups(cfg, model)
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    full_model_clip = clip.ENABLED and clip.CLIP_TYPE == "full_model" and clip.CLIP_VALUE > 0
+    if name == "ADAMW":
+        cls, kwargs = torch.optim.AdamW, {"lr": cfg.SOLVER.BASE_LR}
+    elif name == "SGD":
+        cls, kwargs = torch.optim.SGD, {"lr": cfg.SOLVER.BASE_LR, "momentum": cfg.SOLVER.MOMENTUM}
+    else:
+        raise ValueError(f"SOLVER.OPTIMIZER must be 'ADAMW' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
+    if full_model_clip:
+        cls = _with_full_model_clipping(cls, clip.CLIP_VALUE)
+    elif clip.ENABLED:
+        from detectron2.solver.build import maybe_add_gradient_clipping
+
+        cls = maybe_add_gradient_clipping(cfg, cls)
+    n_params = sum(p.numel() for g in groups for p in g["params"])
+    logger.info("Optimizer %s over %d tensors (%.2fM trainable parameters)", cls.__name__, len(groups), n_params / 1e6)
+    return cls(groups, **kwargs)
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
+    """``WarmupPolyLR``: linear warm-up, then lr * (1 - iter / max_iter) ** POLY_LR_POWER.
+
+    Other names go to Detectron2's builder.
+    """
+    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
+        return d2_build_lr_scheduler(cfg, optimizer)
+    sched = PolynomialDecayParamScheduler(base_value=1.0, power=cfg.SOLVER.POLY_LR_POWER)
+    sched = WarmupParamScheduler(
+        sched, cfg.SOLVER.WARMUP_FACTOR, min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+        cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.RESCALE_INTERVAL,
+    )
+    return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)
