@@ -149,3 +149,16 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.NONE_CLASS = True  # extra "none" class text (C' = C + 1) as the positive of unmatched queries
     mc.NONE_WEIGHT = 0.1  # weight of the unmatched queries' L_sim terms (with NONE_CLASS)
     mc.SIM_NORMALIZATION = "weighted_mean"  # "weighted_mean" (authors) or "mean_over_queries" (paper)
+    mc.ENABLED = True  # run the text branch (False: MTACLIP behaves as the Mask2Former baseline)
+    mc.USE_TEXT_QUERIES = True  # concatenate text queries with the mask queries (Eq. 2)
+    mc.NONE_CLASS_NAME = "none"  # class text of the extra "none" entry (with NONE_CLASS)
+    mc.TEXT_DIM = 0  # D of the text features; 0 = take it from the text encoder
+    mc.TEXT_REDUCTION = "linear_ln"  # Eq. 1: "linear_ln" (authors: Linear + LayerNorm on all queries) or "mlp" (paper)
+    mc.RETURN_PROJECTION = "gamma"  # Eq. 5: "gamma" (authors: t0 + gamma * LN(Linear(t_hat))) or "mlp" (paper)
+    mc.GAMMA_INIT = 1e-4  # initial per-channel gamma of the "gamma" return projection
+    mc.SIMILARITY = "cosine"  # Eq. 6: "cosine" (authors) or "dot" (paper)
+    mc.TEMPERATURE = 1.0  # tau of Eq. 6 (authors: 1 with cosine similarity)
+    mc.LEARNABLE_TEMPERATURE = False  # learn log(tau)
+    mc.JOINT_SELF_ATTENTION = True  # text and mask queries attend to each other (False: separate, Tab. 4)
+    mc.TEXT_ATTENTION_MASK = "predicted"  # text queries' cross-attention masks: "predicted" (authors) or "none"
+    mc.TEXT_QUERY_POS = "learned"  # positional embedding of text queries: "learned" (authors) or "zero"

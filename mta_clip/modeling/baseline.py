@@ -40,10 +40,11 @@ class MaskedSemSegHead(nn.Module):
             )
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], **predictor_kwargs):
+        """``predictor_kwargs`` go to the transformer decoder's ``from_config`` (e.g. text width)."""
         return {
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
-            "predictor": build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM),
+            "predictor": build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, **predictor_kwargs),
             "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
         }
 
@@ -78,12 +79,14 @@ class SemanticMask2Former(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
-    def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
+    def from_config(cls, cfg, backbone: Optional[Backbone] = None, sem_seg_head: Optional[nn.Module] = None,
+                    criterion: Optional[nn.Module] = None):
+        """Subclasses may pass pre-built parts; the rest are built from ``cfg``."""
+        backbone = backbone if backbone is not None else build_backbone(cfg)
         return {
             "backbone": backbone,
-            "sem_seg_head": build_sem_seg_head(cfg, backbone.output_shape()),
-            "criterion": SetCriterion(cfg),
+            "sem_seg_head": sem_seg_head if sem_seg_head is not None else build_sem_seg_head(cfg, backbone.output_shape()),
+            "criterion": criterion if criterion is not None else SetCriterion(cfg),
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),

@@ -1,0 +1,157 @@
+"""``BestCheckpointHook``: keeps ``model_best.pth`` of the best evaluation and its metrics.
+
+Register it after Detectron2's ``EvalHook`` (which puts ``sem_seg/mIoU`` etc. into the event
+storage). After every step and at the end of training the hook looks at the newest value of the
+tracked metric; when it comes from an evaluation not seen yet and beats the best so far, the main
+process writes ``<save_dir>/model_best.pth`` (``{"model": state_dict, "iteration": it}``) and
+``<save_dir>/model_best_metrics.json`` (metric, value, iteration and every metric of that
+evaluation), both through a temporary file and a rename.
+
+Differences from Detectron2's ``BestCheckpointer``: it does not need the evaluation period, it does
+not tag ``model_best`` as the last checkpoint (``--resume`` keeps continuing from the newest
+periodic checkpoint), it stores only the model weights, and the best value survives a resume
+(read back from ``model_best_metrics.json``).
+"""
+import json
+import logging
+import math
+import os
+from typing import Dict, Optional
+
+import torch
+from detectron2.engine import HookBase
+
+from .sem_seg_evaluation import write_text_atomic
+
+__all__ = ["BestCheckpointHook", "build_best_checkpoint_hook"]
+
+logger = logging.getLogger(__name__)
+
+
+class BestCheckpointHook(HookBase):
+    """Saves the weights with the best value of one evaluation metric."""
+
+    def __init__(
+        self,
+        checkpointer,
+        metric: str = "sem_seg/mIoU",
+        mode: str = "max",
+        file_prefix: str = "model_best",
+    ):
+        """
+        Args:
+            checkpointer: the trainer's ``DetectionCheckpointer`` (its ``model``, ``save_dir`` and
+                ``save_to_disk`` are used).
+            metric: event-storage key of the tracked metric.
+            mode: "max" (higher is better) or "min".
+            file_prefix: files are ``<prefix>.pth`` and ``<prefix>_metrics.json``.
+        """
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.checkpointer = checkpointer
+        self.metric = metric
+        self.mode = mode
+        self.file_prefix = file_prefix
+        self.best_value: Optional[float] = None
+        self.best_iter: Optional[int] = None
+        self._last_seen_iter: Optional[int] = None
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.checkpointer.save_dir, f"{self.file_prefix}.pth")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.checkpointer.save_dir, f"{self.file_prefix}_metrics.json")
+
+    def _better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def before_train(self):
+        """Restores the best value of an earlier run in the same folder (resume)."""
+        try:
+            with open(self.metrics_path, "r", encoding="utf-8") as f:
+                previous = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            logger.warning("Ignoring unreadable %s: %s", self.metrics_path, e)
+            return
+        if previous.get("metric") == self.metric and previous.get("mode") == self.mode:
+            self.best_value = float(previous["value"])
+            self.best_iter = int(previous["iteration"])
+            logger.info(
+                "Best %s so far: %.4f at iteration %d (%s)",
+                self.metric, self.best_value, self.best_iter, self.metrics_path,
+            )
+
+    def after_step(self):
+        self.check()
+
+    def after_train(self):
+        self.check()
+
+    def check(self) -> bool:
+        """Saves when the newest evaluation improved the metric; returns whether it saved."""
+        latest = self.trainer.storage.latest()
+        if self.metric not in latest:
+            return False
+        value, iteration = latest[self.metric]
+        if iteration == self._last_seen_iter:
+            return False
+        self._last_seen_iter = iteration
+        value = float(value)
+        if math.isnan(value) or math.isinf(value):
+            logger.warning("%s is %s at iteration %d: not a best checkpoint", self.metric, value, iteration)
+            return False
+        if not self._better(value):
+            logger.info(
+                "%s = %.4f at iteration %d, best stays %.4f (iteration %d)",
+                self.metric, value, iteration, self.best_value, self.best_iter,
+            )
+            return False
+        prefix = self.metric.split("/")[0] + "/" if "/" in self.metric else ""
+        metrics = {
+            k: float(v) for k, (v, it) in latest.items() if it == iteration and k.startswith(prefix)
+        }
+        self.best_value, self.best_iter = value, int(iteration)
+        self._save(metrics)
+        return True
+
+    def _save(self, metrics: Dict[str, float]) -> None:
+        if not getattr(self.checkpointer, "save_to_disk", True):
+            return  # non-main processes only track the value
+        os.makedirs(self.checkpointer.save_dir, exist_ok=True)
+        path = self.checkpoint_path
+        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+        try:
+            torch.save({"model": self.checkpointer.model.state_dict(), "iteration": self.best_iter}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        payload = {
+            "metric": self.metric,
+            "mode": self.mode,
+            "value": self.best_value,
+            "iteration": self.best_iter,
+            "checkpoint": os.path.basename(path),
+            "metrics": {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())},
+        }
+        write_text_atomic(self.metrics_path, json.dumps(payload, indent=1, allow_nan=False))
+        logger.info(
+            "New best %s = %.4f at iteration %d: saved %s", self.metric, self.best_value, self.best_iter, path
+        )
+
+
+def build_best_checkpoint_hook(cfg, checkpointer) -> Optional[BestCheckpointHook]:
+    """The hook configured by TEST.BEST_CHECKPOINT, or None when disabled or DATASETS.TEST is empty.
+
+    Append it to the trainer's hooks after the ``EvalHook``.
+    """
+    bc = cfg.TEST.BEST_CHECKPOINT
+    if not bc.ENABLED or not len(cfg.DATASETS.TEST):
+        return None
+    return BestCheckpointHook(checkpointer, metric=bc.METRIC, mode=bc.MODE)

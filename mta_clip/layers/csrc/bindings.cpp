@@ -1,0 +1,173 @@
+// Python bindings of mta_clip._C: input validation and CPU / CUDA dispatch of the multi-scale
+// deformable attention op. Autograd is wired in Python (mta_clip/layers/ms_deform_attn.py).
+#include <torch/extension.h>
+
+#include <string>
+
+#include "ms_deform_attn.h"
+
+#ifdef WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace mta_clip {
+namespace {
+
+std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+// Checks the level tensors and copies them into the by-value struct the kernels use.
+// spatial_shapes / level_start_index may live on any device; CPU tensors avoid a device sync.
+msda::Levels read_levels(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                         const at::Tensor& level_start_index) {
+  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && spatial_shapes.dim() == 2 &&
+                  spatial_shapes.size(1) == 2,
+              "ms_deform_attn: spatial_shapes must be an int64 tensor of shape (L, 2), got ",
+              spatial_shapes.scalar_type(), " ", shape_str(spatial_shapes));
+  const int64_t num_levels = spatial_shapes.size(0);
+  TORCH_CHECK(num_levels >= 1 && num_levels <= msda::kMaxLevels,
+              "ms_deform_attn: the compiled op supports 1 to ", msda::kMaxLevels,
+              " levels, got L=", num_levels);
+  TORCH_CHECK(level_start_index.scalar_type() == at::kLong && level_start_index.dim() == 1 &&
+                  level_start_index.size(0) == num_levels,
+              "ms_deform_attn: level_start_index must be an int64 tensor of shape (", num_levels,
+              ",), got ", level_start_index.scalar_type(), " ", shape_str(level_start_index));
+  const at::Tensor shapes = spatial_shapes.to(at::kCPU).contiguous();
+  const at::Tensor starts = level_start_index.to(at::kCPU).contiguous();
+  const int64_t* shapes_ptr = shapes.const_data_ptr<int64_t>();
+  const int64_t* starts_ptr = starts.const_data_ptr<int64_t>();
+  msda::Levels levels{};
+  levels.num_levels = static_cast<int>(num_levels);
+  int64_t total = 0;
+  for (int64_t l = 0; l < num_levels; ++l) {
+    const int64_t height = shapes_ptr[2 * l], width = shapes_ptr[2 * l + 1];
+    TORCH_CHECK(height >= 1 && width >= 1, "ms_deform_attn: level ", l,
+                " has spatial shape (", height, ", ", width, "); both sizes must be >= 1");
+    TORCH_CHECK(starts_ptr[l] == total, "ms_deform_attn: level_start_index[", l, "] is ",
+                starts_ptr[l], " but the spatial shapes put level ", l, " at ", total);
+    levels.height[l] = height;
+    levels.width[l] = width;
+    levels.start[l] = total;
+    total += height * width;
+  }
+  TORCH_CHECK(total == value.size(1), "ms_deform_attn: value has S=", value.size(1),
+              " positions but spatial_shapes sum to ", total);
+  return levels;
+}
+
+void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& value) {
+  TORCH_CHECK(t.dim() == dim, "ms_deform_attn: ", name, " must have ", dim, " dims, got ",
+              shape_str(t));
+  TORCH_CHECK(t.scalar_type() == value.scalar_type(), "ms_deform_attn: ", name, " has dtype ",
+              t.scalar_type(), " but value has ", value.scalar_type(),
+              " (all floating inputs must share one dtype)");
+  TORCH_CHECK(t.device() == value.device(), "ms_deform_attn: ", name, " is on ", t.device(),
+              " but value is on ", value.device());
+  TORCH_CHECK(t.is_contiguous(), "ms_deform_attn: ", name, " must be contiguous");
+}
+
+msda::Levels check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                          const at::Tensor& level_start_index,
+                          const at::Tensor& sampling_locations,
+                          const at::Tensor& attention_weights) {
+  TORCH_CHECK(value.dim() == 4, "ms_deform_attn: value must be (B, S, H, D), got ",
+              shape_str(value));
+  TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
+              "ms_deform_attn: the compiled op supports float32 and float64, got ",
+              value.scalar_type());
+  TORCH_CHECK(value.is_contiguous(), "ms_deform_attn: value must be contiguous");
+  TORCH_CHECK(value.size(3) >= 1, "ms_deform_attn: value has D=0 channels");
+  check_tensor(sampling_locations, "sampling_locations", 6, value);
+  check_tensor(attention_weights, "attention_weights", 5, value);
+  msda::Levels levels = read_levels(value, spatial_shapes, level_start_index);
+  const int64_t batch = value.size(0), heads = value.size(2), num_levels = levels.num_levels;
+  TORCH_CHECK(sampling_locations.size(0) == batch && sampling_locations.size(2) == heads &&
+                  sampling_locations.size(3) == num_levels && sampling_locations.size(5) == 2,
+              "ms_deform_attn: sampling_locations must be (B=", batch, ", Q, H=", heads,
+              ", L=", num_levels, ", P, 2), got ", shape_str(sampling_locations));
+  const int64_t num_query = sampling_locations.size(1), num_points = sampling_locations.size(4);
+  TORCH_CHECK(attention_weights.sizes() ==
+                  at::IntArrayRef({batch, num_query, heads, num_levels, num_points}),
+              "ms_deform_attn: attention_weights must be (", batch, ", ", num_query, ", ", heads,
+              ", ", num_levels, ", ", num_points, "), got ", shape_str(attention_weights));
+  return levels;
+}
+
+at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights) {
+  const msda::Levels levels =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  if (value.is_cuda()) {
+#ifdef WITH_CUDA
+    return ms_deform_attn_cuda_forward(value, levels, sampling_locations, attention_weights);
+#else
+    TORCH_CHECK(false, "ms_deform_attn: mta_clip._C was built without CUDA; rebuild with a CUDA "
+                       "toolkit (or FORCE_CUDA=1) to run on ", value.device());
+#endif
+  }
+  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
+  return ms_deform_attn_cpu_forward(value, levels, sampling_locations, attention_weights);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights, const at::Tensor& grad_output) {
+  const msda::Levels levels =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  const int64_t expected[3] = {value.size(0), sampling_locations.size(1),
+                               value.size(2) * value.size(3)};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
+              "ms_deform_attn: grad_output must be (", expected[0], ", ", expected[1], ", ",
+              expected[2], "), got ", shape_str(grad_output));
+  check_tensor(grad_output, "grad_output", 3, value);
+  if (value.is_cuda()) {
+#ifdef WITH_CUDA
+    return ms_deform_attn_cuda_backward(value, levels, sampling_locations, attention_weights,
+                                        grad_output);
+#else
+    TORCH_CHECK(false, "ms_deform_attn: mta_clip._C was built without CUDA; rebuild with a CUDA "
+                       "toolkit (or FORCE_CUDA=1) to run on ", value.device());
+#endif
+  }
+  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
+  return ms_deform_attn_cpu_backward(value, levels, sampling_locations, attention_weights,
+                                     grad_output);
+}
+
+bool with_cuda() {
+#ifdef WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+// CUDA runtime version the op was compiled against (e.g. 13000), 0 without CUDA.
+int cuda_version() {
+#ifdef WITH_CUDA
+  return CUDART_VERSION;
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+}  // namespace mta_clip
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "mta_clip compiled ops: multi-scale deformable attention (CPU, and CUDA if built)";
+  m.def("ms_deform_attn_forward", &mta_clip::forward,
+        "Multi-scale deformable attention forward -> (B, Q, H*D)", py::arg("value"),
+        py::arg("spatial_shapes"), py::arg("level_start_index"), py::arg("sampling_locations"),
+        py::arg("attention_weights"));
+  m.def("ms_deform_attn_backward", &mta_clip::backward,
+        "Multi-scale deformable attention backward -> (grad_value, grad_sampling_locations, "
+        "grad_attention_weights)",
+        py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
+        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("grad_output"));
+  m.def("with_cuda", &mta_clip::with_cuda, "True if the CUDA kernels were compiled in");
+  m.def("cuda_version", &mta_clip::cuda_version,
+        "CUDA runtime version the op was compiled against (0 without CUDA)");
+  m.attr("MAX_LEVELS") = mta_clip::msda::kMaxLevels;
+}

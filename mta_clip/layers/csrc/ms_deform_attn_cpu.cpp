@@ -1,0 +1,136 @@
+// C++ CPU kernels of multi-scale deformable attention (fp32 and fp64). The per-point math is in
+// ms_deform_attn_math.h (shared with the CUDA kernels); this file only loops.
+//
+// Work is split over (batch, head) pairs: every write of one pair, including the scattered
+// grad_value writes, stays inside value[b, :, h, :], so threads never write the same memory.
+#include <ATen/Parallel.h>
+
+#include "ms_deform_attn.h"
+
+namespace mta_clip {
+namespace {
+
+struct PlainAdd {
+  template <typename scalar_t>
+  void operator()(scalar_t* ptr, scalar_t v) const {
+    *ptr += v;
+  }
+};
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* value, const msda::Levels& levels, const scalar_t* loc,
+                    const scalar_t* attn, scalar_t* out, int64_t batch, int64_t num_value,
+                    int64_t num_query, int64_t num_heads, int64_t channels, int64_t num_points) {
+  const int64_t num_levels = levels.num_levels;
+  const int64_t spatial_stride = num_heads * channels;
+  at::parallel_for(0, batch * num_heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / num_heads;
+      const int64_t h = bh % num_heads;
+      for (int64_t q = 0; q < num_query; ++q) {
+        const int64_t row = (b * num_query + q) * num_heads + h;  // index of (b, q, h)
+        scalar_t* out_row = out + row * channels;
+        const scalar_t* loc_row = loc + row * num_levels * num_points * 2;
+        const scalar_t* attn_row = attn + row * num_levels * num_points;
+        for (int64_t l = 0; l < num_levels; ++l) {
+          const scalar_t* value_level =
+              value + ((b * num_value + levels.start[l]) * num_heads + h) * channels;
+          for (int64_t p = 0; p < num_points; ++p) {
+            const int64_t lp = l * num_points + p;
+            msda::Corners<scalar_t> c;
+            msda::bilinear_corners(loc_row[2 * lp], loc_row[2 * lp + 1], levels.height[l],
+                                   levels.width[l], c);
+            msda::forward_point(value_level, spatial_stride, c, attn_row[lp], out_row,
+                                int64_t{0}, channels, int64_t{1});
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* value, const msda::Levels& levels, const scalar_t* loc,
+                     const scalar_t* attn, const scalar_t* grad_out, scalar_t* grad_value,
+                     scalar_t* grad_loc, scalar_t* grad_attn, int64_t batch, int64_t num_value,
+                     int64_t num_query, int64_t num_heads, int64_t channels,
+                     int64_t num_points) {
+  const int64_t num_levels = levels.num_levels;
+  const int64_t spatial_stride = num_heads * channels;
+  at::parallel_for(0, batch * num_heads, 1, [&](int64_t begin, int64_t end) {
+    const PlainAdd add;
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / num_heads;
+      const int64_t h = bh % num_heads;
+      for (int64_t q = 0; q < num_query; ++q) {
+        const int64_t row = (b * num_query + q) * num_heads + h;
+        const scalar_t* grad_out_row = grad_out + row * channels;
+        const scalar_t* loc_row = loc + row * num_levels * num_points * 2;
+        const scalar_t* attn_row = attn + row * num_levels * num_points;
+        scalar_t* grad_loc_row = grad_loc + row * num_levels * num_points * 2;
+        scalar_t* grad_attn_row = grad_attn + row * num_levels * num_points;
+        for (int64_t l = 0; l < num_levels; ++l) {
+          const int64_t level_offset = ((b * num_value + levels.start[l]) * num_heads + h) * channels;
+          for (int64_t p = 0; p < num_points; ++p) {
+            const int64_t lp = l * num_points + p;
+            msda::Corners<scalar_t> c;
+            msda::bilinear_corners(loc_row[2 * lp], loc_row[2 * lp + 1], levels.height[l],
+                                   levels.width[l], c);
+            scalar_t ga = 0, gx = 0, gy = 0;
+            msda::backward_point(value + level_offset, grad_value + level_offset, spatial_stride,
+                                 c, attn_row[lp], grad_out_row, int64_t{0}, channels, int64_t{1},
+                                 add, ga, gx, gy);
+            grad_attn_row[lp] = ga;
+            grad_loc_row[2 * lp] = gx;
+            grad_loc_row[2 * lp + 1] = gy;
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_cpu_forward(const at::Tensor& value, const msda::Levels& levels,
+                                      const at::Tensor& sampling_locations,
+                                      const at::Tensor& attention_weights) {
+  const int64_t batch = value.size(0), num_value = value.size(1), num_heads = value.size(2),
+                channels = value.size(3);
+  const int64_t num_query = sampling_locations.size(1), num_points = sampling_locations.size(4);
+  at::Tensor out = at::zeros({batch, num_query, num_heads * channels}, value.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_forward", [&] {
+    forward_kernel<scalar_t>(value.const_data_ptr<scalar_t>(), levels,
+                             sampling_locations.const_data_ptr<scalar_t>(),
+                             attention_weights.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), batch, num_value, num_query,
+                             num_heads, channels, num_points);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_cpu_backward(
+    const at::Tensor& value, const msda::Levels& levels, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights, const at::Tensor& grad_output) {
+  const int64_t batch = value.size(0), num_value = value.size(1), num_heads = value.size(2),
+                channels = value.size(3);
+  const int64_t num_query = sampling_locations.size(1), num_points = sampling_locations.size(4);
+  at::Tensor grad_value = at::zeros_like(value);
+  at::Tensor grad_loc = at::zeros_like(sampling_locations);
+  at::Tensor grad_attn = at::zeros_like(attention_weights);
+  if (batch * num_query * num_heads * channels == 0) return {grad_value, grad_loc, grad_attn};
+  AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
+    backward_kernel<scalar_t>(value.const_data_ptr<scalar_t>(), levels,
+                              sampling_locations.const_data_ptr<scalar_t>(),
+                              attention_weights.const_data_ptr<scalar_t>(),
+                              grad_output.const_data_ptr<scalar_t>(),
+                              grad_value.mutable_data_ptr<scalar_t>(),
+                              grad_loc.mutable_data_ptr<scalar_t>(),
+                              grad_attn.mutable_data_ptr<scalar_t>(), batch, num_value, num_query,
+                              num_heads, channels, num_points);
+  });
+  return {grad_value, grad_loc, grad_attn};
+}
+
+}  // namespace mta_clip

@@ -1,0 +1,206 @@
+"""CLIP's ViT (ViT-B/16) as a Detectron2 backbone with a simple feature pyramid.
+
+Trunk modules are open_clip's ``VisionTransformer`` parts held directly under the backbone, so
+names equal the checkpoint's ``visual.*`` names without the prefix (``conv1.weight``,
+``class_embedding``, ``positional_embedding``, ``ln_pre.*``, ``transformer.resblocks.N.*``).
+Blocks after the last one used, ``ln_post`` and ``proj`` are not built.
+"""
+import logging
+from typing import Dict, Optional, Sequence
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from torch import nn
+
+from ..clip.checkpoint import (
+    clip_weights_and_arch,
+    image_size_pair,
+    load_clip_weights,
+    resize_grid_pos_embed,
+    sub_state_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CLIPViT"]
+
+_LEVELS = ("res2", "res3", "res4", "res5")
+
+
+def _pyramid_layer(level: str, width: int, norm: str) -> nn.Module:
+    """Stride-16 tokens -> stride 4 (x4 up), 8 (x2 up), 16 (identity), 32 (x2 down)."""
+    if level == "res2":
+        return nn.Sequential(
+            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
+            get_norm(norm, width),
+            nn.GELU(),
+            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
+        )
+    if level == "res3":
+        return nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
+    if level == "res4":
+        return nn.Identity()
+    return nn.MaxPool2d(kernel_size=2, stride=2)
+
+
+@BACKBONE_REGISTRY.register()
+class CLIPViT(Backbone):
+    """CLIP ViT: the patch tokens after blocks ``out_indices`` (default 3, 5, 7, 11; 0-based) as
+    (B, width, H/16, W/16) maps, turned into ``res2..res5`` at strides 4/8/16/32 (all ``width``
+    channels) by ConvTranspose x4 (with norm + GELU between the two), ConvTranspose x2, identity,
+    max-pool /2. Takes any input whose sides are multiples of the patch size.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        width: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        patch_size: int = 16,
+        image_size: Sequence[int] = (512, 512),
+        out_indices: Sequence[int] = (3, 5, 7, 11),
+        out_features: Sequence[str] = _LEVELS,
+        pyramid_norm: str = "SyncBN",
+        weights: Optional[Dict[str, torch.Tensor]] = None,
+        weights_source: str = "",
+    ):
+        """
+        Args:
+            width, layers, heads, patch_size: transformer shapes (ViT-B/16: 768, 12, 12, 16).
+            image_size: (H, W) training resolution; the positional embedding is resized to its
+                patch grid at load time (and to the input's grid at run time).
+            out_indices: the 4 blocks feeding res2, res3, res4, res5.
+            out_features: subset of res2..res5.
+            pyramid_norm: Detectron2 norm name inside the x4 upsampling branch.
+            weights: ``visual.*`` weights without the prefix; None = open_clip's random init.
+            weights_source: file name for messages.
+        """
+        super().__init__()
+        from open_clip.transformer import QuickGELU, VisionTransformer
+
+        out_indices = [int(i) for i in out_indices]
+        if len(out_indices) != 4 or not all(0 <= i < layers for i in out_indices):
+            raise ValueError(
+                f"CLIPViT out_indices {out_indices} (MODEL.CLIP.VIT.OUT_INDICES): expected 4 block "
+                f"indices in [0, {layers})"
+            )
+        unknown = [f for f in out_features if f not in _LEVELS]
+        if unknown or not out_features:
+            raise ValueError(f"CLIPViT out_features {list(out_features)}: expected a subset of {_LEVELS}")
+        try:
+            get_norm(pyramid_norm, width)
+        except KeyError as e:
+            raise ValueError(f"CLIPViT pyramid norm '{pyramid_norm}' (MODEL.CLIP.VIT.PYRAMID_NORM) is unknown") from e
+        image_size = image_size_pair(image_size)
+        if image_size[0] % patch_size or image_size[1] % patch_size:
+            raise ValueError(
+                f"CLIPViT image_size {image_size} (MODEL.CLIP.IMAGE_SIZE) must be multiples of {patch_size}"
+            )
+
+        trunk = VisionTransformer(
+            image_size=image_size,
+            patch_size=patch_size,
+            width=width,
+            layers=layers,
+            heads=heads,
+            mlp_ratio=4.0,
+            output_dim=width,
+            act_layer=QuickGELU,
+        )
+        if not getattr(trunk.transformer, "batch_first", True):
+            raise RuntimeError("CLIPViT calls open_clip's blocks on (B, N, C) tokens: needs batch-first blocks")
+        self.patch_size = patch_size
+        self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
+        self._out_features = list(out_features)
+        self.level_index = {f: out_indices[_LEVELS.index(f)] for f in self._out_features}
+        depth = 1 + max(self.level_index.values())
+        self.conv1 = trunk.conv1
+        self.class_embedding = trunk.class_embedding
+        self.positional_embedding = trunk.positional_embedding
+        self.ln_pre = trunk.ln_pre
+        self.transformer = trunk.transformer
+        self.transformer.resblocks = self.transformer.resblocks[:depth]
+        del trunk
+        self.pyramid = nn.ModuleDict({f: _pyramid_layer(f, width, pyramid_norm) for f in self._out_features})
+
+        if weights is not None:
+            self._load_clip(weights, weights_source or "CLIP weights", depth)
+
+        self._out_feature_strides = {f: 4 * 2 ** i for i, f in enumerate(_LEVELS)}
+        self._out_feature_channels = {f: width for f in _LEVELS}
+
+    def _load_clip(self, weights: Dict[str, torch.Tensor], source: str, depth: int) -> None:
+        def used(key: str) -> bool:
+            if key.startswith("transformer.resblocks."):
+                return int(key.split(".")[2]) < depth
+            return key.split(".")[0] in ("conv1", "class_embedding", "positional_embedding", "ln_pre")
+
+        unused = sorted({k.split(".")[0] if not k.startswith("transformer.") else "transformer.resblocks.>=%d" % depth
+                         for k in weights if not used(k)})
+        if unused:
+            logger.info("CLIPViT: not using checkpoint parts %s", unused)
+        weights = {k: v for k, v in weights.items() if used(k)}
+        key = "positional_embedding"
+        if key in weights:
+            side = int(round((weights[key].shape[0] - 1) ** 0.5))
+            weights[key] = resize_grid_pos_embed(weights[key], (side, side), self.grid)
+        load_clip_weights(self, weights, "CLIPViT", source, new_prefixes=("pyramid.",))
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        if input_shape.channels != 3:
+            raise ValueError(f"CLIPViT takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
+        clip = cfg.MODEL.CLIP
+        weights, arch = clip_weights_and_arch(clip.CHECKPOINT, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPViT backbone")
+        if not arch.is_vit:
+            raise ValueError(
+                f"MODEL.BACKBONE.NAME is CLIPViT but the CLIP model ({clip.CHECKPOINT or clip.MODEL_NAME}) "
+                f"is a ResNet: use CLIPResNet"
+            )
+        return dict(
+            width=arch.vision_width,
+            layers=int(arch.vision_layers),
+            heads=arch.vision_heads,
+            patch_size=arch.vision_patch_size,
+            image_size=tuple(clip.IMAGE_SIZE),
+            out_indices=tuple(clip.VIT.OUT_INDICES),
+            out_features=tuple(clip.VIT.OUT_FEATURES),
+            pyramid_norm=clip.VIT.PYRAMID_NORM,
+            weights=sub_state_dict(weights, "visual.") if weights is not None else None,
+            weights_source=clip.CHECKPOINT,
+        )
+
+    @property
+    def size_divisibility(self) -> int:
+        """Padding to 2 x patch keeps res5 exactly at stride 32 (forward accepts multiples of the patch)."""
+        return 2 * self.patch_size
+
+    def block_features(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
+        """Patch tokens after the used blocks: {block index: (B, width, H/p, W/p)}."""
+        p = self.patch_size
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % p or x.shape[3] % p:
+            raise ValueError(f"CLIPViT takes (B, 3, H, W) input with H, W multiples of {p}, got {tuple(x.shape)}")
+        b = x.shape[0]
+        x = self.conv1(x)  # (B, C, gh, gw)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, C)
+        cls = self.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + resize_grid_pos_embed(self.positional_embedding, self.grid, (gh, gw)).to(x.dtype)
+        x = self.ln_pre(x)
+        wanted = set(self.level_index.values())
+        feats = {}
+        for i, block in enumerate(self.transformer.resblocks):
+            x = block(x)
+            if i in wanted:
+                feats[i] = x[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
+        return feats
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """x: (B, 3, H, W) normalized images -> {res2..res5: (B, width, H/stride, W/stride)}."""
+        feats = self.block_features(x)
+        return {f: self.pyramid[f](feats[self.level_index[f]]) for f in self._out_features}

@@ -1,0 +1,30 @@
+"""CLIP for MTA-CLIP: checkpoint reading, prompt learner, prompt text encoder."""
+from .checkpoint import (
+    OFFICIAL_CLIP_FILES,
+    CLIPArch,
+    clip_weights_and_arch,
+    image_size_pair,
+    load_clip_weights,
+    read_clip_checkpoint,
+    resize_grid_pos_embed,
+    sub_state_dict,
+)
+from .prompt_learner import PromptLearner, clip_tokenizer, tokenize_class_slot, tokenize_template
+from .text_encoder import PromptTextEncoder, class_names_from_metadata
+
+__all__ = [
+    "OFFICIAL_CLIP_FILES",
+    "CLIPArch",
+    "clip_weights_and_arch",
+    "image_size_pair",
+    "load_clip_weights",
+    "read_clip_checkpoint",
+    "resize_grid_pos_embed",
+    "sub_state_dict",
+    "PromptLearner",
+    "clip_tokenizer",
+    "tokenize_class_slot",
+    "tokenize_template",
+    "PromptTextEncoder",
+    "class_names_from_metadata",
+]

@@ -1,0 +1,371 @@
+"""Reading OpenAI's CLIP checkpoint files: the one place shared by the image backbones and the
+prompt text encoder.
+
+Accepted files (``MODEL.CLIP.CHECKPOINT``):
+
+- OpenAI's released TorchScript archives ``RN50.pt``, ``RN101.pt``, ``ViT-B-16.pt`` (most weights
+  stored in fp16); read with ``torch.jit.load(f).state_dict()`` and cast to fp32.
+- A plain state dict with OpenAI's key names (``visual.*``, ``transformer.*``,
+  ``token_embedding.weight``, ``positional_embedding``, ``ln_final.*``, ``text_projection``,
+  ``logit_scale``), optionally wrapped as ``{"state_dict": ...}`` and/or prefixed ``module.``.
+
+The architecture (:class:`CLIPArch`) is read from the tensor shapes, as OpenAI's loader does:
+attention heads are ``width // 64`` everywhere, so widths must be multiples of 64 (ResNet: the
+stage-5 width ``32 * width``). Nothing is downloaded unless the caller asks for it explicitly.
+"""
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OFFICIAL_CLIP_FILES",
+    "CLIPArch",
+    "read_clip_checkpoint",
+    "clip_weights_and_arch",
+    "download_official_clip",
+    "sub_state_dict",
+    "resize_grid_pos_embed",
+    "image_size_pair",
+    "load_clip_weights",
+]
+
+# Architecture name -> OpenAI's released file name.
+OFFICIAL_CLIP_FILES: Dict[str, str] = {"RN50": "RN50.pt", "RN101": "RN101.pt", "ViT-B-16": "ViT-B-16.pt"}
+
+HEAD_WIDTH = 64  # OpenAI CLIP: every attention head is 64 channels wide
+_META_KEYS = ("input_resolution", "context_length", "vocab_size")  # non-weight entries of old files
+_TEXT_KEYS = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection")
+
+
+def _official_files_text() -> str:
+    return ", ".join(OFFICIAL_CLIP_FILES.values())
+
+
+@dataclass(frozen=True)
+class CLIPArch:
+    """Shapes of one CLIP model (both towers).
+
+    ``vision_layers`` is a 4-tuple of blocks per stage for the modified ResNets, an int (number of
+    transformer blocks) for ViTs. ``vision_image_size`` is the pretraining resolution (224).
+    """
+
+    embed_dim: int
+    vision_layers: Union[Tuple[int, int, int, int], int]
+    vision_width: int
+    vision_patch_size: Optional[int]
+    vision_image_size: int
+    context_length: int
+    vocab_size: int
+    text_width: int
+    text_heads: int
+    text_layers: int
+
+    @property
+    def is_vit(self) -> bool:
+        return self.vision_patch_size is not None
+
+    @property
+    def vision_heads(self) -> int:
+        """Heads of the ViT blocks, or of the ResNet attention pool (on ``32 * width`` channels)."""
+        channels = self.vision_width if self.is_vit else self.vision_width * 32
+        return max(1, channels // HEAD_WIDTH)
+
+    @property
+    def official_name(self) -> Optional[str]:
+        """The official architecture name this matches ("RN50", ...), or None for custom shapes."""
+        for name in OFFICIAL_CLIP_FILES:
+            if CLIPArch.from_official(name) == self:
+                return name
+        return None
+
+    def open_clip_kwargs(self) -> dict:
+        """Keyword arguments of ``open_clip.CLIP`` (QuickGELU, as OpenAI's models were trained)."""
+        vision_cfg = dict(
+            layers=self.vision_layers,
+            width=self.vision_width,
+            head_width=HEAD_WIDTH,
+            patch_size=self.vision_patch_size,
+            image_size=self.vision_image_size,
+        )
+        text_cfg = dict(
+            context_length=self.context_length,
+            vocab_size=self.vocab_size,
+            width=self.text_width,
+            heads=self.text_heads,
+            layers=self.text_layers,
+        )
+        return dict(embed_dim=self.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True)
+
+    @classmethod
+    def from_official(cls, name: str) -> "CLIPArch":
+        """Shapes of an official model, from open_clip's bundled config (no download)."""
+        if name not in OFFICIAL_CLIP_FILES:
+            raise ValueError(
+                f"Unknown CLIP model name '{name}' (MODEL.CLIP.MODEL_NAME); expected one of "
+                f"{list(OFFICIAL_CLIP_FILES)}"
+            )
+        from open_clip import get_model_config
+
+        cfg = get_model_config(name + "-quickgelu")
+        vis, txt = cfg["vision_cfg"], cfg["text_cfg"]
+        layers = vis["layers"]
+        return cls(
+            embed_dim=int(cfg["embed_dim"]),
+            vision_layers=tuple(layers) if isinstance(layers, (list, tuple)) else int(layers),
+            vision_width=int(vis["width"]),
+            vision_patch_size=vis.get("patch_size") if not isinstance(layers, (list, tuple)) else None,
+            vision_image_size=int(vis["image_size"]),
+            context_length=int(txt["context_length"]),
+            vocab_size=int(txt["vocab_size"]),
+            text_width=int(txt["width"]),
+            text_heads=int(txt["heads"]),
+            text_layers=int(txt["layers"]),
+        )
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Dict[str, torch.Tensor], source: str = "state dict") -> "CLIPArch":
+        """Infers the shapes from OpenAI-named weights; raises naming ``source`` if keys lack."""
+        missing = [k for k in _TEXT_KEYS + ("visual.conv1.weight",) if k not in state_dict]
+        is_vit = "visual.proj" in state_dict
+        if not is_vit and "visual.layer1.0.conv1.weight" not in state_dict:
+            missing.append("visual.proj or visual.layer1.0.conv1.weight")
+        if missing:
+            raise ValueError(
+                f"{source} is not a full CLIP checkpoint with OpenAI's key names: missing {missing}. "
+                f"Expected OpenAI's {_official_files_text()} (or a state dict with the same keys)."
+            )
+
+        def count(prefix: str) -> int:
+            return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+        if is_vit:
+            conv1 = state_dict["visual.conv1.weight"]
+            layers: Union[Tuple[int, ...], int] = count("visual.transformer.resblocks.")
+            width, patch = int(conv1.shape[0]), int(conv1.shape[-1])
+            grid = _square_grid(state_dict["visual.positional_embedding"].shape[0] - 1, source)
+            image_size = grid * patch
+        else:
+            layers = tuple(count(f"visual.layer{i}.") for i in (1, 2, 3, 4))
+            width, patch = int(state_dict["visual.layer1.0.conv1.weight"].shape[0]), None
+            pool_pos = state_dict.get("visual.attnpool.positional_embedding")
+            image_size = 32 * _square_grid(pool_pos.shape[0] - 1, source) if pool_pos is not None else 224
+        text_width = int(state_dict["ln_final.weight"].shape[0])
+        return cls(
+            embed_dim=int(state_dict["text_projection"].shape[1]),
+            vision_layers=layers,
+            vision_width=width,
+            vision_patch_size=patch,
+            vision_image_size=int(image_size),
+            context_length=int(state_dict["positional_embedding"].shape[0]),
+            vocab_size=int(state_dict["token_embedding.weight"].shape[0]),
+            text_width=text_width,
+            text_heads=max(1, text_width // HEAD_WIDTH),
+            text_layers=count("transformer.resblocks."),
+        )
+
+
+def _square_grid(n: int, source: str) -> int:
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise ValueError(f"{source}: positional embedding grid of {n} cells is not square")
+    return side
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """TorchScript archives are zip files with ``<name>/constants.pkl`` and ``<name>/code/``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _read_raw(path: str) -> Dict[str, object]:
+    try:
+        if _is_torchscript_archive(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.* deprecation notices
+                return dict(torch.jit.load(path, map_location="cpu").state_dict())
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any reader failure (corrupt zip, pickle, truncated file) -> one clear error
+        raise ValueError(
+            f"Cannot read CLIP checkpoint '{path}' ({type(e).__name__}: {e}). Expected OpenAI's "
+            f"TorchScript archive ({_official_files_text()}) or a plain state dict with the same keys."
+        ) from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"CLIP checkpoint '{path}' holds a {type(obj).__name__}, expected a state dict")
+    return obj
+
+
+def _normalize_state_dict(obj: Dict[str, object], path: str) -> Dict[str, torch.Tensor]:
+    """Unwraps ``{"state_dict": ...}``, strips ``module.``, drops non-tensors, casts floats to fp32."""
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor) and k not in _META_KEYS}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    if not tensors:
+        raise ValueError(f"CLIP checkpoint '{path}' contains no tensors")
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+
+
+def download_official_clip(model_name: str, path: str) -> str:
+    """Downloads OpenAI's file for ``model_name`` to ``path`` (explicit opt-in only).
+
+    ``path``'s file name must be the official one (e.g. ``pretrained/RN50.pt``). The file is
+    fetched into a temporary folder next to it (checksum verified by open_clip) and then moved.
+    """
+    if model_name not in OFFICIAL_CLIP_FILES:
+        raise ValueError(f"Cannot download CLIP model '{model_name}': expected one of {list(OFFICIAL_CLIP_FILES)}")
+    if os.path.basename(path) != OFFICIAL_CLIP_FILES[model_name]:
+        raise ValueError(
+            f"Downloading {model_name} needs MODEL.CLIP.CHECKPOINT to end in "
+            f"'{OFFICIAL_CLIP_FILES[model_name]}', got '{path}'"
+        )
+    from open_clip import download_pretrained_from_url, get_pretrained_url
+
+    url = get_pretrained_url(model_name, "openai")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".clip_download_", dir=folder)
+    try:
+        logger.info("Downloading %s to %s (MODEL.CLIP.DOWNLOAD is True)", url, path)
+        fetched = download_pretrained_from_url(url, cache_dir=tmp)
+        os.replace(fetched, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def read_clip_checkpoint(
+    path: str, model_name: str = "", allow_download: bool = False
+) -> Tuple[Dict[str, torch.Tensor], CLIPArch]:
+    """Reads a CLIP checkpoint into ``(fp32 state dict with OpenAI's keys, CLIPArch)``.
+
+    ``model_name`` (optional) is checked against the file's shapes: a different official model is
+    a warning. A missing file is an error naming the path and the official file names, unless
+    ``allow_download`` is set (then OpenAI's file for ``model_name`` is fetched to ``path``).
+    """
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        if allow_download and model_name:
+            download_official_clip(model_name, path)
+        else:
+            raise FileNotFoundError(
+                f"CLIP checkpoint '{path}' (MODEL.CLIP.CHECKPOINT) does not exist. Place OpenAI's released "
+                f"file there ({_official_files_text()}, e.g. under pretrained/). Nothing is downloaded "
+                f"unless MODEL.CLIP.DOWNLOAD is True."
+            )
+    state_dict = _normalize_state_dict(_read_raw(path), path)
+    arch = CLIPArch.from_state_dict(state_dict, f"CLIP checkpoint '{path}'")
+    found = arch.official_name
+    if model_name and found != model_name:
+        if found is not None:
+            logger.warning(
+                "MODEL.CLIP.MODEL_NAME is %s but %s holds %s weights; using the file's architecture",
+                model_name, path, found,
+            )
+        else:
+            logger.info("%s holds a custom CLIP architecture (not %s): %s", path, model_name, arch)
+    logger.info("Read CLIP checkpoint %s (%d tensors, %s)", path, len(state_dict), found or "custom")
+    return state_dict, arch
+
+
+def clip_weights_and_arch(
+    checkpoint: str, model_name: str, allow_download: bool = False, user: str = "CLIP"
+) -> Tuple[Optional[Dict[str, torch.Tensor]], CLIPArch]:
+    """``(state dict, arch)`` for the config keys; an empty ``checkpoint`` means random weights
+    with ``model_name``'s official shapes (logged as a warning naming ``user``)."""
+    if not checkpoint:
+        logger.warning(
+            "MODEL.CLIP.CHECKPOINT is empty: %s is randomly initialized with the %s architecture. "
+            "Set it to OpenAI's %s for the paper's setting.",
+            user, model_name, OFFICIAL_CLIP_FILES.get(model_name, _official_files_text()),
+        )
+        return None, CLIPArch.from_official(model_name)
+    return read_clip_checkpoint(checkpoint, model_name, allow_download)
+
+
+def sub_state_dict(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    """Entries under ``prefix`` (e.g. ``"visual."``) with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def image_size_pair(size) -> Tuple[int, int]:
+    """(H, W) from an int or a 1- / 2-element sequence (MODEL.CLIP.IMAGE_SIZE)."""
+    if isinstance(size, int):
+        return size, size
+    size = [int(s) for s in size]
+    if len(size) not in (1, 2) or min(size) <= 0:
+        raise ValueError(f"image size {size} (MODEL.CLIP.IMAGE_SIZE): expected [H, W] of positive ints")
+    return size[0], size[-1]
+
+
+def resize_grid_pos_embed(
+    pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]
+) -> torch.Tensor:
+    """Resizes a ``(1 + gh*gw, C)`` positional embedding to ``(1 + nh*nw, C)``.
+
+    Row 0 (class token / pooled token) is kept; the grid rows, laid out row-major, are resized
+    with bicubic interpolation (``align_corners=False``). Returns ``pos`` itself when the grids match.
+    """
+    gh, gw = int(old_grid[0]), int(old_grid[1])
+    nh, nw = int(new_grid[0]), int(new_grid[1])
+    if pos.dim() != 2 or pos.shape[0] != 1 + gh * gw:
+        raise ValueError(f"positional embedding of shape {tuple(pos.shape)} does not match a {gh}x{gw} grid")
+    if (gh, gw) == (nh, nw):
+        return pos
+    channels = pos.shape[1]
+    grid = pos[1:].reshape(1, gh, gw, channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(nh, nw), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(nh * nw, channels).to(pos.dtype)
+    return torch.cat([pos[:1], grid], dim=0)
+
+
+def load_clip_weights(
+    module: nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    component: str,
+    source: str,
+    new_prefixes: Iterable[str] = (),
+) -> Tuple[List[str], List[str]]:
+    """Loads ``state_dict`` into ``module`` (non-strict) and reports what did not match.
+
+    Missing keys under ``new_prefixes`` (layers CLIP does not have) are logged at info level, other
+    missing keys and unexpected keys as warnings. Returns ``(missing, unexpected)``.
+    """
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{component}: weights from {source} do not fit the model: {e}") from e
+    new_prefixes = tuple(new_prefixes)
+    new = [k for k in result.missing_keys if new_prefixes and k.startswith(new_prefixes)]
+    missing = [k for k in result.missing_keys if k not in new]
+    if new:
+        logger.info("%s: %d tensors not in CLIP, newly initialized: %s", component, len(new), _short(new))
+    if missing:
+        logger.warning("%s: %d tensors missing in %s: %s", component, len(missing), source, _short(missing))
+    if result.unexpected_keys:
+        logger.warning(
+            "%s: %d unexpected tensors in %s: %s",
+            component, len(result.unexpected_keys), source, _short(result.unexpected_keys),
+        )
+    logger.info("%s: loaded %d tensors from %s", component, len(state_dict) - len(result.unexpected_keys), source)
+    return list(result.missing_keys), list(result.unexpected_keys)
+
+
+def _short(keys: Sequence[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    text = ", ".join(keys[:limit])
+    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")

@@ -1,0 +1,153 @@
+"""``Predictor``: a model from a config file and weights, applied to BGR numpy images.
+
+    predictor = Predictor("configs/ade20k/...yaml", "model_final.pth", device="cuda")
+    out = predictor(cv2.imread("street.jpg"))         # out["labels"] (H, W), out["probs"] (C, H, W)
+    outs = predictor.predict_batch([img1, img2])      # one model call per ``batch_size`` images
+
+The image is resized like the test data (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); the outputs
+have the input's size. Test-time augmentation follows the config (TEST.AUG / TEST.SLIDE).
+``probs`` are per-pixel class distributions: the model's scores divided by their per-pixel sum
+(the Mask2Former score sum_q softmax(class)*sigmoid(mask) is not normalized).
+"""
+import logging
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+
+from .evaluation.test_time_augmentation import build_test_model, normalize_scores
+
+__all__ = ["Predictor", "to_bgr_uint8", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
+    """Any image as loaded by ``cv2.imread(..., IMREAD_UNCHANGED)`` -> (H, W, 3) uint8 BGR.
+
+    Accepts (H, W) / (H, W, 1) grayscale, (H, W, 3) BGR, (H, W, 4) BGRA (alpha dropped), uint8 or
+    uint16 (scaled by 255/65535). Anything else raises ValueError.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected a numpy image, got {type(image).__name__}")
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 or uint16 image, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    return np.ascontiguousarray(image)
+
+
+def load_config(config_file: str, opts: Optional[Sequence[str]] = None):
+    """Detectron2 defaults + this project's keys + ``config_file`` + ``opts`` (not frozen)."""
+    from .engine import setup_cfg
+
+    return setup_cfg(config_file, list(opts or []))
+
+
+def _metadata_for(cfg) -> Metadata:
+    """Metadata of the first test dataset when it matches the model, else generated names/colors."""
+    from .data.datasets import default_palette
+
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if len(getattr(meta, "stuff_classes", [])) == num_classes:
+            return meta
+    names = [f"class {i}" for i in range(num_classes)]
+    return Metadata(name="mta_clip_predictor", stuff_classes=names, stuff_colors=default_palette(num_classes),
+                    ignore_label=255)
+
+
+class Predictor:
+    """Semantic segmentation of BGR numpy images with a model built from a config."""
+
+    def __init__(
+        self,
+        config_file: str,
+        weights: Optional[str] = None,
+        device: str = "cpu",
+        opts: Optional[Sequence[str]] = None,
+    ):
+        """
+        Args:
+            config_file: YAML config of the model.
+            weights: checkpoint path (Detectron2 ``.pth`` / ``.pkl``); None keeps MODEL.WEIGHTS,
+                "" builds a randomly initialized model.
+            device: "cpu", "cuda", "cuda:1", ...
+            opts: extra "KEY VALUE" config overrides.
+        """
+        from . import data, modeling  # noqa: F401  (registers models and datasets)
+
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was asked for but CUDA is not available")
+        cfg = load_config(config_file, list(opts or []) + ["MODEL.DEVICE", str(device)])
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = weights
+        cfg.freeze()
+        self.cfg = cfg
+        model = build_model(cfg)
+        model.eval()
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        else:
+            logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
+        self.model = build_test_model(cfg, model)
+        self.model.eval()
+        self.device = torch.device(cfg.MODEL.DEVICE)
+        self.metadata = _metadata_for(cfg)
+        self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {self.input_format!r}")
+        min_size = cfg.INPUT.MIN_SIZE_TEST
+        self.resize = (
+            T.ResizeShortestEdge([min_size, min_size], cfg.INPUT.MAX_SIZE_TEST) if min_size > 0 else None
+        )
+
+    def _to_input(self, image_bgr: np.ndarray) -> Dict:
+        image = to_bgr_uint8(image_bgr)
+        height, width = image.shape[:2]
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        if self.resize is not None:
+            image = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return {"image": tensor, "height": height, "width": width}
+
+    def __call__(self, image_bgr: np.ndarray, return_probs: bool = True) -> Dict[str, np.ndarray]:
+        """(H, W[, 3|4|1]) BGR image -> ``labels`` (H, W) int64 and ``probs`` (C, H, W) float32."""
+        return self.predict_batch([image_bgr], return_probs=return_probs)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        batch_size: Optional[int] = None,
+        return_probs: bool = True,
+    ) -> List[Dict[str, np.ndarray]]:
+        """Like ``__call__`` for a list of images; ``batch_size`` images per model call (all)."""
+        images = list(images)
+        step = len(images) if not batch_size else int(batch_size)
+        results = []
+        with torch.no_grad():
+            for i in range(0, len(images), max(step, 1)):
+                inputs = [self._to_input(img) for img in images[i : i + step]]
+                for out in self.model(inputs):
+                    scores = out["sem_seg"].float()
+                    result = {"labels": scores.argmax(dim=0).cpu().numpy().astype(np.int64)}
+                    if return_probs:
+                        result["probs"] = normalize_scores(scores, "sum").cpu().numpy().astype(np.float32)
+                    results.append(result)
+        return results

@@ -1,0 +1,101 @@
+"""BestCheckpointHook inside a real Detectron2 training loop with a scripted EvalHook."""
+import json
+import os
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import SimpleTrainer, hooks
+from torch import nn
+
+from mta_clip.evaluation import BestCheckpointHook
+
+
+class TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(3))
+
+    def forward(self, data):
+        return {"loss": ((self.w - data) ** 2).sum()}
+
+
+def _loader():
+    while True:
+        yield torch.tensor([1.0, 2.0, 3.0])
+
+
+def _train(out_dir, values, max_iter=8, period=2, mode="max"):
+    """Trains ``max_iter`` steps; evaluation k returns values[k]. Returns (hook, weights per eval)."""
+    model = TinyModel()
+    trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.05))
+    checkpointer = DetectionCheckpointer(model, str(out_dir))
+    snapshots = []
+
+    def evaluate():
+        value = values[len(snapshots)]
+        snapshots.append((trainer.iter, model.w.detach().clone()))
+        return {"sem_seg": {"mIoU": value, "fwIoU": value / 2}}
+
+    best = BestCheckpointHook(checkpointer, metric="sem_seg/mIoU", mode=mode)
+    trainer.register_hooks([hooks.EvalHook(period, evaluate), best])
+    trainer.train(0, max_iter)
+    return best, snapshots
+
+
+def _saved(out_dir):
+    with open(os.path.join(out_dir, "model_best_metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    state = torch.load(os.path.join(out_dir, "model_best.pth"), map_location="cpu")
+    return metrics, state
+
+
+def test_keeps_the_best_evaluation(tmp_path):
+    best, snapshots = _train(tmp_path, [10.0, 30.0, 20.0, 25.0])
+    assert len(snapshots) == 4  # iterations 1, 3, 5 and the final evaluation
+    metrics, state = _saved(tmp_path)
+    best_iter, best_w = snapshots[1]
+    assert metrics["value"] == 30.0 and metrics["iteration"] == best_iter == state["iteration"]
+    assert metrics["metrics"] == {"sem_seg/mIoU": 30.0, "sem_seg/fwIoU": 15.0}
+    torch.testing.assert_close(state["model"]["w"], best_w)
+    assert not torch.equal(best_w, snapshots[-1][1])  # the weights kept are not the last ones
+    assert not os.path.exists(tmp_path / "last_checkpoint")  # resume is not redirected to it
+    assert sorted(os.listdir(tmp_path)) == ["model_best.pth", "model_best_metrics.json"]
+    # The checkpoint loads into a fresh model with Detectron2's checkpointer.
+    fresh = TinyModel()
+    DetectionCheckpointer(fresh).load(str(tmp_path / "model_best.pth"))
+    torch.testing.assert_close(fresh.w.detach(), best_w)
+
+
+def test_best_value_survives_resume(tmp_path):
+    _train(tmp_path, [10.0, 30.0, 20.0, 25.0])
+    before = os.stat(tmp_path / "model_best.pth").st_mtime_ns
+    best, _ = _train(tmp_path, [12.0, 29.0, 1.0, 2.0])
+    assert best.best_value == 30.0
+    assert os.stat(tmp_path / "model_best.pth").st_mtime_ns == before
+    best, snapshots = _train(tmp_path, [12.0, 31.0, 1.0, 2.0])
+    metrics, state = _saved(tmp_path)
+    assert metrics["value"] == 31.0 and metrics["iteration"] == snapshots[1][0]
+
+
+def test_min_mode_and_nan(tmp_path):
+    best, snapshots = _train(tmp_path, [float("nan"), 5.0, 3.0, 4.0], mode="min")
+    metrics, state = _saved(tmp_path)
+    assert metrics["value"] == 3.0 and metrics["mode"] == "min" and state["iteration"] == snapshots[2][0]
+    with pytest.raises(ValueError, match="mode"):
+        BestCheckpointHook(None, mode="best")
+
+
+def test_build_hook_from_config(tmp_path):
+    from detectron2.config import get_cfg
+
+    from mta_clip.config import add_mtaclip_config
+    from mta_clip.evaluation import build_best_checkpoint_hook
+
+    cfg = add_mtaclip_config(get_cfg())
+    checkpointer = DetectionCheckpointer(TinyModel(), str(tmp_path))
+    cfg.DATASETS.TEST = ("toy_sem_seg_val",)
+    hook = build_best_checkpoint_hook(cfg, checkpointer)
+    assert hook.metric == "sem_seg/mIoU" and hook.mode == "max"
+    cfg.TEST.BEST_CHECKPOINT.ENABLED = False
+    assert build_best_checkpoint_hook(cfg, checkpointer) is None

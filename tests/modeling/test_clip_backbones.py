@@ -1,0 +1,233 @@
+"""CLIPResNet / CLIPViT backbones against open_clip's own visual towers on tiny random CLIPs."""
+import importlib.util
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone
+
+from mta_clip.config import add_mtaclip_config
+from mta_clip.modeling.backbone.clip_resnet import CLIPResNet
+from mta_clip.modeling.backbone.clip_vit import CLIPViT
+from mta_clip.modeling.clip.checkpoint import read_clip_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("make_tiny_clip", os.path.join(ROOT, "tools", "make_tiny_clip.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def open_clip_reference(path):
+    """open_clip's own OpenAI loader (independent of our reader), fp32."""
+    import open_clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return open_clip.load_openai_model(path, precision="fp32", device="cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    tool = load_tool()
+    d = tmp_path_factory.mktemp("clip_backbones")
+    return {
+        "RN50": tool.make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript"),
+        "RN101": tool.make_tiny_clip(str(d / "RN101.pt"), "RN101", "state_dict", seed=1),
+        "ViT-B-16": tool.make_tiny_clip(str(d / "ViT-B-16.pt"), "ViT-B-16", "torchscript", seed=2),
+    }
+
+
+def make_cfg(name, checkpoint, image_size=(224, 224), **clip_overrides):
+    cfg = get_cfg()
+    add_mtaclip_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = name
+    cfg.MODEL.CLIP.CHECKPOINT = checkpoint
+    cfg.MODEL.CLIP.IMAGE_SIZE = list(image_size)
+    for key, value in clip_overrides.items():
+        node, leaf = cfg.MODEL.CLIP, key.split(".")
+        for part in leaf[:-1]:
+            node = node[part]
+        node[leaf[-1]] = value
+    return cfg
+
+
+def test_registered_names():
+    assert BACKBONE_REGISTRY.get("CLIPResNet") is CLIPResNet
+    assert BACKBONE_REGISTRY.get("CLIPViT") is CLIPViT
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+def test_resnet_equals_open_clip_trunk(ckpts, norm):
+    cfg = make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.NORM": norm})
+    bb = build_backbone(cfg).eval()
+    ref = open_clip_reference(ckpts["RN50"])
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        out = bb(x)
+        expected = ref.visual.forward_intermediates(x, indices=[1, 2, 3, 4], intermediates_only=True)
+    for name, exp in zip(["res2", "res3", "res4", "res5"], expected["image_intermediates"]):
+        assert out[name].shape == exp.shape
+        torch.testing.assert_close(out[name], exp, rtol=1e-5, atol=1e-5)
+    assert out["res5"].abs().mean() > 1e-3  # a real comparison, not of zeros
+
+
+def test_resnet_shapes_names_rn101(ckpts):
+    cfg = make_cfg("CLIPResNet", ckpts["RN101"])
+    bb = build_backbone(cfg, ShapeSpec(channels=3))
+    assert len(bb.layer3) == 23 and len(bb.layer1) == 3
+    shapes = bb.output_shape()
+    assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
+        "res2": (32, 4), "res3": (64, 8), "res4": (128, 16), "res5": (256, 32)}
+    out = bb(torch.randn(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "res2": (1, 32, 16, 24), "res3": (1, 64, 8, 12), "res4": (1, 128, 4, 6), "res5": (1, 256, 2, 3)}
+    # names under the backbone are the checkpoint's visual.* names (a prefix change)
+    sd, _ = read_clip_checkpoint(ckpts["RN101"])
+    visual = {k[len("visual."):] for k in sd if k.startswith("visual.") and not k.startswith("visual.attnpool.")}
+    ours = set(bb.state_dict())
+    assert ours <= visual
+    assert visual - ours == {k for k in visual if k.endswith("num_batches_tracked")}  # FrozenBN keeps none
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, sd["visual." + k]), k
+
+
+def test_resnet_official_shapes_rn50():
+    """Real RN50 widths (random init): 256/512/1024/2048 channels."""
+    bb = CLIPResNet(layers=(3, 4, 6, 3), width=64, embed_dim=1024, out_features=("res2", "res3", "res4", "res5"))
+    shapes = bb.output_shape()
+    assert [shapes[f"res{i}"].channels for i in range(2, 6)] == [256, 512, 1024, 2048]
+    assert [shapes[f"res{i}"].stride for i in range(2, 6)] == [4, 8, 16, 32]
+
+
+def test_resnet_norm_and_freeze(ckpts):
+    bb = build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.NORM": "SyncBN", "RESNET.FREEZE_AT": 2}))
+    assert isinstance(bb.bn1, FrozenBatchNorm2d) and isinstance(bb.layer1[0].bn2, FrozenBatchNorm2d)
+    assert isinstance(bb.layer2[0].bn2, torch.nn.SyncBatchNorm)
+    assert not any(p.requires_grad for p in bb.conv1.parameters())
+    assert not any(p.requires_grad for p in bb.layer1.parameters())
+    assert all(p.requires_grad for p in bb.layer2.parameters())
+    bb = build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.NORM": "BN"}))
+    assert type(bb.layer4[2].bn3) is torch.nn.BatchNorm2d and bb.bn1.weight.requires_grad
+    with pytest.raises(ValueError, match="MODEL.CLIP.RESNET.NORM"):
+        build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.NORM": "GN"}))
+    with pytest.raises(ValueError, match="FREEZE_AT"):
+        build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.FREEZE_AT": 6}))
+
+
+def test_resnet_attention_pool(ckpts):
+    ref = open_clip_reference(ckpts["RN50"])
+    feats = ["res4", "res5", "attnpool"]
+    # same grid as pretraining: the pooled token is CLIP's image embedding
+    bb = build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.OUT_FEATURES": feats})).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        pooled, dense = bb.attention_pool(bb(x)["res5"])
+        torch.testing.assert_close(pooled, ref.encode_image(x), rtol=1e-5, atol=1e-5)
+    assert dense.shape == (2, 32, 7, 7) and bb.output_shape()["attnpool"].channels == 32
+
+    # training resolution 256 -> 8x8 pool grid at load; input 160x224 -> 5x7 at run time
+    bb = build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], (256, 256), **{"RESNET.OUT_FEATURES": feats})).eval()
+    ckpt_pos = ref.visual.attnpool.positional_embedding.detach()
+
+    def bicubic(pos, size):
+        grid = pos[1:].reshape(1, 7, 7, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(size[0] * size[1], -1)])
+
+    torch.testing.assert_close(bb.attnpool.positional_embedding.detach(), bicubic(ckpt_pos, (8, 8)))
+    x = torch.randn(1, 3, 160, 224)
+    with torch.no_grad():
+        out = bb(x)
+        pooled, _ = bb.attention_pool(out["res5"])
+        stored = bb.attnpool.positional_embedding.detach()
+        grid = stored[1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(5, 7), mode="bicubic", align_corners=False)
+        ref.visual.attnpool.positional_embedding.data = torch.cat(
+            [stored[:1], grid.permute(0, 2, 3, 1).reshape(35, -1)])
+        expected = ref.visual.attnpool(out["res5"])
+    assert out["attnpool"].shape == (1, 32, 5, 7)
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_equals_open_clip_blocks(ckpts):
+    bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], **{"VIT.PYRAMID_NORM": "BN"})).eval()
+    ref = open_clip_reference(ckpts["ViT-B-16"])
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ours = bb.block_features(x)
+        exp = ref.visual.forward_intermediates(x, indices=[3, 5, 7, 11], intermediates_only=True)
+    for idx, e in zip([3, 5, 7, 11], exp["image_intermediates"]):
+        assert ours[idx].shape == e.shape == (2, 64, 14, 14)
+        torch.testing.assert_close(ours[idx], e, rtol=1e-5, atol=1e-5)
+    assert len(bb.transformer.resblocks) == 12
+
+
+def test_vit_pos_embed_interpolation(ckpts):
+    """Load time: checkpoint grid 14x14 -> training grid 8x12; run time: -> the input's grid."""
+    ref = open_clip_reference(ckpts["ViT-B-16"])
+    bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], (128, 192), **{"VIT.PYRAMID_NORM": "BN"})).eval()
+    ckpt = ref.visual.positional_embedding.detach()
+
+    def bicubic(pos, old, new):
+        grid = pos[1:].reshape(1, old[0], old[1], -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], -1)])
+
+    stored = bb.positional_embedding.detach()
+    torch.testing.assert_close(stored, bicubic(ckpt, (14, 14), (8, 12)))
+    x = torch.randn(1, 3, 64, 96)
+    ref.visual.positional_embedding.data = bicubic(stored, (8, 12), (4, 6))
+    with torch.no_grad():
+        ours = bb.block_features(x)
+        exp = ref.visual.forward_intermediates(x, indices=[3, 5, 7, 11], intermediates_only=True)
+    for idx, e in zip([3, 5, 7, 11], exp["image_intermediates"]):
+        torch.testing.assert_close(ours[idx], e, rtol=1e-5, atol=1e-5)
+
+
+def test_vit_pyramid_shapes_and_gradients(ckpts):
+    bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"]))  # default SyncBN: plain BN in one process
+    assert isinstance(bb.pyramid["res2"][1], torch.nn.SyncBatchNorm)
+    assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
+        "res2": (64, 4), "res3": (64, 8), "res4": (64, 16), "res5": (64, 32)}
+    out = bb(torch.randn(2, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "res2": (2, 64, 16, 24), "res3": (2, 64, 8, 12), "res4": (2, 64, 4, 6), "res5": (2, 64, 2, 3)}
+    sum(v.mean() for v in out.values()).backward()
+    assert bb.pyramid["res2"][0].weight.grad is not None and bb.conv1.weight.grad is not None
+    assert bb.transformer.resblocks[11].mlp.c_fc.weight.grad is not None
+    out = bb(torch.randn(1, 3, 48, 80))  # any multiple of 16 (odd 3x5 grid)
+    assert out["res2"].shape[-2:] == (12, 20) and out["res5"].shape[-2:] == (1, 2)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        bb(torch.randn(1, 3, 56, 64))
+    sd, _ = read_clip_checkpoint(ckpts["ViT-B-16"])
+    for k, v in bb.state_dict().items():
+        if not k.startswith("pyramid."):
+            assert k in ("positional_embedding",) or torch.equal(v, sd["visual." + k]), k
+
+
+def test_vit_fewer_blocks_and_errors(ckpts):
+    bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], **{
+        "VIT.OUT_INDICES": [1, 2, 4, 6], "VIT.OUT_FEATURES": ["res3", "res4"], "VIT.PYRAMID_NORM": "BN"}))
+    assert len(bb.transformer.resblocks) == 5 and set(bb.pyramid.keys()) == {"res3", "res4"}
+    assert set(bb(torch.randn(1, 3, 32, 32))) == {"res3", "res4"}
+    with pytest.raises(ValueError, match="OUT_INDICES"):
+        build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], **{"VIT.OUT_INDICES": [3, 5, 7, 12]}))
+    with pytest.raises(ValueError, match="use CLIPResNet"):
+        build_backbone(make_cfg("CLIPViT", ckpts["RN50"]))
+    with pytest.raises(ValueError, match="use CLIPViT"):
+        build_backbone(make_cfg("CLIPResNet", ckpts["ViT-B-16"]))
+
+
+def test_vit_b16_official_shapes():
+    """Real ViT-B/16 widths, random init, 2 blocks used."""
+    bb = CLIPViT(width=768, layers=12, heads=12, image_size=(64, 64), out_indices=(0, 0, 1, 1), pyramid_norm="BN")
+    assert len(bb.transformer.resblocks) == 2
+    assert all(s.channels == 768 for s in bb.output_shape().values())

@@ -1,0 +1,326 @@
+import math
+import pytest
+import torch
+from detectron2.config import get_cfg
+
+import mta_clip.modeling.criterion as criterion_mod
+from mta_clip.config import add_mtaclip_config
+from mta_clip.modeling.criterion import SetCriterion
+from mta_clip.modeling.point_sampling import (
+    calculate_uncertainty,
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
+
+
+# ---------------------------------------------------------------- independent references
+def _bilinear(img, x, y):
+    """Value of the (H, W) map at normalized (x, y), pixel centers at (j + 0.5) / W, zeros outside."""
+    h, w = img.shape
+    px, py = x * w - 0.5, y * h - 0.5
+    x0, y0 = math.floor(px), math.floor(py)
+    total = 0.0
+    for yy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0)):
+        for xx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
+            if 0 <= yy < h and 0 <= xx < w:
+                total += wy * wx * float(img[yy, xx])
+    return total
+
+
+def _pixel_centers(h, w):
+    ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def _bce(x, t):
+    s = 1 / (1 + math.exp(-x))
+    return -(t * math.log(s) + (1 - t) * math.log(1 - s))
+
+
+def _mask_losses(logit_lists, label_lists, num_masks):
+    """Direct BCE (mean over points) and dice per mask, summed, divided by num_masks."""
+    bce = dice = 0.0
+    for xs, ts in zip(logit_lists, label_lists):
+        bce += sum(_bce(x, t) for x, t in zip(xs, ts)) / len(xs)
+        s = [1 / (1 + math.exp(-x)) for x in xs]
+        dice += 1 - (2 * sum(a * b for a, b in zip(s, ts)) + 1) / (sum(s) + sum(ts) + 1)
+    return bce / num_masks, dice / num_masks
+
+
+def _ce(logits, indices, targets, num_classes, eos):
+    """Weighted-mean CE by a loop over images and queries."""
+    num = den = 0.0
+    for b in range(logits.shape[0]):
+        matched = {int(p): int(targets[b]["labels"][t]) for p, t in zip(*indices[b])}
+        for n in range(logits.shape[1]):
+            cls = matched.get(n, num_classes)
+            weight = eos if cls == num_classes else 1.0
+            row = logits[b, n].double().tolist()
+            log_z = math.log(sum(math.exp(v) for v in row))
+            num += weight * (log_z - row[cls])
+            den += weight
+    return num / den
+
+
+class FixedMatcher(torch.nn.Module):
+    """Returns preset indices, one list per call in order (cycling), and counts calls."""
+
+    def __init__(self, *index_lists):
+        super().__init__()
+        self.index_lists = index_lists
+        self.calls = 0
+
+    def forward(self, outputs, targets):
+        out = self.index_lists[self.calls % len(self.index_lists)]
+        self.calls += 1
+        return [(torch.tensor(p, dtype=torch.int64), torch.tensor(t, dtype=torch.int64)) for p, t in out]
+
+
+def _criterion(matcher, num_classes=3, eos=0.1, num_points=12, num_aux_outputs=0, losses=("labels", "masks")):
+    return SetCriterion(
+        num_classes=num_classes, matcher=matcher,
+        weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
+        eos_coef=eos, losses=list(losses), num_points=num_points, oversample_ratio=3.0,
+        importance_sample_ratio=0.75, num_aux_outputs=num_aux_outputs,
+    )
+
+
+def _batch(seed=0, h=3, w=4, up=4, num_classes=3, n=5):
+    g = torch.Generator().manual_seed(seed)
+    outputs = {
+        "pred_logits": torch.randn(2, n, num_classes + 1, generator=g),
+        "pred_masks": torch.randn(2, n, h, w, generator=g) * 2,
+    }
+    small = [(torch.rand(2, h, w, generator=g) > 0.5).float(), (torch.rand(1, h, w, generator=g) > 0.5).float()]
+    targets = [
+        {"labels": torch.tensor([2, 0]), "masks": torch.kron(small[0], torch.ones(up, up)).bool()},
+        {"labels": torch.tensor([1]), "masks": torch.kron(small[1], torch.ones(up, up)).bool()},
+    ]
+    indices = [([1, 3], [1, 0]), ([4], [0])]
+    return outputs, targets, small, indices
+
+
+# ---------------------------------------------------------------- point sampling
+def test_point_sample_is_bilinear_with_zero_padding():
+    torch.manual_seed(0)
+    img = torch.randn(2, 3, 5, 7)
+    coords = torch.rand(2, 9, 2) * 1.2 - 0.1  # a few points outside [0, 1]
+    out = point_sample(img, coords, align_corners=False)
+    assert out.shape == (2, 3, 9)
+    for n in range(2):
+        for c in range(3):
+            for p in range(9):
+                x, y = coords[n, p].tolist()
+                assert out[n, c, p].item() == pytest.approx(_bilinear(img[n, c], x, y), abs=1e-5)
+
+
+def test_point_sample_grid_shape():
+    img = torch.randn(1, 2, 4, 4)
+    assert point_sample(img, torch.rand(1, 3, 5, 2), align_corners=False).shape == (1, 2, 3, 5)
+
+
+def test_uncertain_points_are_the_most_uncertain_candidates():
+    logits = torch.randn(3, 1, 6, 6) * 3
+    num_points, k, beta = 20, 3.0, 0.75
+    torch.manual_seed(7)
+    coords = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, num_points, k, beta)
+    assert coords.shape == (3, num_points, 2)
+    assert bool(((coords >= 0) & (coords <= 1)).all())
+    torch.manual_seed(7)
+    candidates = torch.rand(3, int(num_points * k), 2)
+    fresh = torch.rand(3, num_points - int(beta * num_points), 2)
+    n_unc = int(beta * num_points)
+    for r in range(3):
+        unc = [-abs(_bilinear(logits[r, 0], x, y)) for x, y in candidates[r].tolist()]
+        order = sorted(range(len(unc)), key=lambda i: -unc[i])
+        expected = candidates[r][order[:n_unc]]
+        got = coords[r, :n_unc]
+        # the same set of points (topk order may differ for near-ties only)
+        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
+        torch.testing.assert_close(coords[r, n_unc:], fresh[r])
+
+
+def test_importance_ratio_extremes():
+    logits = torch.randn(2, 1, 5, 5)
+    torch.manual_seed(3)
+    all_random = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, 10, 2.0, 0.0)
+    torch.manual_seed(3)
+    torch.rand(2, 20, 2)
+    torch.testing.assert_close(all_random, torch.rand(2, 10, 2))
+    all_unc = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, 10, 2.0, 1.0)
+    assert all_unc.shape == (2, 10, 2)
+
+
+# ---------------------------------------------------------------- losses
+def test_labels_and_masks_against_direct_formulas(monkeypatch):
+    outputs, targets, small, indices = _batch()
+    h, w = outputs["pred_masks"].shape[-2:]
+
+    def fixed_points(src, uncertainty_func, num_points, oversample_ratio, importance_sample_ratio):
+        assert src.shape[1:] == (1, h, w) and not torch.is_grad_enabled()
+        return _pixel_centers(h, w)[None].expand(src.shape[0], -1, -1)
+
+    monkeypatch.setattr(criterion_mod, "get_uncertain_point_coords_with_randomness", fixed_points)
+    crit = _criterion(FixedMatcher(indices), num_points=h * w)
+    losses = crit(outputs, targets)
+    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice"}
+    ce = _ce(outputs["pred_logits"], indices, targets, 3, 0.1)
+    logit_lists, label_lists = [], []
+    for b, (preds, tgts) in enumerate(indices):
+        for p, t in zip(preds, tgts):
+            logit_lists.append(outputs["pred_masks"][b, p].flatten().tolist())
+            label_lists.append(small[b][t].flatten().tolist())
+    bce, dice = _mask_losses(logit_lists, label_lists, num_masks=3)  # 3 masks in the batch, not per image
+    assert losses["loss_ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert losses["loss_mask"].item() == pytest.approx(bce, rel=1e-5)
+    assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+
+
+def test_masks_with_real_importance_sampling(monkeypatch):
+    outputs, targets, _, indices = _batch(seed=1)
+    seen = []
+
+    def spy(*args, **kwargs):
+        coords = get_uncertain_point_coords_with_randomness(*args, **kwargs)
+        seen.append(coords)
+        return coords
+
+    monkeypatch.setattr(criterion_mod, "get_uncertain_point_coords_with_randomness", spy)
+    crit = _criterion(FixedMatcher(indices), num_points=10, losses=("masks",))
+    losses = crit(outputs, targets)
+    (coords,) = seen
+    assert coords.shape == (3, 10, 2)
+    logit_lists, label_lists, r = [], [], 0
+    for b, (preds, tgts) in enumerate(indices):
+        for p, t in zip(preds, tgts):
+            pts = coords[r].tolist()
+            logit_lists.append([_bilinear(outputs["pred_masks"][b, p], x, y) for x, y in pts])
+            label_lists.append([_bilinear(targets[b]["masks"][t].float(), x, y) for x, y in pts])
+            r += 1
+    bce, dice = _mask_losses(logit_lists, label_lists, num_masks=3)
+    assert losses["loss_mask"].item() == pytest.approx(bce, rel=1e-5)
+    assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+
+
+def test_gradients_reach_logits_and_masks():
+    outputs, targets, _, indices = _batch(seed=2)
+    outputs = {k: v.requires_grad_() for k, v in outputs.items()}
+    losses = _criterion(FixedMatcher(indices))(outputs, targets)
+    sum(losses.values()).backward()
+    assert outputs["pred_logits"].grad.abs().sum() > 0
+    grad = outputs["pred_masks"].grad
+    assert grad[0, 3].abs().sum() > 0 and grad[1, 4].abs().sum() > 0
+    assert grad[0, 0].abs().sum() == 0 and grad[1, 1].abs().sum() == 0  # unmatched masks get no gradient
+
+
+def test_empty_target_image_and_empty_batch():
+    outputs, targets, _, _ = _batch(seed=3)
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 12, 16, dtype=torch.bool)}
+    indices = [([], []), ([4], [0])]
+    crit = _criterion(FixedMatcher(indices))
+    losses = crit(outputs, [empty, targets[1]])
+    ce = _ce(outputs["pred_logits"], indices, [empty, targets[1]], 3, 0.1)
+    assert losses["loss_ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+    outputs = {k: v.requires_grad_() for k, v in outputs.items()}
+    crit = _criterion(FixedMatcher([([], []), ([], [])]))
+    losses = crit(outputs, [empty, empty])
+    assert crit.get_num_masks([empty, empty], torch.device("cpu")) == 1.0
+    assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
+    assert losses["loss_mask"].requires_grad and losses["loss_dice"].requires_grad
+    sum(losses.values()).backward()
+    assert outputs["pred_masks"].grad is not None
+
+
+def test_with_real_matcher_and_padded_targets_of_different_sizes():
+    outputs, targets, _, _ = _batch(seed=4)
+    from mta_clip.modeling.matcher import HungarianMatcher
+    targets[1]["masks"] = targets[1]["masks"][:, :8, :12]  # smaller image: padded bottom/right
+    crit = _criterion(HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=16))
+    losses = crit(outputs, targets)
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    masks = SetCriterion._matched_target_masks(targets, [(torch.tensor([0, 1]), torch.tensor([0, 1])),
+                                                        (torch.tensor([0]), torch.tensor([0]))])
+    assert masks.shape == (3, 12, 16) and not masks[2, 8:].any() and not masks[2, :, 12:].any()
+
+
+def test_deep_supervision_keys_and_weight_dict():
+    outputs, targets, _, indices = _batch(seed=5)
+    outputs["aux_outputs"] = [{k: v * (i + 2) for k, v in outputs.items()} for i in range(2)]
+    matcher = FixedMatcher(indices)
+    crit = _criterion(matcher, num_aux_outputs=2)
+    losses = crit(outputs, targets)
+    keys = {"loss_ce", "loss_mask", "loss_dice"}
+    expected = keys | {f"{k}_{i}" for k in keys for i in range(2)}
+    assert set(losses) == expected and set(crit.weight_dict) == expected
+    assert crit.weight_dict["loss_ce_1"] == 2.0 and crit.weight_dict["loss_dice_0"] == 5.0
+    assert matcher.calls == 3  # matched once per supervised prediction
+    assert losses["loss_ce_0"].item() != pytest.approx(losses["loss_ce"].item())
+
+    with pytest.raises(ValueError, match="aux_outputs"):
+        _criterion(FixedMatcher(indices), num_aux_outputs=3)(outputs, targets)
+    # without deep supervision aux_outputs are ignored
+    no_aux = _criterion(FixedMatcher(indices), num_aux_outputs=0)
+    assert set(no_aux(outputs, targets)) == keys and set(no_aux.weight_dict) == keys
+
+
+def test_from_config_and_checkpoint_buffer():
+    cfg = add_mtaclip_config(get_cfg())
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
+    crit = SetCriterion(cfg)
+    assert crit.num_aux_outputs == 9 and len(crit.weight_dict) == 30
+    assert crit.weight_dict["loss_ce_8"] == 2.0 and crit.weight_dict["loss_mask"] == 5.0
+    assert crit.losses == ["labels", "masks"]
+    assert (crit.num_points, crit.oversample_ratio, crit.importance_sample_ratio) == (12544, 3.0, 0.75)
+    state = crit.state_dict()
+    assert list(state) == ["empty_weight"] and state["empty_weight"].shape == (151,)
+    assert state["empty_weight"][-1].item() == pytest.approx(0.1) and bool((state["empty_weight"][:-1] == 1).all())
+    cfg.MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION = False
+    assert SetCriterion(cfg).num_aux_outputs == 8
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = False
+    assert set(SetCriterion(cfg).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
+
+
+def test_get_loss_dispatch_and_subclass_extension():
+    outputs, targets, _, indices = _batch(seed=6)
+
+    class WithCount(SetCriterion):
+        LOSS_METHODS = {**SetCriterion.LOSS_METHODS, "count": "loss_count"}
+
+        def loss_count(self, outputs, targets, indices, num_masks):
+            return {"loss_count": torch.tensor(float(sum(len(p) for p, _ in indices)) / num_masks)}
+
+    crit = WithCount(num_classes=3, matcher=FixedMatcher(indices), weight_dict={"loss_count": 1.0}, eos_coef=0.1,
+                     losses=["count"], num_points=4, oversample_ratio=3.0, importance_sample_ratio=0.75)
+    assert crit(outputs, targets) == {"loss_count": torch.tensor(1.0)}
+    with pytest.raises(ValueError, match="unknown losses"):
+        _criterion(FixedMatcher(indices), losses=("labels", "boxes"))
+    with pytest.raises(ValueError, match="unknown loss"):
+        _criterion(FixedMatcher(indices)).get_loss("boxes", outputs, targets, indices, 1.0)
+
+
+def test_wrong_number_of_classes_is_reported():
+    outputs, targets, _, indices = _batch(seed=7, num_classes=4)
+    with pytest.raises(ValueError, match="num_classes"):
+        _criterion(FixedMatcher(indices), num_classes=3)(outputs, targets)
+
+
+def test_num_masks_is_averaged_over_processes(monkeypatch):
+    """Two processes holding 5 and 1 masks both normalize by 3 (all-reduce sum / world size)."""
+    reduced = []
+
+    def fake_all_reduce(tensor):
+        reduced.append(tensor.clone())
+        tensor += 1.0  # the other process holds 1 mask
+
+    monkeypatch.setattr(criterion_mod.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(criterion_mod.dist, "all_reduce", fake_all_reduce)
+    monkeypatch.setattr(criterion_mod.comm, "get_world_size", lambda: 2)
+    crit = _criterion(FixedMatcher([]))
+    targets = [{"labels": torch.zeros(3, dtype=torch.int64)}, {"labels": torch.zeros(2, dtype=torch.int64)}]
+    assert crit.get_num_masks(targets, torch.device("cpu")) == 3.0
+    assert [t.tolist() for t in reduced] == [[5.0]]
+    # clamped to 1 when the processes hold fewer masks than processes
+    empty = [{"labels": torch.zeros(0, dtype=torch.int64)}]
+    assert crit.get_num_masks(empty, torch.device("cpu")) == 1.0

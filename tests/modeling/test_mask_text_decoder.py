@@ -1,0 +1,137 @@
+"""Mask-Text Decoder: query layout, attention variants, similarity (Eqs. 1-6)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mta_clip.modeling.mask_text_decoder import MaskTextDecoder
+from mta_clip.modeling.masked_decoder import MaskedDecoder
+
+B, HID, N, C, K, D = 2, 32, 5, 4, 3, 24
+
+
+def _base_kwargs():
+    return dict(num_classes=C, hidden_dim=HID, num_queries=N, nheads=4, dim_feedforward=64, dec_layers=3,
+                pre_norm=False, mask_dim=HID, enforce_input_project=False)
+
+
+def _decoder(**kw):
+    torch.manual_seed(0)
+    args = dict(num_text_queries=K * (C + 1), num_prompts=K, text_dim=D)
+    args.update(kw)
+    return MaskTextDecoder(HID, **args, **_base_kwargs()).eval()
+
+
+def _inputs(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    memories = [torch.randn(B, HID, s, s + 1, generator=g) for s in (2, 4, 8)]
+    mask_features = torch.randn(B, HID, 16, 18, generator=g)
+    text = torch.randn(K, C + 1, D, generator=g)
+    return memories, mask_features, text
+
+
+def test_output_shapes_and_supervised_predictions():
+    dec = _decoder(supervise_initial_prediction=False)
+    mem, mf, text = _inputs()
+    out = dec(mem, mf, text_embeddings=text)
+    assert out["pred_logits"].shape == (B, N, C + 1)
+    assert out["pred_masks"].shape == (B, N, 16, 18)
+    assert out["pred_sim"].shape == (B, N, K, C + 1)
+    # 3 layers, the prediction before the first layer is not supervised: 2 aux outputs
+    assert len(out["aux_outputs"]) == 2
+    assert all("pred_sim" in a for a in out["aux_outputs"])
+
+
+def _mask_outputs(dec, mem, mf, text):
+    out = dec(mem, mf, text_embeddings=text)
+    return torch.cat([out["pred_logits"].flatten(), out["pred_masks"].flatten()])
+
+
+def test_separate_attention_isolates_mask_queries_from_text():
+    dec = _decoder(joint_self_attention=False)
+    mem, mf, text = _inputs()
+    a = _mask_outputs(dec, mem, mf, text)
+    b = _mask_outputs(dec, mem, mf, text + torch.randn_like(text))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_joint_attention_lets_text_change_mask_queries():
+    dec = _decoder(joint_self_attention=True)
+    mem, mf, text = _inputs()
+    a = _mask_outputs(dec, mem, mf, text)
+    b = _mask_outputs(dec, mem, mf, text + torch.randn_like(text))
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_separate_attention_mask_blocks_exactly_the_cross_pairs():
+    dec = _decoder(joint_self_attention=False)
+    t = dec.num_text_queries
+    m = dec._self_attention_mask(t + N, "cpu")
+    assert m[:t, :t].sum() == 0 and m[t:, t:].sum() == 0
+    assert m[:t, t:].all() and m[t:, :t].all()
+
+
+def test_without_text_queries_equals_masked_decoder():
+    torch.manual_seed(0)
+    base = MaskedDecoder(HID, **_base_kwargs()).eval()
+    mta = MaskTextDecoder(HID, num_text_queries=0, num_prompts=K, text_dim=D, **_base_kwargs()).eval()
+    mta.load_state_dict(base.state_dict(), strict=True)
+    mem, mf, _ = _inputs()
+    a, b = base(mem, mf), mta(mem, mf)
+    torch.testing.assert_close(a["pred_logits"], b["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(a["pred_masks"], b["pred_masks"], rtol=0, atol=0)
+
+
+def test_cosine_similarity_with_zero_gamma_is_cos_to_clip_text():
+    """gamma = 0 makes t' = t0 exactly (Eq. 5), so S = cos(Linear(m), t0) (Eq. 6, tau = 1)."""
+    dec = _decoder(return_projection="gamma", similarity="cosine")
+    with torch.no_grad():
+        dec.text_gamma.zero_()
+    captured = []
+    dec.decoder_norm.register_forward_hook(lambda mod, inp, out: captured.append(out))
+    mem, mf, text = _inputs()
+    out = dec(mem, mf, text_embeddings=text)
+    last = captured[-1].transpose(0, 1)[:, dec.num_text_queries:]  # (B, N, hidden) normalized mask queries
+    m_clip = last @ dec.mask_to_clip.weight.T + dec.mask_to_clip.bias
+    expected = torch.empty(B, N, K, C + 1)
+    for b in range(B):
+        for i in range(N):
+            for k in range(K):
+                for c in range(C + 1):
+                    expected[b, i, k, c] = F.cosine_similarity(m_clip[b, i], text[k, c], dim=0)
+    torch.testing.assert_close(out["pred_sim"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_dot_similarity_with_temperature():
+    dec = _decoder(return_projection="mlp", similarity="dot", temperature=0.07)
+    mem, mf, text = _inputs()
+    s1 = dec(mem, mf, text_embeddings=text)["pred_sim"]
+    dec2 = _decoder(return_projection="mlp", similarity="dot", temperature=0.14)
+    s2 = dec2(mem, mf, text_embeddings=text)["pred_sim"]
+    torch.testing.assert_close(s1, 2 * s2, rtol=1e-4, atol=1e-4)
+
+
+def test_text_attention_mask_variants_and_text_masks_not_differentiable():
+    mem, mf, text = _inputs()
+    text = text.clone().requires_grad_(True)
+    dec = _decoder(text_attention_mask="predicted")
+    dec.train()
+    out = dec(mem, mf, text_embeddings=text)
+    out["pred_masks"].sum().backward()
+    assert text.grad is not None  # text queries influence mask queries through self-attention
+    dec_none = _decoder(text_attention_mask="none")
+    assert dec_none(mem, mf, text_embeddings=text.detach())["pred_masks"].shape == (B, N, 16, 18)
+
+
+def test_wrong_text_shape_is_a_clear_error():
+    dec = _decoder()
+    mem, mf, _ = _inputs()
+    with pytest.raises(ValueError, match="text_embeddings must be"):
+        dec(mem, mf, text_embeddings=torch.randn(K, C, D))
+    with pytest.raises(ValueError, match="needs text_embeddings"):
+        dec(mem, mf)
+
+
+@pytest.mark.parametrize("arg,value", [("similarity", "l2"), ("text_reduction", "conv"), ("return_projection", "x")])
+def test_bad_choice_names_the_option(arg, value):
+    with pytest.raises(ValueError, match=arg):
+        _decoder(**{arg: value})

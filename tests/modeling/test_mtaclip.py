@@ -1,0 +1,133 @@
+"""MTACLIP meta-architecture: gradients, frozen text encoder, baseline equivalence, train/eval."""
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from mta_clip.data import SemanticMaskFormerMapper
+from mta_clip.modeling import MTACLIP, SemanticMask2Former
+from mta_clip.solver import build_optimizer
+from tests.conftest import toy_cfg
+
+
+def _cfg(tiny_clip_file, *opts):
+    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.CHECKPOINT", tiny_clip_file, *opts])
+
+
+def _batch(cfg, n=2):
+    mapper = SemanticMaskFormerMapper(cfg, True)
+    return [mapper(d) for d in DatasetCatalog.get("toy_sem_seg_train")[:n]]
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def test_gradients_reach_prompts_projections_and_queries_not_clip_text(tiny_clip_file):
+    cfg = _cfg(tiny_clip_file)
+    model = _model(cfg)
+    assert isinstance(model, MTACLIP)
+    model.train()
+    losses = model(_batch(cfg))
+    assert {"loss_sim", "loss_sim_0"} <= set(losses)
+    sum(losses.values()).backward()
+    named = dict(model.named_parameters())
+    for name in ["text_encoder.prompt_learner.ctx", "sem_seg_head.predictor.text_proj.weight",
+                 "sem_seg_head.predictor.text_to_clip.weight", "sem_seg_head.predictor.text_gamma",
+                 "sem_seg_head.predictor.mask_to_clip.weight", "sem_seg_head.predictor.query_feat.weight",
+                 "sem_seg_head.predictor.text_query_embed.weight"]:
+        assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
+    frozen = [n for n, p in named.items() if n.startswith("text_encoder.") and "prompt_learner" not in n]
+    assert frozen and all(not named[n].requires_grad and named[n].grad is None for n in frozen)
+
+
+def test_text_encoder_weights_unchanged_and_absent_from_optimizer(tiny_clip_file):
+    cfg = _cfg(tiny_clip_file)
+    model = _model(cfg)
+    model.train()
+    opt = build_optimizer(cfg, model)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    text_params = {n: p for n, p in model.text_encoder.named_parameters() if "prompt_learner" not in n}
+    assert not any(id(p) in in_opt for p in text_params.values())
+    assert id(model.text_encoder.prompt_learner.ctx) in in_opt
+    before = {n: p.detach().clone() for n, p in text_params.items()}
+    ctx_before = model.text_encoder.prompt_learner.ctx.detach().clone()
+    sum(model(_batch(cfg)).values()).backward()
+    opt.step()
+    for n, p in text_params.items():
+        assert torch.equal(p, before[n]), n
+    assert not torch.equal(model.text_encoder.prompt_learner.ctx, ctx_before)
+    # prompts are trained at the base lr, not the backbone multiplier
+    ctx_group = next(g for g in opt.param_groups if any(p is model.text_encoder.prompt_learner.ctx for p in g["params"]))
+    assert ctx_group["lr"] == cfg.SOLVER.BASE_LR
+
+
+def test_text_branch_off_equals_baseline_with_same_weights(tiny_clip_file):
+    base_cfg = toy_cfg("mask2former_toy.yaml")
+    base = _model(base_cfg).eval()
+    assert type(base) is SemanticMask2Former
+    off = _model(_cfg(tiny_clip_file, "MODEL.MTA_CLIP.ENABLED", "False")).eval()
+    off.load_state_dict(base.state_dict(), strict=True)
+    inputs = [{"image": torch.randint(0, 255, (3, 96, 80), dtype=torch.uint8), "height": 96, "width": 80}]
+    with torch.no_grad():
+        a, b = base(inputs)[0]["sem_seg"], off(inputs)[0]["sem_seg"]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_eval_caches_text_features(tiny_clip_file, monkeypatch):
+    cfg = _cfg(tiny_clip_file)
+    model = _model(cfg).eval()
+    calls = []
+    original = model.text_encoder.encode
+    monkeypatch.setattr(model.text_encoder, "encode", lambda: calls.append(1) or original())
+    inputs = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}]
+    with torch.no_grad():
+        model(inputs)
+        out = model(inputs)
+    assert len(calls) == 1
+    assert out[0]["sem_seg"].shape == (6, 64, 64)
+
+
+def test_train_step_with_an_unlabelled_image(tiny_clip_file):
+    cfg = _cfg(tiny_clip_file)
+    model = _model(cfg)
+    model.train()
+    batch = _batch(cfg)
+    empty = dict(batch[0])
+    inst = Instances(empty["image"].shape[-2:])
+    inst.gt_classes = torch.zeros((0,), dtype=torch.int64)
+    inst.gt_masks = torch.zeros((0, *empty["image"].shape[-2:]), dtype=torch.bool)
+    empty["instances"] = inst
+    losses = model([empty, batch[1]])
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    losses = model([empty, empty])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_wrong_number_of_class_names_is_a_clear_error(tiny_clip_file):
+    cfg = _cfg(tiny_clip_file, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7")
+    with pytest.raises(ValueError, match="NUM_CLASSES"):
+        build_model(cfg)
+
+
+@pytest.mark.parametrize("opts", [
+    ["MODEL.MTA_CLIP.USE_SIM_LOSS", "False"],
+    ["MODEL.MTA_CLIP.NEGATIVES", "SeparateNeg", "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"],
+    ["MODEL.MTA_CLIP.JOINT_SELF_ATTENTION", "False", "MODEL.MTA_CLIP.NONE_CLASS", "False"],
+    ["MODEL.MTA_CLIP.TEXT_REDUCTION", "mlp", "MODEL.MTA_CLIP.RETURN_PROJECTION", "mlp",
+     "MODEL.MTA_CLIP.SIMILARITY", "dot", "MODEL.MTA_CLIP.TEMPERATURE", "0.07"],
+])
+def test_ablation_switches_train(tiny_clip_file, opts):
+    cfg = _cfg(tiny_clip_file, *opts)
+    model = _model(cfg)
+    model.train()
+    losses = model(_batch(cfg))
+    assert ("loss_sim" in losses) == cfg.MODEL.MTA_CLIP.USE_SIM_LOSS
+    sum(losses.values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused

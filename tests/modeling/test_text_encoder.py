@@ -1,0 +1,213 @@
+"""PromptTextEncoder / PromptLearner: exactness against open_clip's encode_text, layout, caching."""
+import importlib.util
+import os
+import warnings
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+
+from mta_clip.config import add_mtaclip_config
+from mta_clip.modeling.clip.checkpoint import read_clip_checkpoint
+from mta_clip.modeling.clip.prompt_learner import clip_tokenizer, tokenize_class_slot
+from mta_clip.modeling.clip.text_encoder import PromptTextEncoder, class_names_from_metadata
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLASSES = ["cat", "traffic light", "sky", "potted plant", "person"]
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("make_tiny_clip", os.path.join(ROOT, "tools", "make_tiny_clip.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    # 2 text heads, 3 blocks: RN50 depth kept at tiny width (only the text tower is used here)
+    d = tmp_path_factory.mktemp("clip_text")
+    return load_tool().make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript", text_width=128, text_layers=3,
+                                      vision_layers=(1, 1, 1, 1))
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt):
+    import open_clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return open_clip.load_openai_model(ckpt, precision="fp32", device="cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def clip(ckpt):
+    return read_clip_checkpoint(ckpt)
+
+
+def make_encoder(clip, class_names=CLASSES, **kwargs):
+    weights, arch = clip
+    return PromptTextEncoder(class_names=class_names, arch=arch, weights=weights, **kwargs)
+
+
+@pytest.mark.parametrize("template", ["a photo of a", "a bad photo of the"])
+def test_equals_open_clip_encode_text(clip, reference, template):
+    """K=1, contexts = the template's token embeddings: identical to encode_text('template class.')."""
+    n_ctx = len(clip_tokenizer().encode(template))
+    enc = make_encoder(clip, num_prompts=1, n_ctx=n_ctx, class_slot=5, class_suffix=".", context_init=template).eval()
+    ours = enc()
+    tokens = clip_tokenizer()([f"{template} {c}." for c in CLASSES])  # the real tokenized strings
+    with torch.no_grad():
+        expected = reference.encode_text(tokens)
+    assert ours.shape == (1, len(CLASSES), 32)
+    torch.testing.assert_close(ours[0], expected, rtol=0, atol=1e-5)
+    # the comparison can fail: without the period the features differ
+    enc.prompt_learner.class_suffix = ""
+    enc.set_class_names(CLASSES)
+    assert (enc()[0] - expected).abs().max() > 1e-3
+
+
+def test_prompt_layout(clip):
+    enc = make_encoder(clip, num_prompts=2, n_ctx=3, class_slot=5)
+    prompts, eot = enc.prompt_learner(enc.token_embedding)
+    tok = clip_tokenizer()
+    emb = enc.token_embedding.weight
+    assert prompts.shape == (2 * len(CLASSES), 8, 128)
+    for k in range(2):
+        for c, name in enumerate(CLASSES):
+            row = prompts[k * len(CLASSES) + c]
+            ids = tok.encode(name)
+            assert torch.equal(row[0], emb[tok.sot_token_id])
+            assert torch.equal(row[1:4], enc.prompt_learner.ctx[k])
+            assert torch.equal(row[4:4 + len(ids)], emb[ids])
+            assert torch.equal(row[4 + len(ids)], emb[tok.eot_token_id])
+            assert torch.equal(row[5 + len(ids):], emb[[0] * (3 - len(ids))])
+            assert eot[k * len(CLASSES) + c] == 4 + len(ids)
+
+
+def test_k_prompts_train_gradients_reach_contexts_only(clip):
+    enc = make_encoder(clip, num_prompts=3, n_ctx=8).train()
+    assert enc.num_prompts == 3 and enc.embed_dim == 32 and enc.num_classes == len(CLASSES)
+    out = enc()
+    assert out.shape == (3, len(CLASSES), 32) and out.dtype == torch.float32 and out.requires_grad
+    assert (out[0] - out[1]).abs().max() > 1e-4  # different random contexts
+    out.square().sum().backward()
+    assert enc.prompt_learner.ctx.grad is not None and enc.prompt_learner.ctx.grad.abs().sum() > 0
+    frozen = [p for n, p in enc.named_parameters() if not n.startswith("prompt_learner.")]
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+    assert [n for n, p in enc.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
+    # frozen weights equal the checkpoint's; names are OpenAI's text keys
+    weights, _ = clip
+    for name, value in enc.state_dict().items():
+        if name != "prompt_learner.ctx":
+            assert torch.equal(value, weights[name]), name
+    trainable = make_encoder(clip, num_prompts=1, freeze=False)
+    assert trainable.transformer.resblocks[0].attn.in_proj_weight.requires_grad
+
+
+def test_random_context_init_std(clip):
+    weights, arch = clip
+    enc = PromptTextEncoder(class_names=CLASSES, arch=arch, weights=None, num_prompts=3, n_ctx=8,
+                            context_init_std=1.0)
+    ctx = enc.prompt_learner.ctx.detach()
+    assert ctx.shape == (3, 8, 128) and ctx.abs().max() <= 2.0 and 0.75 < ctx.std() < 1.0  # trunc. at 2 std: 0.88
+    small = PromptTextEncoder(class_names=CLASSES, arch=arch, num_prompts=3, n_ctx=8, context_init_std=0.02)
+    assert small.prompt_learner.ctx.abs().max() <= 0.04 and 0.015 < small.prompt_learner.ctx.std() < 0.02
+
+
+def test_eval_cache_and_invalidation(clip):
+    enc = make_encoder(clip, num_prompts=2, n_ctx=4)
+    calls = []
+    enc.transformer.register_forward_hook(lambda *args: calls.append(1))
+    enc.eval()
+    first = enc()
+    assert enc() is first and enc() is first and len(calls) == 1  # no transformer run per image
+    assert not first.requires_grad
+
+    enc.train()
+    out = enc()
+    assert len(calls) == 2 and out.requires_grad
+    enc()
+    assert len(calls) == 3  # training: recomputed every call
+
+    enc.eval()
+    enc()
+    assert len(calls) == 4
+    # state-dict load invalidates (through a parent module, as a full-model checkpoint does)
+    parent = torch.nn.ModuleDict({"text": enc})
+    sd = {k: v.clone() for k, v in parent.state_dict().items()}
+    sd["text.prompt_learner.ctx"] = torch.randn_like(sd["text.prompt_learner.ctx"])
+    parent.load_state_dict(sd)
+    reloaded = enc()
+    assert len(calls) == 5 and (reloaded - first).abs().max() > 1e-4
+    torch.testing.assert_close(reloaded, enc.encode().detach())
+    enc()
+    assert len(calls) == 6  # encode() above ran the transformer once; the cache is still used
+
+    # class-name change invalidates and changes C
+    enc.set_class_names(["wall", "floor"])
+    names_out = enc()
+    assert names_out.shape == (2, 2, 32) and len(calls) == 7
+    # an in-place change of the contexts (e.g. an optimizer step in eval mode) invalidates too
+    with torch.no_grad():
+        enc.prompt_learner.ctx.add_(torch.randn_like(enc.prompt_learner.ctx))
+    assert (enc() - names_out).abs().max() > 1e-4 and len(calls) == 8
+
+
+def test_names_that_do_not_fit_are_named():
+    with pytest.raises(ValueError) as e:
+        tokenize_class_slot(["wall", "windowpane, window", "chest of drawers", "sky"], class_slot=5)
+    msg = str(e.value)
+    assert "windowpane, window" in msg and "'wall'" not in msg and "'sky'" not in msg
+    assert "chest of drawers" not in msg  # exactly 3 BPE tokens: fits
+    with pytest.raises(ValueError, match="chest of drawers."):
+        tokenize_class_slot(["chest of drawers"], class_slot=5, suffix=".")
+    tokens, lengths = tokenize_class_slot(["chest of drawers"], class_slot=6, suffix=".")
+    assert lengths.tolist() == [4] and tokens[0, 5].item() == clip_tokenizer().eot_token_id
+
+
+def test_reference_short_names_fit_default_slot():
+    for fname in ("ade20k_150_short_class_names.txt", "cityscapes_19_class_names.txt"):
+        with open(os.path.join(ROOT, "tests", "reference", fname)) as f:
+            names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        assert len(names) in (150, 19)
+        tokens, lengths = tokenize_class_slot(names, class_slot=5)
+        assert tokens.shape == (len(names), 5) and lengths.max() <= 3
+
+
+def test_config_build_metadata_and_errors(ckpt, reference):
+    cfg = get_cfg()
+    add_mtaclip_config(cfg)
+    assert (cfg.MODEL.CLIP.TEXT.NUM_PROMPTS, cfg.MODEL.CLIP.TEXT.N_CTX, cfg.MODEL.CLIP.TEXT.CLASS_SLOT) == (3, 8, 5)
+    MetadataCatalog.get("_clip_test_prompt").set(
+        stuff_classes=["potted plants", "cats"], prompt_classes=["plant", "cat"]
+    )
+    MetadataCatalog.get("_clip_test_stuff").set(stuff_classes=["cat", "sky"])
+    cfg.DATASETS.TRAIN = ("_clip_test_prompt",)
+    cfg.MODEL.CLIP.CHECKPOINT = ckpt
+    cfg.MODEL.CLIP.TEXT.NUM_PROMPTS = 1
+    cfg.MODEL.CLIP.TEXT.N_CTX = 4
+    cfg.MODEL.CLIP.TEXT.CONTEXT_INIT = "a photo of a"
+    enc = PromptTextEncoder(cfg).eval()
+    assert enc.class_names == ["plant", "cat"]
+    with torch.no_grad():
+        expected = reference.encode_text(clip_tokenizer()(["a photo of a plant", "a photo of a cat"]))
+    torch.testing.assert_close(enc()[0], expected, rtol=0, atol=1e-5)
+
+    cfg.DATASETS.TRAIN = ("_clip_test_stuff",)
+    assert class_names_from_metadata(cfg) == ["cat", "sky"]
+    assert PromptTextEncoder(cfg, ["sky"]).class_names == ["sky"]
+    MetadataCatalog.get("_clip_test_none").set(thing_classes=["x"])
+    cfg.DATASETS.TRAIN = ("_clip_test_none",)
+    with pytest.raises(ValueError, match="prompt_classes"):
+        class_names_from_metadata(cfg)
+
+    cfg.DATASETS.TRAIN = ("_clip_test_prompt",)
+    cfg.MODEL.CLIP.TEXT.N_CTX = 8
+    with pytest.raises(ValueError, match="N_CTX"):
+        PromptTextEncoder(cfg)
+    cfg.MODEL.CLIP.TEXT.CONTEXT_INIT = ""
+    cfg.MODEL.CLIP.TEXT.N_CTX = 75
+    with pytest.raises(ValueError, match="context length"):
+        PromptTextEncoder(cfg)

@@ -1,0 +1,113 @@
+"""demo/demo.py on generated images, a broken file and a short video (toy config, CPU)."""
+import importlib.util
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mta_clip.predictor import Predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")
+_spec = importlib.util.spec_from_file_location("mta_clip_demo", os.path.join(ROOT, "demo", "demo.py"))
+demo = importlib.util.module_from_spec(_spec)
+sys.modules["mta_clip_demo"] = demo
+_spec.loader.exec_module(demo)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """(weights path, Predictor with those weights) of a random toy model."""
+    torch.manual_seed(1)
+    predictor = Predictor(CONFIG, weights="", device="cpu")
+    path = str(tmp_path_factory.mktemp("w") / "toy.pth")
+    torch.save({"model": predictor.model.state_dict()}, path)
+    return path, Predictor(CONFIG, weights=path, device="cpu")
+
+
+def test_images_folder_and_bad_files(model, tmp_path, capsys):
+    weights, predictor = model
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    color = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    cv2.imwrite(str(src / "color.jpg"), color)
+    gray16 = rng.integers(0, 65536, (20, 18), dtype=np.uint16)
+    cv2.imwrite(str(src / "sub" / "gray16.png"), gray16)
+    rgba = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    cv2.imwrite(str(src / "rgba.png"), rgba)
+    (src / "broken.png").write_bytes(b"not an image")
+    single = tmp_path / "single.png"
+    cv2.imwrite(str(single), color[:10, :12])
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", CONFIG, "--input", str(src), str(single), str(tmp_path / "missing.jpg"),
+                    "--output", str(out), "--device", "cpu", "--opts", "MODEL.WEIGHTS", weights])
+    assert rc == 1  # two inputs skipped, the run went on
+    printed = capsys.readouterr().out
+    assert "4 input(s) written" in printed and "broken.png" in printed and "missing.jpg" in printed
+    expected = {
+        "color": cv2.imread(str(src / "color.jpg")),
+        os.path.join("sub", "gray16"): gray16,
+        "rgba": rgba,
+        "single": color[:10, :12],
+    }
+    for key, image in expected.items():
+        labels = cv2.imread(str(out / "labels" / (key + ".png")), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint8 and labels.shape == image.shape[:2]
+        np.testing.assert_array_equal(labels, predictor(image)["labels"])
+        overlay = cv2.imread(str(out / "overlays" / (key + ".jpg")))
+        assert overlay.shape[0] >= image.shape[0] and overlay.shape[1] > image.shape[1]  # legend panel
+    assert not (out / "labels" / "broken.png").exists()
+    hidden = [f for _, _, files in os.walk(out) for f in files if f.startswith(".")]
+    assert hidden == []
+
+
+def test_legend_lists_present_classes(model):
+    _, predictor = model
+    meta = demo.display_metadata(predictor.metadata)
+    image = np.zeros((60, 40, 3), np.uint8)
+    labels = np.zeros((60, 40), np.int64)
+    labels[:, 30:] = 4
+    width = demo.legend_width(meta.stuff_classes)
+    canvas = demo.draw_legend(image, labels, meta, width)
+    assert canvas.shape == (60, 40 + width, 3)
+    panel = canvas[:, 40:]
+    for cls in (0, 4):
+        color = np.array(meta.stuff_colors[cls], np.uint8)
+        assert (panel == color).all(axis=2).any(), f"no legend swatch of class {cls}"
+    for cls in (1, 2, 3, 5):
+        assert not (panel == np.array(meta.stuff_colors[cls], np.uint8)).all(axis=2).any()
+    # The largest class comes first.
+    first_row = panel[4:22]
+    assert (first_row == np.array(meta.stuff_colors[0], np.uint8)).all(axis=2).any()
+
+
+def test_video(model, tmp_path):
+    weights, _ = model
+    path = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (32, 24))
+    assert writer.isOpened()
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        writer.write(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", CONFIG, "--input", path, "--output", str(out), "--device", "cpu",
+                    "--opts", "MODEL.WEIGHTS", weights])
+    assert rc == 0
+    assert sorted(os.listdir(out / "labels" / "clip")) == ["000000.png", "000001.png", "000002.png"]
+    capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    assert frames == 3
+
+
+def test_arguments(capsys):
+    assert demo.main(["--config-file", CONFIG]) == 2
+    assert demo.main(["--config-file", CONFIG, "--input", "x.jpg"]) == 2
+    assert "--output" in capsys.readouterr().err

@@ -1,0 +1,178 @@
+#!/usr/bin/env python
+"""Checks a registered semantic-segmentation dataset before training on it.
+
+    python tools/validate_dataset.py ade20k_150_sem_seg_val
+    python tools/validate_dataset.py my_data_train --import my_project.register_my_data
+
+Reads every image and label map of the dataset and prints: per-class pixel counts (and the number
+of images containing the class), label values that are neither a class index nor the ignore
+label, label maps whose size differs from the image (or from the dataset dict's height/width),
+label maps that are not single-channel, and unreadable files. Exit status 1 when any problem is
+found, 0 otherwise, 2 for an unknown dataset.
+"""
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from tabulate import tabulate
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+
+import mta_clip  # noqa: E402,F401  (registers the built-in datasets)
+from mta_clip.data.datasets import tolerate_unreadable_images  # noqa: E402
+
+MAX_EXAMPLES = 5
+
+
+def _import(target: str) -> None:
+    """Imports a module name or a .py file (to run a user's registration code)."""
+    if target.endswith(".py") or os.path.sep in target:
+        spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(target))[0], target)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {target}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        importlib.import_module(target)
+
+
+def validate(name: str, limit: Optional[int] = None) -> Dict:
+    """Reads the dataset; returns counts and problems (see the module docstring)."""
+    meta = MetadataCatalog.get(name)
+    classes = list(meta.stuff_classes)
+    ignore = int(meta.ignore_label)
+    num = len(classes)
+    with tolerate_unreadable_images():  # report unreadable images instead of stopping
+        records = DatasetCatalog.get(name)
+    if limit:
+        records = records[:limit]
+    pixels = np.zeros(num, np.int64)
+    images_with = np.zeros(num, np.int64)
+    ignored = 0
+    unknown_pixels: Dict[int, int] = defaultdict(int)
+    unknown_files: Dict[int, List[str]] = defaultdict(list)
+    problems: List[str] = []
+    for rec in tqdm(records, desc=name, unit="img"):
+        image_path, label_path = rec.get("file_name"), rec.get("sem_seg_file_name")
+        if not label_path:
+            problems.append(f"{image_path}: dataset dict has no sem_seg_file_name")
+            continue
+        try:
+            with Image.open(image_path) as im:
+                im.load()
+                image_size = (im.height, im.width)
+        except (OSError, ValueError, SyntaxError) as e:
+            problems.append(f"{image_path}: unreadable image ({e})")
+            image_size = None
+        try:
+            with Image.open(label_path) as im:
+                im.load()
+                mode = im.mode
+                label = np.asarray(im)
+        except (OSError, ValueError, SyntaxError) as e:
+            problems.append(f"{label_path}: unreadable label map ({e})")
+            continue
+        if label.ndim != 2:
+            problems.append(f"{label_path}: label map has mode {mode} / shape {label.shape}, expected one channel")
+            continue
+        if image_size is not None and label.shape != image_size:
+            problems.append(f"{label_path}: label size {label.shape} != image size {image_size} ({image_path})")
+        if "height" in rec and "width" in rec and image_size is not None:
+            if (rec["height"], rec["width"]) != image_size:
+                problems.append(
+                    f"{image_path}: dataset dict says {rec['height']}x{rec['width']}, image is "
+                    f"{image_size[0]}x{image_size[1]}"
+                )
+        values, counts = np.unique(label.astype(np.int64), return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist()):
+            if 0 <= v < num:
+                pixels[v] += c
+                images_with[v] += 1
+            elif v == ignore:
+                ignored += c
+            else:
+                unknown_pixels[v] += c
+                unknown_files[v].append(label_path)
+    for v in sorted(unknown_pixels):
+        files = unknown_files[v]
+        more = f" and {len(files) - MAX_EXAMPLES} more" if len(files) > MAX_EXAMPLES else ""
+        problems.append(
+            f"unknown label value {v} ({unknown_pixels[v]} pixels; classes are 0..{num - 1}, ignore "
+            f"{ignore}) in {len(files)} file(s): {', '.join(files[:MAX_EXAMPLES])}{more}"
+        )
+    return {
+        "name": name,
+        "num_images": len(records),
+        "classes": classes,
+        "pixels": pixels,
+        "images_with": images_with,
+        "ignored": ignored,
+        "unknown": dict(unknown_pixels),
+        "problems": problems,
+    }
+
+
+def report(result: Dict) -> str:
+    total = int(result["pixels"].sum()) + result["ignored"] + sum(result["unknown"].values())
+    rows = []
+    for i, name in enumerate(result["classes"]):
+        n = int(result["pixels"][i])
+        rows.append([i, name, n, 100.0 * n / max(total, 1), int(result["images_with"][i])])
+    lines = [
+        f"Dataset {result['name']}: {result['num_images']} images, {total} pixels "
+        f"({result['ignored']} ignored)",
+        tabulate(
+            rows, headers=["id", "class", "pixels", "% of pixels", "images"], tablefmt="pipe",
+            floatfmt=("g", "g", "g", ".3f", "g"),
+        ),
+    ]
+    absent = [result["classes"][i] for i in range(len(result["classes"])) if result["pixels"][i] == 0]
+    if absent:
+        lines.append(f"Classes without any pixel ({len(absent)}): {', '.join(absent)}")
+    if result["problems"]:
+        lines.append(f"PROBLEMS ({len(result['problems'])}):")
+        lines.extend(f"  {p}" for p in result["problems"])
+    else:
+        lines.append("No problem found.")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", help="registered dataset name")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+        help="module or .py file to import first (e.g. code calling register_sem_seg_dataset)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="check only the first N images")
+    args = parser.parse_args(argv)
+    for target in args.imports:
+        _import(target)
+    if args.name not in DatasetCatalog.list():
+        known = ", ".join(sorted(n for n in DatasetCatalog.list() if "sem_seg" in n))
+        print(f"error: dataset {args.name!r} is not registered. Semantic datasets: {known}", file=sys.stderr)
+        return 2
+    meta = MetadataCatalog.get(args.name)
+    if not meta.get("stuff_classes") or meta.get("ignore_label") is None:
+        print(f"error: dataset {args.name!r} has no stuff_classes / ignore_label metadata", file=sys.stderr)
+        return 2
+    try:
+        result = validate(args.name, args.limit)
+    except (FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report(result))
+    return 1 if result["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
