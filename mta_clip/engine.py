@@ -13,12 +13,13 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .config import add_mtaclip_config
+from .evaluation import PerClassSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,26 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        """Detectron2's hooks plus, right after evaluation, the best-checkpoint keeper."""
+        from detectron2.engine import hooks
+
+        from .evaluation import build_best_checkpoint_hook
+
+        ret = super().build_hooks()
+        best = build_best_checkpoint_hook(self.cfg, self.checkpointer) if comm.is_main_process() else None
+        if best is not None:
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+            ret.insert(at + 1, best)
+        return ret
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model, evaluators=None):
+        """Evaluation through the test-time augmentation wrapper when TEST.AUG / TEST.SLIDE ask for it."""
+        from .evaluation import build_test_model
+
+        return super().test(cfg, build_test_model(cfg, model), evaluators)
+
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         from .data import SemanticMaskFormerMapper
@@ -83,11 +104,7 @@ class Trainer(DefaultTrainer):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         if evaluator_type != "sem_seg":
             raise ValueError(f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'sem_seg'")
-        try:
-            from .evaluation import PerClassSemSegEvaluator as Evaluator
-        except ImportError:
-            Evaluator = SemSegEvaluator
-        return DatasetEvaluators([Evaluator(dataset_name, distributed=True, output_dir=output_folder)])
+        return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
 
 
 def setup_cfg(config_file: str, opts=None) -> CfgNode:
@@ -103,9 +120,29 @@ def setup_cfg(config_file: str, opts=None) -> CfgNode:
     return cfg
 
 
+def check_weights_file(cfg: CfgNode) -> None:
+    """A ``MODEL.WEIGHTS`` that is set must be a readable local file (nothing is downloaded)."""
+    path = cfg.MODEL.WEIGHTS
+    if not path:
+        return
+    if "://" in path:
+        raise ValueError(
+            f"MODEL.WEIGHTS = {path!r} is a URL; this project never downloads at run time. Download the file "
+            "yourself and set MODEL.WEIGHTS to its local path."
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS file {path!r} does not exist. For the ImageNet Mask2Former recipes it is Detectron2's "
+            "R-50.pkl (https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl); for "
+            "evaluation it is a checkpoint written by train_net.py (e.g. output/.../model_final.pth)."
+        )
+
+
 def setup(args) -> CfgNode:
     cfg = setup_cfg(args.config_file, args.opts)
     cfg.freeze()
+    if not args.resume:
+        check_weights_file(cfg)
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mta_clip")
     return cfg

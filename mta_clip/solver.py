@@ -6,8 +6,8 @@ from typing import Any, Dict, List, Set, Type
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
-from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
-from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+from detectron2.solver.lr_scheduler import LRMultiplier
+from fvcore.common.param_scheduler import ParamScheduler, PolynomialDecayParamScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +84,46 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     return cls(groups, **kwargs)
 
 
+class WarmupPoly(ParamScheduler):
+    """lr factor = warm-up factor x poly factor (Mask2Former / mmseg convention).
+
+    poly = (1 - where) ** power, held at ``constant_ending`` once it would fall below it (0 = off);
+    during the first ``warmup_length`` of training the factor is multiplied by a warm-up factor
+    going from ``warmup_factor`` to 1 ("linear") or fixed at ``warmup_factor`` ("constant").
+    """
+
+    def __init__(self, power: float, constant_ending: float, warmup_factor: float, warmup_length: float,
+                 warmup_method: str):
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
+        self._poly = PolynomialDecayParamScheduler(base_value=1.0, power=power)
+        self._constant_ending = constant_ending
+        self._warmup_factor = warmup_factor
+        self._warmup_length = warmup_length
+        self._warmup_method = warmup_method
+
+    def __call__(self, where: float) -> float:
+        value = self._poly(where)
+        if self._constant_ending > 0 and value < self._constant_ending:
+            value = self._constant_ending
+        if where < self._warmup_length:
+            if self._warmup_method == "constant":
+                value *= self._warmup_factor
+            else:
+                alpha = where / self._warmup_length
+                value *= self._warmup_factor * (1 - alpha) + alpha
+        return value
+
+
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
-    """``WarmupPolyLR``: linear warm-up, then lr * (1 - iter / max_iter) ** POLY_LR_POWER.
+    """``WarmupPolyLR``: lr * warmup(iter) * (1 - iter / max_iter) ** POLY_LR_POWER.
 
     Other names go to Detectron2's builder.
     """
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return d2_build_lr_scheduler(cfg, optimizer)
-    sched = PolynomialDecayParamScheduler(base_value=1.0, power=cfg.SOLVER.POLY_LR_POWER)
-    sched = WarmupParamScheduler(
-        sched, cfg.SOLVER.WARMUP_FACTOR, min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
-        cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.RESCALE_INTERVAL,
+    sched = WarmupPoly(
+        cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
+        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0), cfg.SOLVER.WARMUP_METHOD,
     )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

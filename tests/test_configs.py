@@ -15,8 +15,11 @@ ALL_YAML = sorted(
 )
 
 # Keys where this project deliberately differs from the published config files:
-# our registered names (no collision with the Mask2Former project) and a local weights path.
+# our registered names (no collision with the Mask2Former project / Detectron2's builtin datasets,
+# which lack the prompt class names) and a local weights path.
 DELIBERATE = {
+    "DATASETS.TRAIN",
+    "DATASETS.TEST",
     "MODEL.META_ARCHITECTURE",
     "MODEL.SEM_SEG_HEAD.NAME",
     "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
@@ -75,3 +78,22 @@ def test_recipe_matches_published_resolved_config(dataset):
             mismatches.append(f"{key}: ours={ours_flat[key]!r} published={ref_value!r}")
     assert compared > 150
     assert not mismatches, "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("path,num_classes", [
+    ("configs/ade20k/mtaclip_R50_bs16_160k.yaml", 150),
+    ("configs/cityscapes/mtaclip_R101_bs8_90k.yaml", 19),
+])
+def test_paper_configs_build_the_mask_text_model(path, num_classes):
+    """Full-size MTA-CLIP from the paper configs (random CLIP weights): K*(C+1) text queries."""
+    import torch
+    from detectron2.modeling import build_model
+
+    cfg = setup_cfg(os.path.join(ROOT, path), ["MODEL.CLIP.CHECKPOINT", "", "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    decoder = model.sem_seg_head.predictor
+    assert decoder.num_text_queries == 3 * (num_classes + 1)
+    assert model.text_encoder.num_classes == num_classes + 1
+    assert decoder.class_embed.out_features == num_classes + 1
+    assert model.criterion.num_aux_outputs == 8  # 9 supervised layer outputs

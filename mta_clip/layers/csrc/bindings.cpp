@@ -92,9 +92,16 @@ msda::Levels check_inputs(const at::Tensor& value, const at::Tensor& spatial_sha
   return levels;
 }
 
+void check_lane_group_device(const at::Tensor& value, int64_t lane_group) {
+  TORCH_CHECK(lane_group == 1 || value.device().is_cpu(),
+              "ms_deform_attn: lane_group (a test-only replay of the CUDA channel split) is only "
+              "available for CPU tensors");
+}
+
 at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
                    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                   const at::Tensor& attention_weights) {
+                   const at::Tensor& attention_weights, int64_t lane_group) {
+  check_lane_group_device(value, lane_group);
   const msda::Levels levels =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   if (value.is_cuda()) {
@@ -106,13 +113,15 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
 #endif
   }
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
-  return ms_deform_attn_cpu_forward(value, levels, sampling_locations, attention_weights);
+  return ms_deform_attn_cpu_forward(value, levels, sampling_locations, attention_weights,
+                                    lane_group);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
     const at::Tensor& value, const at::Tensor& spatial_shapes,
     const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output) {
+    const at::Tensor& attention_weights, const at::Tensor& grad_output, int64_t lane_group) {
+  check_lane_group_device(value, lane_group);
   const msda::Levels levels =
       check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const int64_t expected[3] = {value.size(0), sampling_locations.size(1),
@@ -132,7 +141,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   }
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
   return ms_deform_attn_cpu_backward(value, levels, sampling_locations, attention_weights,
-                                     grad_output);
+                                     grad_output, lane_group);
 }
 
 bool with_cuda() {
@@ -165,9 +174,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Multi-scale deformable attention backward -> (grad_value, grad_sampling_locations, "
         "grad_attention_weights)",
         py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
-        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("grad_output"));
+        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("grad_output"),
+        py::arg("lane_group") = 1);
   m.def("with_cuda", &mta_clip::with_cuda, "True if the CUDA kernels were compiled in");
   m.def("cuda_version", &mta_clip::cuda_version,
         "CUDA runtime version the op was compiled against (0 without CUDA)");
+  m.def("lane_group_size", &mta_clip::msda::lane_group_size,
+        "Lanes the CUDA kernels give one (b, q, h) row with D channels");
   m.attr("MAX_LEVELS") = mta_clip::msda::kMaxLevels;
 }

@@ -17,14 +17,15 @@
 
 namespace mta_clip {
 
+// lane_group > 1 replays the CUDA kernels' channel split and lane reduction (tests only).
 at::Tensor ms_deform_attn_cpu_forward(const at::Tensor& value, const msda::Levels& levels,
                                       const at::Tensor& sampling_locations,
-                                      const at::Tensor& attention_weights);
+                                      const at::Tensor& attention_weights, int64_t lane_group);
 
 // Returns (grad_value, grad_sampling_locations, grad_attention_weights).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_cpu_backward(
     const at::Tensor& value, const msda::Levels& levels, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output);
+    const at::Tensor& attention_weights, const at::Tensor& grad_output, int64_t lane_group);
 
 #ifdef WITH_CUDA
 at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value, const msda::Levels& levels,

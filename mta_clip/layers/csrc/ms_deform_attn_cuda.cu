@@ -32,12 +32,6 @@ struct AtomicAdd {
   }
 };
 
-int group_size(int64_t channels) {
-  int g = 1;
-  while (g < channels && g < 32) g *= 2;
-  return g;
-}
-
 struct Launch {
   int group;             // lanes per (b, q, h) row
   int threads;           // threads per block
@@ -48,7 +42,7 @@ struct Launch {
 
 Launch make_launch(int64_t rows, int64_t channels, int threads) {
   Launch cfg;
-  cfg.group = group_size(channels);
+  cfg.group = msda::lane_group_size(channels);
   cfg.threads = threads;
   cfg.total = rows * cfg.group;
   cfg.total_padded = (cfg.total + 31) / 32 * 32;
@@ -164,7 +158,7 @@ at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value, const msda::Leve
   if (out.numel() == 0) return out;
   const size_t elem = value.element_size();
   // Shared memory holds one output row per group; shrink the block for very wide rows.
-  const int group = group_size(channels);
+  const int group = msda::lane_group_size(channels);
   int threads = kThreads;
   while (threads > 32 && static_cast<size_t>(threads / group) * channels * elem > kMaxSharedBytes)
     threads /= 2;

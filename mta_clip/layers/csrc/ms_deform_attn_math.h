@@ -58,6 +58,14 @@ struct Corners {
   scalar_t dweight_dy[4];  // d weight / d y for the normalized location y (includes H_l)
 };
 
+// Lanes that share one (b, q, h) row in the CUDA kernels: the next power of two >= D, capped at a
+// warp. Lane j handles channels j, j + G, j + 2G, ... (the d_begin / d_step of the functions below).
+MSDA_INLINE int lane_group_size(int64_t channels) {
+  int group = 1;
+  while (group < channels && group < 32) group *= 2;
+  return group;
+}
+
 MSDA_INLINE float msda_floor(float x) { return floorf(x); }
 MSDA_INLINE double msda_floor(double x) { return floor(x); }
 

@@ -1,0 +1,87 @@
+"""Masked-attention decoder and pixel decoder: shapes, attention masks from the previous prediction."""
+import torch
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+
+from mta_clip.modeling.masked_decoder import MaskedDecoder
+from mta_clip.modeling.pixel_decoder import MSDeformAttnPixelDecoder
+
+B, HID, N, C, HEADS = 2, 32, 6, 5, 4
+
+
+def _decoder(layers=4, **kw):
+    torch.manual_seed(0)
+    return MaskedDecoder(HID, num_classes=C, hidden_dim=HID, num_queries=N, nheads=HEADS, dim_feedforward=64,
+                         dec_layers=layers, pre_norm=False, mask_dim=HID, enforce_input_project=False, **kw).eval()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(3)
+    sizes = [(2, 3), (4, 6), (8, 12)]
+    return [torch.randn(B, HID, h, w, generator=g) for h, w in sizes], torch.randn(B, HID, 16, 24, generator=g)
+
+
+def test_output_shapes_and_deep_supervision():
+    dec = _decoder()
+    mem, mf = _inputs()
+    out = dec(mem, mf)
+    assert out["pred_logits"].shape == (B, N, C + 1)
+    assert out["pred_masks"].shape == (B, N, 16, 24)
+    assert len(out["aux_outputs"]) == 4  # 5 predictions, the last is the main output
+    no_init = _decoder(supervise_initial_prediction=False)(mem, mf)
+    assert len(no_init["aux_outputs"]) == 3
+    torch.testing.assert_close(no_init["pred_masks"], out["pred_masks"])
+
+
+def test_attention_masks_follow_the_previous_prediction():
+    dec = _decoder()
+    mem, mf = _inputs()
+    seen = []
+    for layer in dec.transformer_cross_attention_layers:
+        layer.multihead_attn.register_forward_hook(
+            lambda mod, args, kwargs, out: seen.append(kwargs["attn_mask"].clone()), with_kwargs=True)
+    out = dec(mem, mf)
+    preds = out["aux_outputs"] + [{k: out[k] for k in ("pred_logits", "pred_masks")}]
+    sizes = [m.shape[-2:] for m in mem]
+    assert len(seen) == 4
+    for i, mask in enumerate(seen):
+        prev = preds[i]["pred_masks"]  # prediction before layer i
+        level = i % 3
+        expected = F.interpolate(prev, size=sizes[level], mode="bilinear", align_corners=False).sigmoid() < 0.5
+        expected = expected.flatten(2)
+        expected[expected.all(-1)] = False  # fully masked rows attend everywhere
+        expected = expected.unsqueeze(1).expand(-1, HEADS, -1, -1).flatten(0, 1)
+        assert torch.equal(mask, expected), f"layer {i}"
+        assert mask.shape == (B * HEADS, N, sizes[level][0] * sizes[level][1])
+
+
+def test_fully_masked_queries_are_unmasked():
+    dec = _decoder(layers=1)
+    mem, mf = _inputs()
+    with torch.no_grad():
+        dec.mask_embed.layers[-1].weight.zero_()
+        dec.mask_embed.layers[-1].bias.fill_(-1.0)
+    seen = []
+    dec.transformer_cross_attention_layers[0].multihead_attn.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["attn_mask"]), with_kwargs=True)
+    out = dec(mem, mf.abs() + 1)  # every mask logit < 0: sigmoid < 0.5 everywhere
+    assert not seen[0].any()
+    assert torch.isfinite(out["pred_logits"]).all()
+
+
+def test_pixel_decoder_shapes_and_fp32_under_autocast():
+    shapes = {"res2": ShapeSpec(channels=8, stride=4), "res3": ShapeSpec(channels=16, stride=8),
+              "res4": ShapeSpec(channels=24, stride=16), "res5": ShapeSpec(channels=32, stride=32)}
+    torch.manual_seed(0)
+    pd = MSDeformAttnPixelDecoder(
+        shapes, transformer_dropout=0.0, transformer_nheads=4, transformer_dim_feedforward=64,
+        transformer_enc_layers=2, transformer_n_points=4, conv_dim=32, mask_dim=16, norm="GN",
+        transformer_in_features=["res3", "res4", "res5"], common_stride=4).eval()
+    feats = {k: torch.randn(2, v.channels, 64 // v.stride, 96 // v.stride) for k, v in shapes.items()}
+    mask_features, _, multi = pd.forward_features(feats)
+    assert mask_features.shape == (2, 16, 16, 24)
+    assert [tuple(m.shape) for m in multi] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mf2, _, _ = pd.forward_features(feats)
+    assert mf2.dtype == torch.float32
+    torch.testing.assert_close(mf2, mask_features)

@@ -1,0 +1,90 @@
+"""Trainer: a training step + evaluation of the toy configs, all-ignore labels, 2 CPU processes."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from mta_clip.data.toy import TOY_CLASSES
+from mta_clip.engine import Trainer, check_weights_file
+from tests.conftest import ROOT, toy_cfg
+
+SMALL = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.BEST_CHECKPOINT.ENABLED", "True"]
+
+
+def _train(cfg):
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return getattr(trainer, "_last_eval_results", None), trainer
+
+
+def _metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("config", ["mask2former_toy.yaml", "mtaclip_toy.yaml"])
+def test_train_steps_then_evaluate(tmp_path, tiny_clip_file, config):
+    cfg = toy_cfg(config, [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+                           "MODEL.CLIP.CHECKPOINT", tiny_clip_file])
+    results, _ = _train(cfg)
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    assert os.path.isfile(tmp_path / "model_best.pth")
+    rows = _metrics(tmp_path)
+    assert any("total_loss" in r for r in rows) and any("sem_seg/mIoU" in r for r in rows)
+    per_class = list((tmp_path / "inference").rglob("*.csv"))
+    assert per_class, "per-class table missing"
+
+
+def test_all_ignore_label_trains(tmp_path):
+    img_dir, lbl_dir = tmp_path / "img", tmp_path / "lbl"
+    img_dir.mkdir()
+    lbl_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(img_dir / f"{i}.png")
+        Image.fromarray(np.full((96, 96), 255, np.uint8)).save(lbl_dir / f"{i}.png")
+    name = "test_all_ignore_train"
+    if name not in DatasetCatalog.list():
+        DatasetCatalog.register(name, lambda: [
+            {"file_name": str(img_dir / f"{i}.png"), "sem_seg_file_name": str(lbl_dir / f"{i}.png"),
+             "height": 96, "width": 96} for i in range(2)])
+        MetadataCatalog.get(name).set(stuff_classes=list(TOY_CLASSES), ignore_label=255, evaluator_type="sem_seg")
+    cfg = toy_cfg("mask2former_toy.yaml", [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "out"),
+                                           "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
+                                           "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False"])
+    _train(cfg)
+    rows = _metrics(tmp_path / "out")
+    assert all(np.isfinite(r["total_loss"]) for r in rows if "total_loss" in r)
+
+
+def test_two_cpu_processes(tmp_path):
+    """`--num-gpus 2` without CUDA runs two gloo processes (DDP without device ids)."""
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU path; on a GPU machine --num-gpus uses the GPUs")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2",
+           "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
+           "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+           "OUTPUT_DIR", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world_size=2" in proc.stdout + proc.stderr or "World size: 2" in proc.stdout + proc.stderr
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    assert any("sem_seg/mIoU" in r for r in _metrics(tmp_path))
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    cfg = toy_cfg("mask2former_toy.yaml", ["MODEL.WEIGHTS", str(tmp_path / "R-50.pkl")])
+    with pytest.raises(FileNotFoundError, match="R-50.pkl"):
+        check_weights_file(cfg)
+    cfg = toy_cfg("mask2former_toy.yaml", ["MODEL.WEIGHTS", "detectron2://ImageNetPretrained/torchvision/R-50.pkl"])
+    with pytest.raises(ValueError, match="never downloads"):
+        check_weights_file(cfg)
