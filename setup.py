@@ -56,6 +56,11 @@ def _extensions():
             except (RuntimeError, OSError) as exc:  # torch's ninja build raises RuntimeError
                 if not getattr(extension, "optional", False):
                     raise
+                # Never leave a stale library from an earlier build in the source tree.
+                stale = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                     self.get_ext_filename(extension.name))
+                if os.path.exists(stale):
+                    os.remove(stale)
                 self.warn(f"building optional extension {extension.name} failed ({exc}); "
                           "mta_clip will use the PyTorch path")
 

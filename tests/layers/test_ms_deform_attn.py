@@ -166,6 +166,30 @@ def test_cpu_kernel_matches_naive_forward_and_gradients(shapes, channels, seed):
         assert (got - ref).abs().max().item() < 1e-6, name
 
 
+@pytest.mark.parametrize("channels", [1, 5, 32, 48])
+def test_cpu_replay_of_cuda_channel_split_matches_naive(channels):
+    """The CUDA kernels give each (b, q, h) row G lanes (channels strided by G) and sum the lanes'
+    location / weight gradients with a warp-shuffle butterfly; lane_group replays that on the CPU."""
+    _C = _compiled_module()
+    group = _C.lane_group_size(channels)
+    assert group == min(2 ** math.ceil(math.log2(channels)), 32)
+    inputs = make_inputs(SHAPES_A, batch=1, queries=2, heads=2, channels=channels, points=2, seed=channels)
+    value, spatial_shapes, level_start_index, locations, weights = inputs
+    grad_out = torch.randn(1, 2, 2 * channels, dtype=torch.float64)
+    ref_out, ref_grads = grads(naive_msda, inputs, grad_out)
+    out = _C.ms_deform_attn_forward(
+        value, spatial_shapes, level_start_index, locations, weights, lane_group=group
+    )
+    out_grads = _C.ms_deform_attn_backward(
+        value, spatial_shapes, level_start_index, locations, weights, grad_out, lane_group=group
+    )
+    assert (out - ref_out).abs().max().item() < 1e-6
+    for got, ref in zip(out_grads, ref_grads):
+        assert (got - ref).abs().max().item() < 1e-6
+    with pytest.raises(RuntimeError, match="power of two"):
+        _C.ms_deform_attn_forward(value, spatial_shapes, level_start_index, locations, weights, lane_group=3)
+
+
 def test_cpu_kernel_gradcheck():
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(
         [(3, 4), (2, 3)], batch=1, queries=2, heads=2, channels=2, points=2, seed=4

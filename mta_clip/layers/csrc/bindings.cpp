@@ -169,7 +169,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ms_deform_attn_forward", &mta_clip::forward,
         "Multi-scale deformable attention forward -> (B, Q, H*D)", py::arg("value"),
         py::arg("spatial_shapes"), py::arg("level_start_index"), py::arg("sampling_locations"),
-        py::arg("attention_weights"));
+        py::arg("attention_weights"), py::arg("lane_group") = 1);
   m.def("ms_deform_attn_backward", &mta_clip::backward,
         "Multi-scale deformable attention backward -> (grad_value, grad_sampling_locations, "
         "grad_attention_weights)",
