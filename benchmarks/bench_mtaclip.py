@@ -45,12 +45,24 @@ Measured, each model in a fresh process (one after the other, never at the same 
   text queries' attention masks is measured by running the decoder alone on the inputs captured
   from a step, once as configured and once with ``text_attention_mask = "none"``.
 
+``--flops-only`` measures no time: it counts the FLOPs (``torch.utils.flop_counter``) of one train
+step, of the text encoder's forward + backward (the batch-independent part) and of one inference
+call, and prints them with the train-step totals at batches 2 and 8 derived from them.
+
+On CPU, wall times include the kernel's cost of handing fresh memory to the process (page faults);
+it grows with the resident set, so it weighs more on MTA-CLIP (its text encoder keeps ~2.7 GiB of
+activations alive during the step). The CUDA caching allocator has no such cost.
+
 Usage::
 
     # GPU, the reference shape (512 x 512, batch 8)
-    .venv/bin/python benchmarks/bench_mtaclip.py --device cuda
+    .venv/bin/python benchmarks/bench_mtaclip.py --device cuda --json output/bench_mtaclip_cuda.json
     # CPU, reduced shape
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_mtaclip.py --device cpu --size 128 --batch 2 --iters 3
+    # FLOP counts at the reference image size (CPU is enough; batch 1 keeps it short)
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_mtaclip.py --device cpu --size 512 --batch 1 --flops-only
+    # the tables of an earlier run
+    .venv/bin/python benchmarks/bench_mtaclip.py --from-json output/bench_mtaclip_cuda.json
 
 Targets (MTA-CLIP / baseline): train step <= 1.25x, peak memory <= 1.3x, inference <= 1.10x.
 The text encoder's cost does not depend on the batch or the image size, so at a reduced shape
@@ -96,6 +108,9 @@ def _parse_args(argv=None):
     parser.add_argument("--backbone", choices=tuple(BACKBONES), default="RN50")
     parser.add_argument("--classes-per-image", type=int, default=8, help="target classes (masks) per image")
     parser.add_argument("--models", choices=("both",) + tuple(MODELS), default="both")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="count FLOPs (torch.utils.flop_counter) of a train step, the text encoder and an "
+                             "inference call instead of timing")
     parser.add_argument("--json", default="", help="also write all measurements to this JSON file")
     parser.add_argument("--from-json", default="", help="print the tables of a file written by --json, measure nothing")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
@@ -215,11 +230,11 @@ COMPONENTS = [
     ("pixel_decoder", "pixel decoder fwd", "sem_seg_head.pixel_decoder", "forward_features"),
     ("text_encoder", "text encoder fwd", "text_encoder", "forward"),
     ("decoder", "transformer decoder fwd", "sem_seg_head.predictor", "forward"),
-    ("heads", "  of which: heads + attn masks (_predict)", "sem_seg_head.predictor", "_predict"),
-    ("similarity", "  of which: Eq. 5-6 similarity", "sem_seg_head.predictor", "_similarity"),
+    ("heads", "  - heads + attention masks (_predict)", "sem_seg_head.predictor", "_predict"),
+    ("similarity", "  - Eq. 5-6 similarity (_similarity)", "sem_seg_head.predictor", "_similarity"),
     ("criterion", "criterion (losses + matching)", "criterion", "forward"),
-    ("matcher", "  of which: Hungarian matcher", "criterion.matcher", "forward"),
-    ("loss_sim", "  of which: L_sim", "criterion", "loss_sim"),
+    ("matcher", "  - Hungarian matcher", "criterion.matcher", "forward"),
+    ("loss_sim", "  - L_sim (loss_sim)", "criterion", "loss_sim"),
 ]
 
 
@@ -283,6 +298,15 @@ def _make_batch(size: int, batch: int, classes_per_image: int, num_classes: int,
         inst.gt_masks = label[None] == torch.arange(classes_per_image)[:, None, None]
         items.append({"image": image, "height": size, "width": size, "instances": inst})
     return items
+
+
+def _deform_attn_path(device) -> str:
+    """Which multi-scale deformable attention the pixel decoder runs on ``device``."""
+    from mta_clip.layers import ms_deform_attn, ms_deform_attn_op_available
+
+    if ms_deform_attn_op_available(device) and (device.type != "cpu" or ms_deform_attn.USE_COMPILED_ON_CPU):
+        return "compiled op"
+    return "PyTorch path"
 
 
 def _worker(args) -> dict:
@@ -351,7 +375,11 @@ def _worker(args) -> dict:
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "build_s": build_s,
         "amp": use_amp,
+        "ms_deform_attn": _deform_attn_path(device),
     }
+    if args.flops_only:
+        result.update(_count_flops(model, batch, args, use_amp, device))
+        return result
 
     # ---- warm-up and timed train steps (CPU: with the breakdown timers, see the docstring)
     timers = Timers(sync_cuda=cuda)
@@ -410,30 +438,110 @@ def _worker(args) -> dict:
         if floor_kib is not None and _prepare_cpu_peak():
             before = _rss_kib("VmRSS")
             train_step(Timers(sync_cuda=False))
-            peak = _rss_kib("VmHWM")
-            result["peak_mib"] = (peak - floor_kib) / 1024
+            result["peak_mib"] = (_rss_kib("VmHWM") - floor_kib) / 1024
             result["resident_before_step_mib"] = (before - floor_kib) / 1024
             result["peak_method"] = "VmHWM during one train step - VmRSS after imports (fresh process)"
         else:
             result["peak_mib"] = None
             result["peak_method"] = "n/a (needs Linux /proc and glibc)"
+    optimizer.zero_grad(set_to_none=True)
 
-    # ---- inference latency
+    # ---- memory of the text encoder's forward + backward alone, above what is resident before it
+    if text_encoder is not None:
+        before = None
+        if cuda:
+            sync()
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        elif result["peak_mib"] is not None and _prepare_cpu_peak():
+            before = _rss_kib("VmRSS")
+        if before is not None:
+            t = text_encoder()
+            t.backward(torch.ones_like(t))
+            del t
+            sync()
+            peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_kib("VmHWM")
+            result["text_encoder_alone_peak_mib"] = (peak - before) / (2**20 if cuda else 1024)
+        optimizer.zero_grad(set_to_none=True)
+
+    # ---- inference latency (CPU: timers on the timed calls; CUDA: separate calls with syncs)
     model.eval()
     inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
               for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
+
+    def infer_once():
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            model(inputs)
+
+    timers = Timers(sync_cuda=cuda)
     infer = []
     with torch.no_grad():
-        for i in range(max(1, args.warmup) + args.iters):  # the first call fills the text cache
+        for _ in range(max(1, args.warmup)):  # the first call fills MTA-CLIP's text cache
+            infer_once()
+        if not cuda:
+            install(timers)
+        for _ in range(args.iters):
             sync()
             start = time.perf_counter()
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                model(inputs)
+            timers.start("step")
+            infer_once()
+            timers.stop("step")
             sync()
-            if i >= max(1, args.warmup):
-                infer.append(time.perf_counter() - start)
+            infer.append(time.perf_counter() - start)
+        if cuda:
+            install(timers)
+            timers.reset()
+            for _ in range(args.iters):
+                timers.start("step")
+                infer_once()
+                timers.stop("step")
+    timers.unwrap_all()
     result["inference_ms"] = statistics.median(infer) * 1e3
+    result["inference_breakdown_ms"] = {k: v * 1e3 / args.iters for k, v in timers.total.items()}
     return result
+
+
+def _count_flops(model, batch, args, use_amp, device) -> dict:
+    """FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
+    attention; not elementwise ops, not the optimizer): one train step (forward + backward), the
+    text encoder alone (forward + backward, the batch-independent part) and one inference call
+    with the text features cached."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        return counter.get_total_flops()
+
+    def step():
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            losses = model(batch)
+        sum(losses.values()).backward()
+
+    model.train()
+    out = {"flops_train_step": count(step), "flops_text_encoder": 0}
+    model.zero_grad(set_to_none=True)
+    text_encoder = getattr(model, "text_encoder", None)
+    if text_encoder is not None:
+        def text():
+            t = text_encoder()
+            t.backward(torch.ones_like(t))
+
+        out["flops_text_encoder"] = count(text)
+        model.zero_grad(set_to_none=True)
+    model.eval()
+    inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
+              for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=use_amp):
+        model(inputs)  # fills the text cache
+
+        def infer():
+            model(inputs)
+
+        out["flops_inference"] = count(infer)
+    return out
 
 
 def _text_mask_ablation(model, batch, iters, sync, use_amp, device) -> dict:
@@ -504,6 +612,83 @@ def _fmt(x, digits=1):
     return "n/a" if x is None else f"{x:,.{digits}f}"
 
 
+def _breakdown_table(bb: dict, bm: dict, train: bool, text_bwd_alone=None) -> str:
+    """Rows per component: baseline ms, MTA-CLIP ms, extra ms, share of MTA-CLIP's extra time."""
+    import tabulate as tabulate_module
+
+    preserve = tabulate_module.PRESERVE_WHITESPACE
+    tabulate_module.PRESERVE_WHITESPACE = True  # indented sub-rows
+    extra_total = bm.get("step", 0.0) - bb.get("step", 0.0)
+    rows = []
+
+    def row(label, vb, vm, share=True):
+        extra = None if vb is None or vm is None else vm - vb
+        pct = "" if not share or extra is None or extra_total <= 0 else f"{100 * extra / extra_total:.0f}%"
+        rows.append([label, _fmt(vb), _fmt(vm), _fmt(extra), pct])
+
+    def get(d, *keys):
+        return sum(d.get(k, 0.0) for k in keys)
+
+    labels = {key: label for key, label, _, _ in COMPONENTS}
+    for key in ("backbone", "pixel_decoder", "text_encoder", "decoder"):
+        if key == "text_encoder" and not train:
+            continue
+        row(labels[key], get(bb, key), get(bm, key))
+    for sub in ("heads", "similarity"):
+        row(labels[sub], get(bb, sub), get(bm, sub))
+    top = ["backbone", "pixel_decoder", "text_encoder", "decoder"]
+    if train:
+        top += ["criterion", "backward", "optimizer"]
+        row(labels["criterion"], get(bb, "criterion"), get(bm, "criterion"))
+        for sub in ("matcher", "loss_sim"):
+            row(labels[sub], get(bb, sub), get(bm, sub))
+        row("  - CE, mask BCE + dice", get(bb, "criterion") - get(bb, "matcher", "loss_sim"),
+            get(bm, "criterion") - get(bm, "matcher", "loss_sim"))
+        row("backward (loss.backward())", get(bb, "backward"), get(bm, "backward"))
+        if text_bwd_alone is not None:
+            row("  - text encoder bwd (measured alone, not in the sum)", 0.0, text_bwd_alone, share=False)
+        row("optimizer step (grad clip + AdamW)", get(bb, "optimizer"), get(bm, "optimizer"))
+        other = "other (preprocess, targets, loss sum)"
+    else:
+        other = "other (preprocess, semantic inference, resize)"
+    row(other, get(bb, "step") - get(bb, *top), get(bm, "step") - get(bm, *top))
+    row("total" if train else "total per call", get(bb, "step"), get(bm, "step"))
+    try:
+        return tabulate_module.tabulate(rows, headers=["component", "Mask2Former*", "MTA-CLIP", "extra",
+                                                       "share of extra"], tablefmt="github", disable_numparse=True)
+    finally:
+        tabulate_module.PRESERVE_WHITESPACE = preserve
+
+
+def _flops_table(args, results: dict) -> str:
+    """GFLOP per train step split into the batch-independent text encoder and a per-image part;
+    totals at the measured batch and at batches 2 and 8; per inference call."""
+    from tabulate import tabulate
+
+    rows, totals = [], {}
+    for key in MODELS:
+        r = results.get(key)
+        if r is None:
+            continue
+        const = r["flops_text_encoder"]
+        per_image = (r["flops_train_step"] - const) / args.batch
+        totals[key] = {b: const + b * per_image for b in (2, 8)}
+        totals[key]["inference"] = r["flops_inference"] / args.infer_batch
+        rows.append([r["model"], f"{r['flops_train_step'] / 1e9:,.1f}", f"{const / 1e9:,.1f}",
+                     f"{per_image / 1e9:,.1f}",
+                     f"{totals[key][2] / 1e9:,.1f}", f"{totals[key][8] / 1e9:,.1f}",
+                     f"{totals[key]['inference'] / 1e9:,.1f}"])
+    if len(totals) == 2:
+        ratio = {k: totals["mtaclip"][k] / totals["baseline"][k] for k in (2, 8, "inference")}
+        rows.append(["ratio", "", "", "", f"{ratio[2]:.2f}x", f"{ratio[8]:.2f}x", f"{ratio['inference']:.2f}x"])
+    head = (f"GFLOP (torch.utils.flop_counter: matmul / conv / attention FLOPs, no elementwise ops, no optimizer), "
+            f"image {args.size}x{args.size}; batch-2 and batch-8 columns = text encoder + batch x per-image part")
+    return head + "\n" + tabulate(
+        rows, headers=["model", f"train step, batch {args.batch}", "text encoder fwd+bwd (any batch)",
+                       "per image", "train step, batch 2", "train step, batch 8", "inference per image"],
+        tablefmt="github", disable_numparse=True)
+
+
 def _tables(args, results: dict, machine: str) -> str:
     from tabulate import tabulate
 
@@ -512,12 +697,19 @@ def _tables(args, results: dict, machine: str) -> str:
     lines.append(
         f"MTA-CLIP vs Mask2Former*, CLIP {args.backbone}, ADE20k shape (C=150, K=3), device {args.device}, "
         f"image {args.size}x{args.size}, train batch {args.batch}, inference batch {args.infer_batch}, "
-        f"{args.classes_per_image} target classes per image; median of {args.iters} after {args.warmup} warm-up"
+        f"{args.classes_per_image} target classes per image"
+        + ("" if getattr(args, "flops_only", False) else f"; median of {args.iters} after {args.warmup} warm-up")
     )
     lines.append(f"machine: {machine}")
+    paths = sorted({r.get("ms_deform_attn", "?") for r in results.values()})
+    lines.append(f"multi-scale deformable attention: {', '.join(paths)}; "
+                 f"AMP: {', '.join(sorted({'on' if r.get('amp') else 'off' for r in results.values()}))}")
     if args.opts:
         lines.append(f"config overrides: {' '.join(args.opts)}")
     lines.append("")
+    if getattr(args, "flops_only", False):
+        lines.append(_flops_table(args, results))
+        return "\n".join(lines)
     rows = []
     for r in (base, mta):
         if r is None:
@@ -528,6 +720,10 @@ def _tables(args, results: dict, machine: str) -> str:
                                          "peak memory MiB", "inference ms"], tablefmt="github"))
     peak_method = (mta or base)["peak_method"]
     lines.append(f"peak memory: {peak_method}")
+    if all(r is not None and "resident_before_step_mib" in r for r in (base, mta)):
+        lines.append(f"resident before the step (weights, optimizer state, caches): Mask2Former* "
+                     f"{base['resident_before_step_mib']:,.1f} MiB, "
+                     f"MTA-CLIP {mta['resident_before_step_mib']:,.1f} MiB")
     if base is None or mta is None:
         return "\n".join(lines)
 
@@ -547,49 +743,25 @@ def _tables(args, results: dict, machine: str) -> str:
                           tablefmt="github"))
 
     lines.append("")
-    bb, bm = base["breakdown_ms"], mta["breakdown_ms"]
-    extra_total = bm.get("step", 0.0) - bb.get("step", 0.0)
-    timed = ["backbone", "pixel_decoder", "text_encoder", "decoder", "criterion", "backward", "optimizer"]
-    rows = []
-
-    def row(label, vb, vm):
-        extra = None if vb is None or vm is None else vm - vb
-        share = "" if extra is None or extra_total <= 0 else f"{100 * extra / extra_total:.0f}%"
-        rows.append([label, _fmt(vb), _fmt(vm), _fmt(extra), share])
-
-    labels = {key: label for key, label, _, _ in COMPONENTS}
-    for key, label, _, _ in COMPONENTS:
-        if key in ("heads", "similarity", "matcher", "loss_sim"):
-            continue
-        row(label, bb.get(key, 0.0), bm.get(key, 0.0))
-        if key == "decoder":
-            for sub in ("heads", "similarity"):
-                row(labels[sub], bb.get(sub, 0.0), bm.get(sub, 0.0))
-        if key == "criterion":
-            for sub in ("matcher", "loss_sim"):
-                row(labels[sub], bb.get(sub, 0.0), bm.get(sub, 0.0))
-            row("  of which: CE, mask BCE + dice", bb.get("criterion", 0) - bb.get("matcher", 0) - bb.get("loss_sim", 0),
-                bm.get("criterion", 0) - bm.get("matcher", 0) - bm.get("loss_sim", 0))
-    row("backward (loss.backward())", bb.get("backward", 0.0), bm.get("backward", 0.0))
-    row("  of which: text encoder bwd (measured alone)", 0.0, mta.get("text_encoder_alone_bwd_ms"))
-    row("optimizer step (grad clip + AdamW)", bb.get("optimizer", 0.0), bm.get("optimizer", 0.0))
-    row("other (preprocess, targets, loss sum)",
-        bb.get("step", 0) - sum(bb.get(k, 0) for k in timed), bm.get("step", 0) - sum(bm.get(k, 0) for k in timed))
-    row("train step (timed steps)", bb.get("step", 0.0), bm.get("step", 0.0))
     where = "the timed steps" if args.device == "cpu" else f"{args.iters} extra steps with CUDA syncs at every timer"
     lines.append(f"train-step breakdown, ms per step (mean over {where}):")
-    lines.append(tabulate(rows, headers=["component", "Mask2Former*", "MTA-CLIP", "extra", "share of extra"],
-                          tablefmt="github", disable_numparse=True))
+    lines.append(_breakdown_table(base["breakdown_ms"], mta["breakdown_ms"], train=True,
+                                  text_bwd_alone=mta.get("text_encoder_alone_bwd_ms")))
+    lines.append("")
+    where = "the timed calls" if args.device == "cpu" else f"{args.iters} extra calls with CUDA syncs at every timer"
+    lines.append(f"inference breakdown, ms per call (mean over {where}; text features cached):")
+    lines.append(_breakdown_table(base["inference_breakdown_ms"], mta["inference_breakdown_ms"], train=False))
     if "decoder_alone_textmask_none_ms" in mta:
         conf = mta["text_attention_mask"]
         with_masks = mta[f"decoder_alone_textmask_{conf}_ms"]
         without = mta["decoder_alone_textmask_none_ms"]
         lines.append("")
         lines.append(
-            f"MTA-CLIP decoder forward alone: {with_masks:,.1f} ms with text attention masks '{conf}', "
-            f"{without:,.1f} ms with 'none' (text-mask cost {with_masks - without:,.1f} ms); text encoder alone: "
-            f"fwd {mta['text_encoder_alone_fwd_ms']:,.1f} ms, bwd {mta['text_encoder_alone_bwd_ms']:,.1f} ms "
-            f"(independent of batch and image size)."
+            f"MTA-CLIP text branch measured alone: text encoder fwd {mta['text_encoder_alone_fwd_ms']:,.1f} ms, "
+            f"bwd {mta['text_encoder_alone_bwd_ms']:,.1f} ms, memory of fwd + bwd "
+            f"{_fmt(mta.get('text_encoder_alone_peak_mib'))} MiB (all three independent of batch and image size); "
+            f"decoder fwd (autograd on) {with_masks:,.1f} ms with text attention masks '{conf}' vs "
+            f"{without:,.1f} ms with 'none': the text masks cost {with_masks - without:,.1f} ms."
         )
     return "\n".join(lines)
 
@@ -603,6 +775,8 @@ def main(argv=None):
     forwarded = ["--device", args.device, "--size", str(args.size), "--batch", str(args.batch),
                  "--infer-batch", str(args.infer_batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
                  "--backbone", args.backbone, "--classes-per-image", str(args.classes_per_image)]
+    if args.flops_only:
+        forwarded.append("--flops-only")
     if args.opts:
         forwarded += ["--opts", *args.opts]
     if args.from_json:

@@ -153,14 +153,20 @@ class MaskTextDecoder(MaskedDecoder):
         is_text = torch.arange(num_queries, device=device) < self.num_text_queries
         return is_text[:, None] != is_text[None, :]  # block text <-> mask attention
 
-    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size,
+    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
                  text_embeddings: Optional[torch.Tensor] = None, **inputs) -> Dict:
+        """Baseline heads on the mask queries; ``pred_sim`` only where a training loss reads it."""
         t_count = self.num_text_queries
         if t_count == 0:
-            return super()._predict(output, mask_features, attn_size)
+            return super()._predict(output, mask_features, attn_size, supervised)
         decoded = self.decoder_norm(output).transpose(0, 1)  # (B, Q, hidden)
         text_q, mask_q = decoded[:, :t_count], decoded[:, t_count:]
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(mask_q), mask_features)
+        out = {"pred_logits": self.class_embed(mask_q), "pred_masks": masks, "attn_mask": None}
+        if self.with_similarity and self.training and supervised:
+            out["pred_sim"] = self._similarity(mask_q, text_q, self._check_text(text_embeddings))
+        if attn_size is None:
+            return out
         mask_attn = self._attention_mask(masks, attn_size)
         b = decoded.shape[0]
         if self.text_attention_mask == "predicted":
@@ -174,13 +180,7 @@ class MaskTextDecoder(MaskedDecoder):
         else:
             hw = attn_size[0] * attn_size[1]
             text_attn = mask_attn.new_zeros((b * self.num_heads, t_count, hw))
-        out = {
-            "pred_logits": self.class_embed(mask_q),
-            "pred_masks": masks,
-            "attn_mask": torch.cat([text_attn, mask_attn], 1),
-        }
-        if self.with_similarity:
-            out["pred_sim"] = self._similarity(mask_q, text_q, self._check_text(text_embeddings))
+        out["attn_mask"] = torch.cat([text_attn, mask_attn], 1)
         return out
 
     # ----------------------------------------------------------------- Eqs. 5-6

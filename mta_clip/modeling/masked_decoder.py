@@ -45,7 +45,7 @@ class SelfAttentionLayer(nn.Module):
         """tgt, query_pos: (Q, B, C); tgt_mask: (Q, Q) bool, True = may not attend."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = x if query_pos is None else x + query_pos
-        out = tgt + self.dropout(self.self_attn(q, k, value=x, attn_mask=tgt_mask)[0])
+        out = tgt + self.dropout(self.self_attn(q, k, value=x, attn_mask=tgt_mask, need_weights=False)[0])
         return out if self.normalize_before else self.norm(out)
 
 
@@ -65,7 +65,9 @@ class CrossAttentionLayer(nn.Module):
         x = self.norm(tgt) if self.normalize_before else tgt
         q = x if query_pos is None else x + query_pos
         k = memory if pos is None else memory + pos
-        out = tgt + self.dropout(self.multihead_attn(q, k, value=memory, attn_mask=memory_mask)[0])
+        out = tgt + self.dropout(
+            self.multihead_attn(q, k, value=memory, attn_mask=memory_mask, need_weights=False)[0]
+        )
         return out if self.normalize_before else self.norm(out)
 
 
@@ -197,19 +199,21 @@ class MaskedDecoder(nn.Module):
         """(Q, Q) bool mask for query self-attention (True = blocked); None = all attend."""
         return None
 
-    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, **inputs) -> Dict:
+    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
+                 **inputs) -> Dict:
         """Heads on the normalized queries.
 
         output: (Q, B, hidden); mask_features: (B, mask_dim, H, W).
         Returns ``pred_logits`` (B, N, C+1), ``pred_masks`` (B, N, H, W) and ``attn_mask``
-        (B*heads, Q, h*w) for the next layer's cross-attention at size ``attn_size``.
+        (B*heads, Q, h*w) for the next layer's cross-attention at size ``attn_size`` (None after
+        the last layer). ``supervised`` says whether a loss will read this prediction.
         """
         decoded = self.decoder_norm(output).transpose(0, 1)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
         return {
             "pred_logits": self.class_embed(decoded),
             "pred_masks": masks,
-            "attn_mask": self._attention_mask(masks, attn_size),
+            "attn_mask": None if attn_size is None else self._attention_mask(masks, attn_size),
         }
 
     # ----------------------------------------------------------------- shared machinery
@@ -239,7 +243,9 @@ class MaskedDecoder(nn.Module):
         srcs, pos, sizes = self._prepare_memories(x)
         output, query_pos = self._initial_queries(mask_features.shape[0], **inputs)
         self_mask = self._self_attention_mask(output.shape[0], output.device)
-        preds = [self._predict(output, mask_features, sizes[0], **inputs)]
+        last = self.num_layers - 1
+        preds = [self._predict(output, mask_features, sizes[0] if self.num_layers else None,
+                               supervised=self.supervise_initial_prediction, **inputs)]
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             attn_mask = preds[-1]["attn_mask"].clone()
@@ -250,7 +256,8 @@ class MaskedDecoder(nn.Module):
             )
             output = self.transformer_self_attention_layers[i](output, tgt_mask=self_mask, query_pos=query_pos)
             output = self.transformer_ffn_layers[i](output)
-            preds.append(self._predict(output, mask_features, sizes[(i + 1) % self.num_feature_levels], **inputs))
+            next_size = sizes[(i + 1) % self.num_feature_levels] if i < last else None
+            preds.append(self._predict(output, mask_features, next_size, **inputs))
         for p in preds:
             p.pop("attn_mask")
         supervised = preds if self.supervise_initial_prediction else preds[1:]

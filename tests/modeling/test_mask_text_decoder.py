@@ -30,7 +30,7 @@ def _inputs(seed=1):
 
 
 def test_output_shapes_and_supervised_predictions():
-    dec = _decoder(supervise_initial_prediction=False)
+    dec = _decoder(supervise_initial_prediction=False).train()  # dropout is 0: train mode is deterministic
     mem, mf, text = _inputs()
     out = dec(mem, mf, text_embeddings=text)
     assert out["pred_logits"].shape == (B, N, C + 1)
@@ -39,6 +39,17 @@ def test_output_shapes_and_supervised_predictions():
     # 3 layers, the prediction before the first layer is not supervised: 2 aux outputs
     assert len(out["aux_outputs"]) == 2
     assert all("pred_sim" in a for a in out["aux_outputs"])
+
+
+def test_similarity_only_where_a_loss_reads_it():
+    mem, mf, text = _inputs()
+    assert "pred_sim" not in _decoder()(mem, mf, text_embeddings=text)  # eval: inference never reads it
+    dec = _decoder(supervise_initial_prediction=False).train()
+    seen = []
+    original = dec._similarity
+    dec._similarity = lambda *a: seen.append(1) or original(*a)
+    dec(mem, mf, text_embeddings=text)
+    assert len(seen) == dec.num_layers  # not for the unsupervised initial prediction
 
 
 def _mask_outputs(dec, mem, mf, text):
@@ -83,7 +94,7 @@ def test_without_text_queries_equals_masked_decoder():
 
 def test_cosine_similarity_with_zero_gamma_is_cos_to_clip_text():
     """gamma = 0 makes t' = t0 exactly (Eq. 5), so S = cos(Linear(m), t0) (Eq. 6, tau = 1)."""
-    dec = _decoder(return_projection="gamma", similarity="cosine")
+    dec = _decoder(return_projection="gamma", similarity="cosine").train()
     with torch.no_grad():
         dec.text_gamma.zero_()
     captured = []
@@ -102,10 +113,10 @@ def test_cosine_similarity_with_zero_gamma_is_cos_to_clip_text():
 
 
 def test_dot_similarity_with_temperature():
-    dec = _decoder(return_projection="mlp", similarity="dot", temperature=0.07)
+    dec = _decoder(return_projection="mlp", similarity="dot", temperature=0.07).train()
     mem, mf, text = _inputs()
     s1 = dec(mem, mf, text_embeddings=text)["pred_sim"]
-    dec2 = _decoder(return_projection="mlp", similarity="dot", temperature=0.14)
+    dec2 = _decoder(return_projection="mlp", similarity="dot", temperature=0.14).train()
     s2 = dec2(mem, mf, text_embeddings=text)["pred_sim"]
     torch.testing.assert_close(s1, 2 * s2, rtol=1e-4, atol=1e-4)
 
