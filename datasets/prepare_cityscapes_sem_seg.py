@@ -10,15 +10,14 @@ other id, including the void classes, becomes 255). Resumable: files already wri
 (they are written to a temporary name and renamed). ``--overwrite`` rewrites everything.
 Exit status: 0 done, 1 some files failed (listed), 2 wrong folder layout.
 """
-import argparse
 import os
 import sys
-from multiprocessing import Pool
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
-from tqdm import tqdm
+
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # _prepare_common, also when loaded by file path
+from _prepare_common import LayoutError, clean_temporaries, convert_splits, make_parser, run_and_report  # noqa: E402
 
 DIRNAME = "cityscapes"
 SPLITS = ("train", "val")
@@ -62,10 +61,6 @@ EXPECTED_TREE = f"""Expected layout:
 (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from cityscapes-dataset.com unpack to this.)"""
 
 
-class LayoutError(Exception):
-    """The dataset folder does not have the expected layout."""
-
-
 def _lookup_table() -> np.ndarray:
     lut = np.full(256, IGNORE_LABEL, dtype=np.uint8)
     for label_id, train_id in LABEL_ID_TO_TRAIN_ID.items():
@@ -85,28 +80,6 @@ def convert_label(label: np.ndarray) -> np.ndarray:
     return _LUT[label.astype(np.int64)]
 
 
-def _write_png_atomic(array: np.ndarray, path: str) -> None:
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}.png")
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _convert_one(job: Tuple[str, str]) -> Tuple[str, Optional[str]]:
-    src, dst = job
-    try:
-        with Image.open(src) as im:
-            label = np.asarray(im)
-        _write_png_atomic(convert_label(label), dst)
-    except (OSError, ValueError) as e:
-        return src, str(e)
-    return src, None
-
-
 def _walk(root: str, suffix: str) -> List[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -115,13 +88,6 @@ def _walk(root: str, suffix: str) -> List[str]:
             os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(suffix) and not f.startswith(".")
         )
     return found
-
-
-def _clean_temporaries(root: str) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            if name.startswith(".") and ".tmp-" in name:
-                os.remove(os.path.join(dirpath, name))
 
 
 def check_layout(root: str, splits: Sequence[str] = SPLITS) -> str:
@@ -144,67 +110,32 @@ def check_layout(root: str, splits: Sequence[str] = SPLITS) -> str:
     return base
 
 
+def _split_jobs(base: str, split: str) -> Tuple[List[Tuple[str, str]], str]:
+    """(labelIds, labelTrainIds) files of a split (written next to each other) and its gtFine folder."""
+    gt_dir = os.path.join(base, "gtFine", split)
+    clean_temporaries(gt_dir)
+    return [(src, src[: -len(SRC_SUFFIX)] + DST_SUFFIX) for src in _walk(gt_dir, SRC_SUFFIX)], gt_dir
+
+
 def prepare(
     root: str, workers: int = 1, overwrite: bool = False, splits: Sequence[str] = SPLITS
 ) -> Tuple[dict, List[Tuple[str, str]]]:
     """Converts every split. Returns ({split: (written, skipped, folder)}, [(file, error), ...])."""
     base = check_layout(root, splits)
-    summary, failures = {}, []
-    for split in splits:
-        gt_dir = os.path.join(base, "gtFine", split)
-        _clean_temporaries(gt_dir)
-        srcs = _walk(gt_dir, SRC_SUFFIX)
-        jobs = [(s, s[: -len(SRC_SUFFIX)] + DST_SUFFIX) for s in srcs]
-        todo = [j for j in jobs if overwrite or not os.path.exists(j[1])]
-        written = 0
-        bar = tqdm(total=len(todo), desc=f"Cityscapes {split}", unit="file", disable=not todo)
-        for src, err in _run(_convert_one, todo, workers):
-            if err is None:
-                written += 1
-            else:
-                failures.append((src, err))
-            bar.update(1)
-        bar.close()
-        summary[split] = (written, len(jobs) - len(todo), gt_dir)
-    return summary, failures
-
-
-def _run(fn, jobs: Sequence, workers: int):
-    if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            yield fn(job)
-        return
-    with Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(fn, jobs, chunksize=16)
+    return convert_splits(
+        convert_label, splits, lambda split: _split_jobs(base, split), workers, overwrite, "Cityscapes"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--root",
-        default=os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")),
-        help="folder holding cityscapes/ (default: $DETECTRON2_DATASETS or ./datasets)",
-    )
+    parser = make_parser(__doc__, DIRNAME)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), help="splits to convert")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes")
-    parser.add_argument("--overwrite", action="store_true", help="rewrite label maps already present")
     args = parser.parse_args(argv)
-    try:
-        summary, failures = prepare(
-            args.root, workers=args.workers, overwrite=args.overwrite, splits=args.splits
-        )
-    except LayoutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"Cityscapes trainId label maps (*{DST_SUFFIX}, 19 classes, 255 ignore):")
-    for split, (written, skipped, folder) in summary.items():
-        print(f"  {split:<6} written {written:>6}, already present {skipped:>6}  -> {folder}")
-    if failures:
-        print(f"{len(failures)} file(s) failed and were not written:", file=sys.stderr)
-        for src, err in sorted(failures):
-            print(f"  {src}: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_and_report(
+        lambda: prepare(args.root, workers=args.workers, overwrite=args.overwrite, splits=args.splits),
+        f"Cityscapes trainId label maps (*{DST_SUFFIX}, 19 classes, 255 ignore):",
+        split_width=6,
+    )
 
 
 if __name__ == "__main__":

@@ -27,15 +27,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
-"$VPY" -m pip install -q --upgrade "pip>=24" >/dev/null
+# pip warns about this machine's unused local index folders; hide only that noise.
+pip_q() { "$VPY" -m pip "$@" 2> >(grep -v "WARNING: Location '.*' is ignored" >&2); }
+pip_q install -q --upgrade "pip>=24" >/dev/null
 echo "[setup] installing pinned requirements"
-"$VPY" -m pip install -q -r requirements.txt
+pip_q install -q -r requirements.txt
 
 if ! "$VPY" -c "import detectron2" >/dev/null 2>&1; then
   echo "[setup] installing detectron2 ${D2_VERSION} (re-tagged sal-detectron2 wheel)"
   WORK=$(mktemp -d)
   trap 'rm -rf "$WORK"' EXIT
-  "$VPY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.10 \
+  pip_q download -q --no-deps --only-binary=:all: --python-version 3.10 \
       -d "$WORK" "sal-detectron2==${D2_VERSION}"
   WHL=$(ls "$WORK"/sal_detectron2-*.whl)
   echo "${D2_SHA256}  ${WHL}" | sha256sum -c --quiet - || { echo "[setup] sha256 mismatch for $WHL" >&2; exit 1; }
@@ -45,13 +47,13 @@ if ! "$VPY" -c "import detectron2" >/dev/null 2>&1; then
   sed -i 's/^Tag: .*/Tag: py3-none-any/' "$PKGDIR"/*.dist-info/WHEEL
   mkdir -p "$WORK/out"
   "$VPY" -m wheel pack -d "$WORK/out" "$PKGDIR" >/dev/null
-  "$VPY" -m pip install -q "$WORK"/out/*.whl
+  pip_q install -q "$WORK"/out/*.whl
   # detectron2 declares loose ranges; re-assert our pins in case its dependencies moved any.
-  "$VPY" -m pip install -q -r requirements.txt
+  pip_q install -q -r requirements.txt
 fi
 
 echo "[setup] installing mta_clip (editable; C++/CUDA op built where available)"
-"$VPY" -m pip install -q --no-build-isolation --no-deps -e .
-"$VPY" -m pip check
+pip_q install -q --no-build-isolation --no-deps -e .
+pip_q check
 echo "$STAMP" > "$VENV/.mta_clip_stamp"
 echo "[setup] done: $VPY"

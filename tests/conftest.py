@@ -1,11 +1,14 @@
-"""Shared fixtures: a tiny random CLIP file and small model configs built from the toy YAMLs."""
+"""Shared fixtures and helpers: a tiny random CLIP file, open_clip references, small model configs and
+random toy weights built from the toy YAMLs."""
 import importlib.util
 import os
+import warnings
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY_BASELINE_CONFIG = os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
@@ -22,6 +25,15 @@ def tiny_clip_file(tmp_path_factory):
     """A tiny random RN50-layout CLIP in OpenAI's TorchScript format."""
     path = tmp_path_factory.mktemp("clip") / "tiny_RN50.pt"
     return load_tool("make_tiny_clip").make_tiny_clip(str(path), "RN50", "torchscript")
+
+
+def open_clip_reference(path: str):
+    """open_clip's own loader of an OpenAI CLIP file (independent of our reader), fp32, eval mode."""
+    import open_clip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return open_clip.load_openai_model(path, precision="fp32", device="cpu").eval()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,3 +54,15 @@ def toy_cfg(name: str = "mtaclip_toy.yaml", opts=()):
     from mta_clip.engine import setup_cfg
 
     return setup_cfg(os.path.join(ROOT, "configs", "toy", name), ["MODEL.DEVICE", "cpu", *opts])
+
+
+def save_random_toy_weights(folder, seed: int) -> str:
+    """Saves a toy baseline (``TOY_BASELINE_CONFIG``) initialized after ``torch.manual_seed(seed)``
+    as the checkpoint ``<folder>/toy.pth`` (``{"model": state_dict}``); returns its path."""
+    from mta_clip.predictor import Predictor
+
+    torch.manual_seed(seed)
+    predictor = Predictor(TOY_BASELINE_CONFIG, weights="", device="cpu")
+    path = os.path.join(str(folder), "toy.pth")
+    torch.save({"model": predictor.model.state_dict()}, path)
+    return path

@@ -6,12 +6,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from mta_clip.predictor import Predictor
+from tests.conftest import ROOT, save_random_toy_weights
+from tests.conftest import TOY_BASELINE_CONFIG as CONFIG
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")
 _spec = importlib.util.spec_from_file_location("mta_clip_demo", os.path.join(ROOT, "demo", "demo.py"))
 demo = importlib.util.module_from_spec(_spec)
 sys.modules["mta_clip_demo"] = demo
@@ -21,10 +20,7 @@ _spec.loader.exec_module(demo)
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(weights path, Predictor with those weights) of a random toy model."""
-    torch.manual_seed(1)
-    predictor = Predictor(CONFIG, weights="", device="cpu")
-    path = str(tmp_path_factory.mktemp("w") / "toy.pth")
-    torch.save({"model": predictor.model.state_dict()}, path)
+    path = save_random_toy_weights(tmp_path_factory.mktemp("w"), seed=1)
     return path, Predictor(CONFIG, weights=path, device="cpu")
 
 

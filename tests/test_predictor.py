@@ -1,15 +1,13 @@
 """mta_clip.predictor.Predictor on the toy baseline config with random weights (CPU)."""
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from mta_clip.evaluation import SemSegTTA
 from mta_clip.predictor import Predictor, to_bgr_uint8
+from tests.conftest import TOY_BASELINE_CONFIG as CONFIG
+from tests.conftest import save_random_toy_weights
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")
 NUM_CLASSES = 6
 
 
@@ -20,11 +18,7 @@ def _image(h, w, seed=0):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A random toy model saved as a checkpoint, so that several predictors share weights."""
-    torch.manual_seed(0)
-    predictor = Predictor(CONFIG, weights="", device="cpu")
-    path = str(tmp_path_factory.mktemp("w") / "toy.pth")
-    torch.save({"model": predictor.model.state_dict()}, path)
-    return path
+    return save_random_toy_weights(tmp_path_factory.mktemp("w"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -337,36 +337,58 @@ def _hint(script: str, folder: str) -> str:
     )
 
 
-def _register_builtins() -> None:
+def _register_builtin_splits(
+    splits: Dict[str, str],
+    roots: Callable[[str], Tuple[str, str]],
+    class_names: Sequence[str],
+    prompt_names: Sequence[str],
+    colors: Sequence[Sequence[int]],
+    image_suffix: str,
+    label_suffix: str,
+    script: str,
+    folder: str,
+) -> None:
+    """Registers each ``{name: split}`` of one builtin dataset unless ``name`` is already taken."""
     registered = set(DatasetCatalog.list())
-    for name, split in ADE20K_SPLITS.items():
+    for name, split in splits.items():
         if name not in registered:
             _register(
                 name,
-                lambda split=split: _ade20k_roots(split),
-                ADE20K_CLASSES,
-                ADE20K_PROMPT_CLASSES,
-                ADE20K_COLORS,
+                lambda split=split: roots(split),
+                class_names,
+                prompt_names,
+                colors,
                 IGNORE_LABEL,
-                ".jpg",
-                ".png",
-                hint=lambda: _hint("prepare_ade20k_sem_seg.py", ADE20K_DIRNAME),
+                image_suffix,
+                label_suffix,
+                hint=lambda: _hint(script, folder),
                 overwrite=False,
             )
-    for name, split in CITYSCAPES_SPLITS.items():
-        if name not in registered:
-            _register(
-                name,
-                lambda split=split: _cityscapes_roots(split),
-                CITYSCAPES_CLASSES,
-                CITYSCAPES_PROMPT_CLASSES,
-                CITYSCAPES_COLORS,
-                IGNORE_LABEL,
-                CITYSCAPES_IMAGE_SUFFIX,
-                CITYSCAPES_LABEL_SUFFIX,
-                hint=lambda: _hint("prepare_cityscapes_sem_seg.py", CITYSCAPES_DIRNAME),
-                overwrite=False,
-            )
+
+
+def _register_builtins() -> None:
+    _register_builtin_splits(
+        ADE20K_SPLITS,
+        _ade20k_roots,
+        ADE20K_CLASSES,
+        ADE20K_PROMPT_CLASSES,
+        ADE20K_COLORS,
+        image_suffix=".jpg",
+        label_suffix=".png",
+        script="prepare_ade20k_sem_seg.py",
+        folder=ADE20K_DIRNAME,
+    )
+    _register_builtin_splits(
+        CITYSCAPES_SPLITS,
+        _cityscapes_roots,
+        CITYSCAPES_CLASSES,
+        CITYSCAPES_PROMPT_CLASSES,
+        CITYSCAPES_COLORS,
+        image_suffix=CITYSCAPES_IMAGE_SUFFIX,
+        label_suffix=CITYSCAPES_LABEL_SUFFIX,
+        script="prepare_cityscapes_sem_seg.py",
+        folder=CITYSCAPES_DIRNAME,
+    )
 
 
 _register_builtins()

@@ -1,8 +1,4 @@
 """CLIPResNet / CLIPViT backbones against open_clip's own visual towers on tiny random CLIPs."""
-import importlib.util
-import os
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,32 +10,15 @@ from mta_clip.config import add_mtaclip_config
 from mta_clip.modeling.backbone.clip_resnet import CLIPResNet
 from mta_clip.modeling.backbone.clip_vit import CLIPViT
 from mta_clip.modeling.clip.checkpoint import read_clip_checkpoint
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("make_tiny_clip", os.path.join(ROOT, "tools", "make_tiny_clip.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def open_clip_reference(path):
-    """open_clip's own OpenAI loader (independent of our reader), fp32."""
-    import open_clip
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return open_clip.load_openai_model(path, precision="fp32", device="cpu").eval()
+from tests.conftest import load_tool, open_clip_reference
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    tool = load_tool()
+def ckpts(tmp_path_factory, tiny_clip_file):
+    tool = load_tool("make_tiny_clip")
     d = tmp_path_factory.mktemp("clip_backbones")
     return {
-        "RN50": tool.make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript"),
+        "RN50": tiny_clip_file,  # RN50 layout, TorchScript, seed 0
         "RN101": tool.make_tiny_clip(str(d / "RN101.pt"), "RN101", "state_dict", seed=1),
         "ViT-B-16": tool.make_tiny_clip(str(d / "ViT-B-16.pt"), "ViT-B-16", "torchscript", seed=2),
     }

@@ -1,5 +1,7 @@
-"""PromptTextEncoder / PromptLearner: exactness against open_clip's encode_text, layout, caching."""
+"""PromptTextEncoder / PromptLearner: exactness against open_clip's encode_text, layout, caching,
+prefix sharing against the full computation."""
 import importlib.util
+import logging
 import os
 import warnings
 
@@ -119,7 +121,7 @@ def test_random_context_init_std(clip):
 def test_eval_cache_and_invalidation(clip):
     enc = make_encoder(clip, num_prompts=2, n_ctx=4)
     calls = []
-    enc.transformer.register_forward_hook(lambda *args: calls.append(1))
+    enc.ln_final.register_forward_hook(lambda *args: calls.append(1))  # once per text-transformer run
     enc.eval()
     first = enc()
     assert enc() is first and enc() is first and len(calls) == 1  # no transformer run per image
@@ -211,3 +213,119 @@ def test_config_build_metadata_and_errors(ckpt, reference):
     cfg.MODEL.CLIP.TEXT.N_CTX = 75
     with pytest.raises(ValueError, match="context length"):
         PromptTextEncoder(cfg)
+
+
+# 1, 2 and 3 BPE tokens mixed (4 with a period for "chest of drawers" / "fire hydrant")
+MIXED = ["cat", "traffic light", "chest of drawers", "sky", "potted plant", "fire hydrant", "person", "wall"]
+
+
+def _tokens_per_block(enc):
+    """Hooks counting the token positions fed to every block's ln_1 and mlp: returns the list."""
+    counts = []
+    width = enc.positional_embedding.shape[1]
+    for block in enc.transformer.resblocks:
+        for module in (block.ln_1, block.mlp):
+            module.register_forward_hook(lambda m, args, out: counts.append(args[0].numel() // width))
+    return counts
+
+
+@pytest.mark.parametrize("num_prompts,n_ctx,suffix", [(1, 4, "."), (3, 8, ""), (3, 8, "."), (2, 0, "")])
+def test_shared_prefix_equals_full(clip, num_prompts, n_ctx, suffix):
+    torch.manual_seed(0)
+    enc = make_encoder(clip, class_names=MIXED, num_prompts=num_prompts, n_ctx=n_ctx, class_slot=6,
+                       class_suffix=suffix).train()
+    assert set(enc.prompt_learner.class_lengths.tolist()) == ({1, 2, 3} if suffix == "" else {2, 3, 4})
+    ctx = enc.prompt_learner.ctx
+    full, shared = enc.encode(shared_prefix=False), enc.encode()
+    assert shared.shape == full.shape == (num_prompts, len(MIXED), 32)
+    torch.testing.assert_close(shared, full, rtol=0, atol=1e-5)
+    assert full.abs().max() > 0.5  # not a trivially small output
+    g = torch.randn_like(full)
+    if n_ctx:
+        (grad_full,) = torch.autograd.grad((full * g).sum(), ctx)
+        (grad_shared,) = torch.autograd.grad((shared * g).sum(), ctx)
+        assert grad_full.abs().max() > 0.1
+        torch.testing.assert_close(grad_shared, grad_full, rtol=0, atol=1e-5)
+    # another class list (one length only) rebuilds the packed layout
+    enc.set_class_names(["sky", "wall", "cat"])
+    torch.testing.assert_close(enc.encode(), enc.encode(shared_prefix=False), rtol=0, atol=1e-5)
+
+
+def test_shared_prefix_exact_in_float64_and_weight_gradients(clip):
+    """In float64 the two paths agree to rounding (~1e-14): the same function, not an approximation;
+    with trainable text weights their gradients agree too."""
+    torch.manual_seed(1)
+    enc = make_encoder(clip, class_names=MIXED, num_prompts=3, n_ctx=8, freeze=False).train()
+    enc.encode()  # packed layout built before the dtype change
+    enc.double()
+    full, shared = enc.encode(shared_prefix=False), enc.encode()
+    assert shared.dtype == torch.float64
+    torch.testing.assert_close(shared, full, rtol=0, atol=1e-10)
+    g = torch.randn_like(full)
+    params = [enc.prompt_learner.ctx, enc.transformer.resblocks[0].attn.in_proj_weight,
+              enc.transformer.resblocks[0].attn.out_proj.bias, enc.transformer.resblocks[-1].mlp.c_fc.weight,
+              enc.positional_embedding, enc.token_embedding.weight]
+    for a, b in zip(torch.autograd.grad((full * g).sum(), params), torch.autograd.grad((shared * g).sum(), params)):
+        assert a.abs().max() > 1e-3
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+
+
+def test_shared_prefix_processes_fewer_positions(clip):
+    """Every block sees K * (1 + n_ctx + sum_c (m_c + 1)) positions instead of K * C * L."""
+    enc = make_encoder(clip, class_names=MIXED, num_prompts=3, n_ctx=8, class_slot=5).train()
+    counts = _tokens_per_block(enc)
+    enc()  # the default (training) path
+    lengths = enc.prompt_learner.class_lengths.tolist()
+    shared = 3 * (1 + 8 + sum(m + 1 for m in lengths))
+    full = 3 * len(MIXED) * 13
+    assert counts == [shared] * (2 * 3) and shared < 0.45 * full
+    counts.clear()
+    enc.eval()
+    enc()  # the cached eval computation too
+    assert counts == [shared] * (2 * 3)
+    counts.clear()
+    enc.encode(shared_prefix=False)
+    assert counts == [full] * (2 * 3)  # the count can tell the paths apart
+
+
+def test_shared_prefix_falls_back_for_other_blocks(clip, caplog):
+    enc = make_encoder(clip, num_prompts=2, n_ctx=4).train()
+    counts = _tokens_per_block(enc)
+    enc.transformer.resblocks[1].ls_2 = torch.nn.Dropout(0.0)  # not a block structure the shared path knows
+    with caplog.at_level(logging.WARNING, logger="mta_clip.modeling.clip.text_encoder"):
+        out = enc.encode()
+        enc.encode()
+    assert [r.getMessage() for r in caplog.records if "prefix sharing off" in r.getMessage()] == [
+        "PromptTextEncoder: prefix sharing off, running full prompts: block 1.ls_2 is Dropout, not Identity / LayerScale"
+    ]  # logged once
+    assert counts[0] == 2 * len(CLASSES) * 9
+    assert torch.equal(out, enc.encode(shared_prefix=False))
+
+
+def test_checkpoint_blocks(ckpt, clip):
+    cfg = get_cfg()
+    add_mtaclip_config(cfg)
+    assert cfg.MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS is False
+    cfg.MODEL.CLIP.CHECKPOINT = ckpt
+    cfg.MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS = True
+    enc = PromptTextEncoder(cfg, MIXED).train()
+    assert enc.transformer.grad_checkpointing
+    plain = make_encoder(clip, class_names=MIXED).train()
+    plain.load_state_dict(enc.state_dict())
+    assert not plain.transformer.grad_checkpointing
+    counts = _tokens_per_block(enc)
+    g = torch.randn(3, len(MIXED), 32)
+    for shared_prefix in (True, False):
+        counts.clear()
+        out = enc.encode(shared_prefix=shared_prefix)
+        forward_calls = len(counts)
+        (grad,) = torch.autograd.grad((out * g).sum(), enc.prompt_learner.ctx)
+        assert len(counts) >= forward_calls + 3  # every block ran (at least its ln_1) again in backward
+        ref = plain.encode(shared_prefix=shared_prefix)
+        (ref_grad,) = torch.autograd.grad((ref * g).sum(), plain.prompt_learner.ctx)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, rtol=0, atol=1e-6)
+    with torch.no_grad():  # nothing to recompute without gradients
+        counts.clear()
+        enc.encode()
+        assert len(counts) == 2 * 3
