@@ -37,3 +37,29 @@ def test_state_dict_names_and_shapes(dataset):
     assert not unexpected, f"unexpected {len(unexpected)}: {unexpected[:10]}"
     wrong = [(k, ours[k], ref[k]) for k in ref if ours[k] != ref[k]]
     assert not wrong, wrong[:10]
+
+
+def test_model_zoo_pkl_checkpoint_loads_and_reproduces_outputs(tmp_path):
+    """A checkpoint in the published Mask2Former file format (pickled numpy arrays under "model")
+    loads through Detectron2's checkpointer with no missing or unexpected keys."""
+    import pickle
+
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from tests.conftest import toy_cfg
+
+    cfg = toy_cfg("mask2former_toy.yaml")
+    torch.manual_seed(1)
+    source = build_model(cfg).eval()
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in source.state_dict().items()}, "__author__": "test"}, f)
+    torch.manual_seed(2)
+    target = build_model(cfg).eval()
+    DetectionCheckpointer(target).load(str(path))
+    inputs = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}]
+    with torch.no_grad():
+        torch.testing.assert_close(target(inputs)[0]["sem_seg"], source(inputs)[0]["sem_seg"], rtol=0, atol=0)
+    for k, v in source.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k

@@ -1,9 +1,7 @@
 """PromptTextEncoder / PromptLearner: exactness against open_clip's encode_text, layout, caching,
 prefix sharing against the full computation."""
-import importlib.util
 import logging
 import os
-import warnings
 
 import pytest
 import torch
@@ -14,33 +12,23 @@ from mta_clip.config import add_mtaclip_config
 from mta_clip.modeling.clip.checkpoint import read_clip_checkpoint
 from mta_clip.modeling.clip.prompt_learner import clip_tokenizer, tokenize_class_slot
 from mta_clip.modeling.clip.text_encoder import PromptTextEncoder, class_names_from_metadata
+from tests.conftest import load_tool, open_clip_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLASSES = ["cat", "traffic light", "sky", "potted plant", "person"]
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("make_tiny_clip", os.path.join(ROOT, "tools", "make_tiny_clip.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     # 2 text heads, 3 blocks: RN50 depth kept at tiny width (only the text tower is used here)
     d = tmp_path_factory.mktemp("clip_text")
-    return load_tool().make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript", text_width=128, text_layers=3,
+    return load_tool("make_tiny_clip").make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript", text_width=128, text_layers=3,
                                       vision_layers=(1, 1, 1, 1))
 
 
 @pytest.fixture(scope="module")
 def reference(ckpt):
-    import open_clip
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return open_clip.load_openai_model(ckpt, precision="fp32", device="cpu").eval()
+    return open_clip_reference(ckpt)
 
 
 @pytest.fixture(scope="module")
