@@ -130,6 +130,18 @@ class MaskTextDecoder(MaskedDecoder):
         )
         return ret
 
+    def forward(self, x, mask_features: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None, **inputs):
+        """As :meth:`MaskedDecoder.forward`; ``text_embeddings`` (K, C', D) from the text encoder."""
+        if self.num_text_queries and self.text_attention_mask == "predicted":
+            # the text queries' masks are built at the memory resolutions: resize mask_features once
+            with torch.no_grad():
+                inputs["resized_mask_features"] = {
+                    tuple(m.shape[-2:]): F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear",
+                                                       align_corners=False)
+                    for m in x
+                }
+        return super().forward(x, mask_features, text_embeddings=text_embeddings, **inputs)
+
     # ----------------------------------------------------------------- hooks
     def _initial_queries(self, batch: int, text_embeddings: Optional[torch.Tensor] = None, **inputs):
         feat, pos = super()._initial_queries(batch)
@@ -154,7 +166,7 @@ class MaskTextDecoder(MaskedDecoder):
         return is_text[:, None] != is_text[None, :]  # block text <-> mask attention
 
     def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
-                 text_embeddings: Optional[torch.Tensor] = None, **inputs) -> Dict:
+                 text_embeddings: Optional[torch.Tensor] = None, resized_mask_features=None, **inputs) -> Dict:
         """Baseline heads on the mask queries; ``pred_sim`` only where a training loss reads it."""
         t_count = self.num_text_queries
         if t_count == 0:
@@ -173,7 +185,7 @@ class MaskTextDecoder(MaskedDecoder):
             # Text masks only build attention masks (never supervised): computed without autograd,
             # directly at the attention resolution (resizing commutes with the per-pixel dot product).
             with torch.no_grad():
-                small = F.interpolate(mask_features, size=attn_size, mode="bilinear", align_corners=False)
+                small = resized_mask_features[tuple(attn_size)]
                 text_masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(text_q), small)
                 text_attn = (text_masks.sigmoid().flatten(2) < 0.5).unsqueeze(1)
                 text_attn = text_attn.expand(-1, self.num_heads, -1, -1).flatten(0, 1)
