@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the built-in toy data (CPU is fine): sets up .venv, writes a tiny random CLIP,
 # trains MTA-CLIP on the generated toy dataset, evaluates it (mIoU), and writes prediction
-# overlays of a few validation images to output/toy_mtaclip/overlays.
+# overlays of a few validation images to output/toy_mtaclip/predictions/overlays.
 # CONFIG=configs/toy/mask2former_toy.yaml runs the Mask2Former baseline instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +19,9 @@ if [ ! -f pretrained/tiny_clip_RN50.pt ]; then
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 $PY train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT"
-mkdir -p "$OUT/overlays"
+mkdir -p "$OUT/predictions"
 VAL=${DETECTRON2_DATASETS:-datasets}/toy_sem_seg/images/val
-$PY demo/demo.py --config-file "$CONFIG" --input $(ls "$VAL"/*.png | head -n 6) --output "$OUT/overlays" \
+$PY demo/demo.py --config-file "$CONFIG" --input $(ls "$VAL"/*.png | head -n 6) --output "$OUT/predictions" \
   --opts MODEL.WEIGHTS "$OUT/model_final.pth"
 $PY - "$OUT" <<'PYEOF'
 import json, os, sys
@@ -30,5 +30,5 @@ with open(os.path.join(out, "metrics.json")) as f:
     rows = [json.loads(line) for line in f if line.strip()]
 last = [r for r in rows if "sem_seg/mIoU" in r][-1]
 print(f"toy val mIoU = {last['sem_seg/mIoU']:.2f}  (pixel acc {last['sem_seg/pACC']:.2f}); "
-      f"overlays in {os.path.join(out, 'overlays')}")
+      f"overlays in {os.path.join(out, 'predictions', 'overlays')}")
 PYEOF
