@@ -88,3 +88,25 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
     cfg = toy_cfg("mask2former_toy.yaml", ["MODEL.WEIGHTS", "detectron2://ImageNetPretrained/torchvision/R-50.pkl"])
     with pytest.raises(ValueError, match="never downloads"):
         check_weights_file(cfg)
+
+
+def test_train_net_resume_and_eval_only(tmp_path):
+    """train_net.py: train 2 iterations, --resume continues to 3, --eval-only evaluates the weights."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = [sys.executable, os.path.join(ROOT, "train_net.py"),
+            "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")]
+    opts = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path),
+            "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
+
+    def run(*args):
+        proc = subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    run(*opts, "SOLVER.MAX_ITER", "2")
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
+    log = run("--resume", *opts, "SOLVER.MAX_ITER", "3")
+    assert "Starting training from iteration 2" in log
+    log = run("--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
+              "DATALOADER.NUM_WORKERS", "0")
+    assert "copypaste: mIoU" in log
