@@ -187,11 +187,10 @@ class MaskTextDecoder(MaskedDecoder):
             with torch.no_grad():
                 small = resized_mask_features[tuple(attn_size)]
                 text_masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(text_q), small)
-                text_attn = (text_masks.sigmoid().flatten(2) < 0.5).unsqueeze(1)
-                text_attn = text_attn.expand(-1, self.num_heads, -1, -1).flatten(0, 1)
+                text_attn = text_masks.sigmoid().flatten(2) < 0.5
         else:
             hw = attn_size[0] * attn_size[1]
-            text_attn = mask_attn.new_zeros((b * self.num_heads, t_count, hw))
+            text_attn = mask_attn.new_zeros((b, t_count, hw))
         out["attn_mask"] = torch.cat([text_attn, mask_attn], 1)
         return out
 

@@ -156,19 +156,17 @@ def test_text_attention_masks_come_from_the_text_queries_mask_predictions():
     normed, masks_seen = [], []
     dec.decoder_norm.register_forward_hook(lambda mod, inp, out: normed.append(out.detach()))
     for layer in dec.transformer_cross_attention_layers:
-        layer.multihead_attn.register_forward_hook(
-            lambda mod, args, kwargs, out: masks_seen.append(kwargs["attn_mask"]), with_kwargs=True)
+        layer.register_forward_hook(
+            lambda mod, args, kwargs, out: masks_seen.append(kwargs["memory_mask"]), with_kwargs=True)
     dec(mem, mf, text_embeddings=text)
     t = dec.num_text_queries
-    heads = dec.num_heads
     for i, mask in enumerate(masks_seen):
         text_q = normed[i].transpose(0, 1)[:, :t]
         full = torch.einsum("bqc,bchw->bqhw", dec.mask_embed(text_q), mf)
         size = mem[i % 3].shape[-2:]
         logits = F.interpolate(full, size=size, mode="bilinear", align_corners=False).flatten(2)
         expected = logits.sigmoid() < 0.5
-        got = mask.view(B, heads, -1, logits.shape[-1])[:, 0, :t]
+        got = mask[:, :t]
         expected[expected.all(-1)] = False
         confident = logits.abs() > 1e-4
         assert torch.equal(got[confident], expected[confident]), f"layer {i}"
-        assert torch.equal(mask.view(B, heads, -1, logits.shape[-1])[:, 1], mask.view(B, heads, -1, logits.shape[-1])[:, 0])

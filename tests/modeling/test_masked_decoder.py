@@ -38,8 +38,8 @@ def test_attention_masks_follow_the_previous_prediction():
     mem, mf = _inputs()
     seen = []
     for layer in dec.transformer_cross_attention_layers:
-        layer.multihead_attn.register_forward_hook(
-            lambda mod, args, kwargs, out: seen.append(kwargs["attn_mask"].clone()), with_kwargs=True)
+        layer.register_forward_hook(
+            lambda mod, args, kwargs, out: seen.append(kwargs["memory_mask"].clone()), with_kwargs=True)
     out = dec(mem, mf)
     preds = out["aux_outputs"] + [{k: out[k] for k in ("pred_logits", "pred_masks")}]
     sizes = [m.shape[-2:] for m in mem]
@@ -50,9 +50,8 @@ def test_attention_masks_follow_the_previous_prediction():
         expected = F.interpolate(prev, size=sizes[level], mode="bilinear", align_corners=False).sigmoid() < 0.5
         expected = expected.flatten(2)
         expected[expected.all(-1)] = False  # fully masked rows attend everywhere
-        expected = expected.unsqueeze(1).expand(-1, HEADS, -1, -1).flatten(0, 1)
         assert torch.equal(mask, expected), f"layer {i}"
-        assert mask.shape == (B * HEADS, N, sizes[level][0] * sizes[level][1])
+        assert mask.shape == (B, N, sizes[level][0] * sizes[level][1])  # shared by all heads
 
 
 def test_fully_masked_queries_are_unmasked():
@@ -62,8 +61,8 @@ def test_fully_masked_queries_are_unmasked():
         dec.mask_embed.layers[-1].weight.zero_()
         dec.mask_embed.layers[-1].bias.fill_(-1.0)
     seen = []
-    dec.transformer_cross_attention_layers[0].multihead_attn.register_forward_hook(
-        lambda mod, args, kwargs, out: seen.append(kwargs["attn_mask"]), with_kwargs=True)
+    dec.transformer_cross_attention_layers[0].register_forward_hook(
+        lambda mod, args, kwargs, out: seen.append(kwargs["memory_mask"]), with_kwargs=True)
     out = dec(mem, mf.abs() + 1)  # every mask logit < 0: sigmoid < 0.5 everywhere
     assert not seen[0].any()
     assert torch.isfinite(out["pred_logits"]).all()
@@ -85,3 +84,21 @@ def test_pixel_decoder_shapes_and_fp32_under_autocast():
         mf2, _, _ = pd.forward_features(feats)
     assert mf2.dtype == torch.float32
     torch.testing.assert_close(mf2, mask_features)
+
+
+def test_attention_equals_torch_multihead_attention_with_per_head_masks():
+    """Our SDPA attention with a (B, Q, S) mask = nn.MultiheadAttention with the mask copied per head."""
+    from mta_clip.modeling.masked_decoder import multihead_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(HID, HEADS).eval()
+    q, k, v = torch.randn(7, B, HID), torch.randn(11, B, HID), torch.randn(11, B, HID)
+    blocked = torch.rand(B, 7, 11) < 0.4
+    blocked[:, :, 0] = False  # every query keeps one key
+    expected = mha(q, k, v, attn_mask=blocked.unsqueeze(1).expand(-1, HEADS, -1, -1).flatten(0, 1))[0]
+    torch.testing.assert_close(multihead_attention(mha, q, k, v, blocked), expected, rtol=1e-5, atol=1e-6)
+    self_blocked = torch.rand(7, 7) < 0.4
+    self_blocked.fill_diagonal_(False)
+    expected = mha(q, q, q, attn_mask=self_blocked)[0]
+    torch.testing.assert_close(multihead_attention(mha, q, q, q, self_blocked), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(multihead_attention(mha, q, k, v), mha(q, k, v)[0], rtol=1e-5, atol=1e-6)
