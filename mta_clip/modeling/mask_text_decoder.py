@@ -136,7 +136,7 @@ class MaskTextDecoder(MaskedDecoder):
             # the text queries' masks are built at the memory resolutions: resize mask_features once
             with torch.no_grad():
                 inputs["resized_mask_features"] = {
-                    tuple(m.shape[-2:]): F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear",
+                    _size_key(m.shape[-2:]): F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear",
                                                        align_corners=False)
                     for m in x
                 }
@@ -185,7 +185,7 @@ class MaskTextDecoder(MaskedDecoder):
             # Text masks only build attention masks (never supervised): computed without autograd,
             # directly at the attention resolution (resizing commutes with the per-pixel dot product).
             with torch.no_grad():
-                small = resized_mask_features[tuple(attn_size)]
+                small = resized_mask_features[_size_key(attn_size)]
                 text_masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(text_q), small)
                 text_attn = text_masks.sigmoid().flatten(2) < 0.5
         else:
@@ -219,6 +219,11 @@ class MaskTextDecoder(MaskedDecoder):
                 f"got {tuple(text_embeddings.shape)}"
             )
         return text_embeddings
+
+
+def _size_key(size) -> tuple:
+    """(h, w) as plain ints (sizes are tensors while tracing, e.g. for FLOP counting)."""
+    return tuple(int(v) for v in size)
 
 
 def _check_choice(name: str, value: str, allowed) -> None:
