@@ -4,7 +4,7 @@
 that prediction. Matched queries take their target class with weight 1; unmatched queries take the
 "none" text (index C of C' = C + 1) with weight ``none_weight`` when it is enabled, else no part.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
@@ -23,22 +23,15 @@ class MaskTextCriterion(SetCriterion):
     @configurable
     def __init__(
         self,
-        num_classes: int,
-        matcher,
-        weight_dict: Dict[str, float],
-        eos_coef: float,
-        losses: Sequence[str],
-        num_points: int,
-        oversample_ratio: float,
-        importance_sample_ratio: float,
-        num_aux_outputs: int = 0,
+        *,
         sim_negatives: str = "mixneg",
         none_class: bool = True,
         none_weight: float = 0.1,
         sim_normalization: str = "weighted_mean",
+        **kwargs,
     ):
         """
-        Args (beyond ``SetCriterion``'s):
+        Args (``kwargs`` are ``SetCriterion``'s):
             sim_negatives: ``"MixNeg"`` (Eq. 8) or ``"SeparateNeg"`` (Eq. 9), case-insensitive.
             none_class: ``pred_sim`` has a "none" text at class index C (C' = C + 1) that unmatched
                 queries take as positive.
@@ -46,17 +39,7 @@ class MaskTextCriterion(SetCriterion):
             sim_normalization: ``"weighted_mean"`` or ``"mean_over_queries"`` (see
                 ``mask_text_contrastive_loss``).
         """
-        super().__init__(
-            num_classes=num_classes,
-            matcher=matcher,
-            weight_dict=weight_dict,
-            eos_coef=eos_coef,
-            losses=losses,
-            num_points=num_points,
-            oversample_ratio=oversample_ratio,
-            importance_sample_ratio=importance_sample_ratio,
-            num_aux_outputs=num_aux_outputs,
-        )
+        super().__init__(**kwargs)
         if sim_negatives.lower() not in STRATEGIES:
             raise ValueError(f"MODEL.MTA_CLIP.NEGATIVES: got {sim_negatives!r}, expected 'MixNeg' or 'SeparateNeg'")
         if sim_normalization.lower() not in NORMALIZATIONS:
