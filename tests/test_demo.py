@@ -107,3 +107,42 @@ def test_arguments(capsys):
     assert demo.main(["--config-file", CONFIG]) == 2
     assert demo.main(["--config-file", CONFIG, "--input", "x.jpg"]) == 2
     assert "--output" in capsys.readouterr().err
+
+
+def test_webcam(model, tmp_path, monkeypatch):
+    """--webcam reads camera 0 frame by frame; stood in for by a short video (no camera here)."""
+    weights, _ = model
+    video = str(tmp_path / "camera.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (32, 24))
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        writer.write(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    writer.release()
+    opened = []
+    real_capture = cv2.VideoCapture
+
+    def fake_capture(source):
+        opened.append(source)
+        return real_capture(video if source == 0 else source)
+
+    monkeypatch.setattr(demo.cv2, "VideoCapture", fake_capture)
+    out = tmp_path / "out"
+    rc = demo.main(["--config-file", CONFIG, "--webcam", "--output", str(out), "--device", "cpu",
+                    "--opts", "MODEL.WEIGHTS", weights])
+    assert rc == 0 and opened == [0]
+    assert sorted(os.listdir(out / "labels" / "webcam")) == ["000000.png", "000001.png"]
+    assert os.path.isfile(out / "webcam_overlay.mp4")
+
+
+def test_webcam_that_cannot_open_is_reported(model, tmp_path, monkeypatch, capsys):
+    weights, _ = model
+
+    class Closed:
+        def isOpened(self):
+            return False
+
+    monkeypatch.setattr(demo.cv2, "VideoCapture", lambda source: Closed())
+    rc = demo.main(["--config-file", CONFIG, "--webcam", "--output", str(tmp_path), "--device", "cpu",
+                    "--opts", "MODEL.WEIGHTS", weights])
+    assert rc == 1
+    assert "cannot open camera 0" in capsys.readouterr().out
