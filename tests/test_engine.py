@@ -65,10 +65,9 @@ def test_all_ignore_label_trains(tmp_path):
     assert all(np.isfinite(r["total_loss"]) for r in rows if "total_loss" in r)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU path; with CUDA --num-gpus uses the GPUs")
 def test_two_cpu_processes(tmp_path):
     """`--num-gpus 2` without CUDA runs two gloo processes (DDP without device ids)."""
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU path; on a GPU machine --num-gpus uses the GPUs")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2",
            "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
