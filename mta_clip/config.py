@@ -138,6 +138,7 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
     clip.TEXT.CHECKPOINT_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
+    clip.TEXT.COMPUTE_DTYPE = "float32"  # frozen text tower's compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 
 
 def _add_mta_clip_config(cfg: CN) -> None:

@@ -132,7 +132,8 @@ class MaskTextDecoder(MaskedDecoder):
 
     def forward(self, x, mask_features: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None, **inputs):
         """As :meth:`MaskedDecoder.forward`; ``text_embeddings`` (K, C', D) from the text encoder."""
-        if self.num_text_queries and self.text_attention_mask == "predicted":
+        use_text = self._text_queries_needed()
+        if use_text and self.text_attention_mask == "predicted":
             # the text queries' masks are built at the memory resolutions: resize mask_features once
             with torch.no_grad():
                 inputs["resized_mask_features"] = {
@@ -140,35 +141,48 @@ class MaskTextDecoder(MaskedDecoder):
                                                        align_corners=False)
                     for m in x
                 }
-        return super().forward(x, mask_features, text_embeddings=text_embeddings, **inputs)
+        return super().forward(x, mask_features, text_embeddings=text_embeddings, use_text=use_text, **inputs)
+
+    def _text_queries_needed(self) -> bool:
+        """Whether the text queries run: not in eval with separate self-attention, where the mask
+        queries never read them (the output is the same without them)."""
+        return self.num_text_queries > 0 and (self.training or self.joint_self_attention)
 
     # ----------------------------------------------------------------- hooks
-    def _initial_queries(self, batch: int, text_embeddings: Optional[torch.Tensor] = None, **inputs):
+    def _initial_queries(self, batch: int, text_embeddings: Optional[torch.Tensor] = None, use_text: bool = True,
+                         **inputs):
         feat, pos = super()._initial_queries(batch)
         if self.num_text_queries == 0:
             return feat, pos
-        t = self._check_text(text_embeddings).flatten(0, 1)  # (T, D), prompt-major
-        t_hat = self.text_proj(t.to(feat.dtype)).unsqueeze(1).expand(-1, batch, -1)  # Eq. 1
-        feat = torch.cat([t_hat, feat], 0)  # Eq. 2
+        if use_text:
+            t = self._check_text(text_embeddings).flatten(0, 1)  # (T, D), prompt-major
+            t_hat = self.text_proj(t.to(feat.dtype)).unsqueeze(1).expand(-1, batch, -1)  # Eq. 1
+            feat = torch.cat([t_hat, feat], 0)  # Eq. 2
+            text_pos = (
+                self.text_query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
+                if self.text_query_embed is not None
+                else pos.new_zeros((self.num_text_queries, batch, pos.shape[-1]))
+            )
+            pos = torch.cat([text_pos, pos], 0)
         if self.text_reduction == "linear_ln":
-            feat = self.query_norm(feat)
-        text_pos = (
-            self.text_query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
-            if self.text_query_embed is not None
-            else pos.new_zeros((self.num_text_queries, batch, pos.shape[-1]))
-        )
-        return feat, torch.cat([text_pos, pos], 0)
+            feat = self.query_norm(feat)  # per query: the mask queries get it with or without text
+        return feat, pos
 
     def _self_attention_mask(self, num_queries: int, device) -> Optional[torch.Tensor]:
-        if self.num_text_queries == 0 or self.joint_self_attention:
+        if num_queries == self.num_queries or self.joint_self_attention:
             return None
-        is_text = torch.arange(num_queries, device=device) < self.num_text_queries
+        is_text = torch.arange(num_queries, device=device) < num_queries - self.num_queries
         return is_text[:, None] != is_text[None, :]  # block text <-> mask attention
+
+    def _first_row_read_after_last_layer(self, num_queries: int) -> int:
+        """The text queries' last-layer outputs are read only by ``pred_sim`` in training."""
+        t_count = num_queries - self.num_queries
+        return 0 if t_count == 0 or (self.training and self.with_similarity) else t_count
 
     def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
                  text_embeddings: Optional[torch.Tensor] = None, resized_mask_features=None, **inputs) -> Dict:
         """Baseline heads on the mask queries; ``pred_sim`` only where a training loss reads it."""
-        t_count = self.num_text_queries
+        t_count = output.shape[0] - self.num_queries
         if t_count == 0:
             return super()._predict(output, mask_features, attn_size, supervised)
         decoded = self.decoder_norm(output).transpose(0, 1)  # (B, Q, hidden)

@@ -69,11 +69,17 @@ class SelfAttentionLayer(nn.Module):
         self.normalize_before = normalize_before
         _xavier_init(self)
 
-    def forward(self, tgt, tgt_mask: Optional[torch.Tensor] = None, query_pos: Optional[torch.Tensor] = None):
-        """tgt, query_pos: (Q, B, C); tgt_mask: (Q, Q) bool, True = may not attend."""
+    def forward(self, tgt, tgt_mask: Optional[torch.Tensor] = None, query_pos: Optional[torch.Tensor] = None,
+                first_row: int = 0):
+        """tgt, query_pos: (Q, B, C); tgt_mask: (Q, Q) bool, True = may not attend.
+
+        Returns rows ``first_row:`` of the output, (Q - first_row, B, C); all Q queries are keys.
+        """
         x = self.norm(tgt) if self.normalize_before else tgt
-        q = k = x if query_pos is None else x + query_pos
-        out = tgt + self.dropout(multihead_attention(self.self_attn, q, k, x, tgt_mask, self.training))
+        k = x if query_pos is None else x + query_pos
+        mask = None if tgt_mask is None else tgt_mask[first_row:]
+        attn = multihead_attention(self.self_attn, k[first_row:], k, x, mask, self.training)
+        out = tgt[first_row:] + self.dropout(attn)
         return out if self.normalize_before else self.norm(out)
 
 
@@ -225,6 +231,11 @@ class MaskedDecoder(nn.Module):
         """(Q, Q) bool mask for query self-attention (True = blocked); None = all attend."""
         return None
 
+    def _first_row_read_after_last_layer(self, num_queries: int) -> int:
+        """Queries before this row are not read after the last layer, which then skips their
+        self-attention rows and FFN (they keep their values from before it)."""
+        return 0
+
     def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
                  **inputs) -> Dict:
         """Heads on the normalized queries.
@@ -278,8 +289,10 @@ class MaskedDecoder(nn.Module):
             output = self.transformer_cross_attention_layers[i](
                 output, srcs[level], memory_mask=attn_mask, pos=pos[level], query_pos=query_pos
             )
-            output = self.transformer_self_attention_layers[i](output, tgt_mask=self_mask, query_pos=query_pos)
-            output = self.transformer_ffn_layers[i](output)
+            first = self._first_row_read_after_last_layer(output.shape[0]) if i == last else 0
+            updated = self.transformer_self_attention_layers[i](output, self_mask, query_pos, first_row=first)
+            updated = self.transformer_ffn_layers[i](updated)
+            output = torch.cat([output[:first], updated]) if first else updated
             next_size = sizes[(i + 1) % self.num_feature_levels] if i < last else None
             preds.append(self._predict(output, mask_features, next_size, **inputs))
         for p in preds:

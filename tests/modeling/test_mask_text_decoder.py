@@ -58,7 +58,7 @@ def _mask_outputs(dec, mem, mf, text):
 
 
 def test_separate_attention_isolates_mask_queries_from_text():
-    dec = _decoder(joint_self_attention=False)
+    dec = _decoder(joint_self_attention=False).train()  # train mode runs the text queries (dropout is 0)
     mem, mf, text = _inputs()
     a = _mask_outputs(dec, mem, mf, text)
     b = _mask_outputs(dec, mem, mf, text + torch.randn_like(text))
@@ -66,11 +66,49 @@ def test_separate_attention_isolates_mask_queries_from_text():
 
 
 def test_joint_attention_lets_text_change_mask_queries():
-    dec = _decoder(joint_self_attention=True)
+    dec = _decoder(joint_self_attention=True).train()
     mem, mf, text = _inputs()
     a = _mask_outputs(dec, mem, mf, text)
     b = _mask_outputs(dec, mem, mf, text + torch.randn_like(text))
     assert (a - b).abs().max() > 1e-3
+
+
+def _all_mask_predictions(out):
+    preds = out["aux_outputs"] + [out]
+    return torch.cat([torch.cat([p["pred_logits"].flatten(), p["pred_masks"].flatten()]) for p in preds])
+
+
+def _rows_into(module):
+    """Records the number of query rows each call of ``module`` receives."""
+    rows = []
+    module.register_forward_hook(lambda mod, args, out: rows.append(out.shape[0]))
+    return rows
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_inference_skips_unread_text_work_and_gives_the_same_predictions(joint):
+    """Eval skips what no output reads: the text rows of the last layer's self-attention and FFN
+    (joint attention) or every text query (separate attention). Train mode (dropout 0) computes
+    all of it; every supervised prediction must agree."""
+    dec = _decoder(joint_self_attention=joint)
+    mem, mf, text = _inputs()
+    t = dec.num_text_queries
+    last_ffn = _rows_into(dec.transformer_ffn_layers[-1])
+    first_cross = _rows_into(dec.transformer_cross_attention_layers[0])
+    reference = _all_mask_predictions(dec.train()(mem, mf, text_embeddings=text))
+    assert last_ffn == [t + N] and first_cross == [t + N]
+    fast = _all_mask_predictions(dec.eval()(mem, mf, text_embeddings=text))
+    assert last_ffn[1] == N
+    assert first_cross[1] == (t + N if joint else N)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+
+
+def test_text_enhanced_only_skips_the_last_text_rows_in_training_too():
+    dec = _decoder(with_similarity=False).train()
+    mem, mf, text = _inputs()
+    last_ffn = _rows_into(dec.transformer_ffn_layers[-1])
+    dec(mem, mf, text_embeddings=text)
+    assert last_ffn == [N]
 
 
 def test_separate_attention_mask_blocks_exactly_the_cross_pairs():

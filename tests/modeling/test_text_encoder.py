@@ -317,3 +317,50 @@ def test_checkpoint_blocks(ckpt, clip):
         counts.clear()
         enc.encode()
         assert len(counts) == 2 * 3
+
+
+def _block_output_dtypes(enc):
+    dtypes = []
+    enc.transformer.resblocks[0].mlp.c_fc.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    return dtypes
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_bfloat16_compute_is_close_to_float32_and_returns_float32(clip, shared_prefix):
+    ref = make_encoder(clip, class_names=MIXED).train()
+    low = make_encoder(clip, class_names=MIXED, compute_dtype="bfloat16").train()
+    low.load_state_dict(ref.state_dict())
+    dtypes = _block_output_dtypes(low)
+    g = torch.randn(3, len(MIXED), 32)
+    out = low.encode(shared_prefix=shared_prefix)
+    assert dtypes == [torch.bfloat16] and out.dtype == torch.float32  # the contexts dtype
+    (grad,) = torch.autograd.grad((out * g).sum(), low.prompt_learner.ctx)
+    expected = ref.encode(shared_prefix=shared_prefix)
+    (ref_grad,) = torch.autograd.grad((expected * g).sum(), ref.prompt_learner.ctx)
+    assert grad.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(out.flatten(0, 1), expected.flatten(0, 1), dim=-1).min() > 0.999
+    assert cos(grad.flatten(), ref_grad.flatten(), dim=0) > 0.99
+    assert not torch.equal(out, expected)  # it did run in lower precision
+
+
+def test_float32_compute_stays_float32_inside_autocast(clip):
+    enc = make_encoder(clip, class_names=MIXED).eval()
+    dtypes = _block_output_dtypes(enc)
+    with torch.no_grad():
+        plain = enc.encode()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = enc.encode()
+    assert dtypes == [torch.float32, torch.float32]
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
+def test_compute_dtype_config_and_bad_value(ckpt, clip):
+    cfg = get_cfg()
+    add_mtaclip_config(cfg)
+    assert cfg.MODEL.CLIP.TEXT.COMPUTE_DTYPE == "float32"
+    cfg.MODEL.CLIP.CHECKPOINT = ckpt
+    cfg.MODEL.CLIP.TEXT.COMPUTE_DTYPE = "bfloat16"
+    assert PromptTextEncoder(cfg, MIXED).compute_dtype == "bfloat16"
+    with pytest.raises(ValueError, match=r"MODEL.CLIP.TEXT.COMPUTE_DTYPE must be one of .*'fp16'"):
+        make_encoder(clip, compute_dtype="fp16")
