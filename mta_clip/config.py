@@ -164,3 +164,4 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.JOINT_SELF_ATTENTION = True  # text and mask queries attend to each other (False: separate, Tab. 4)
     mc.TEXT_ATTENTION_MASK = "predicted"  # text queries' cross-attention masks: "predicted" (authors) or "none"
     mc.TEXT_QUERY_POS = "learned"  # positional embedding of text queries: "learned" (authors) or "zero"
+    mc.CHECKPOINT_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .masked_decoder import MLP, TRANSFORMER_DECODER_REGISTRY, MaskedDecoder
 
@@ -42,6 +43,7 @@ class MaskTextDecoder(MaskedDecoder):
         text_attention_mask: str = "predicted",
         text_query_pos: str = "learned",
         with_similarity: bool = True,
+        checkpoint_similarity: bool = True,
         **kwargs,
     ):
         """
@@ -63,6 +65,9 @@ class MaskTextDecoder(MaskedDecoder):
             text_query_pos: "learned" (one embedding per text query) or "zero".
             with_similarity: build the Eq. 5 projections and output ``pred_sim`` (off for the
                 "text-enhanced only" ablation, which has no L_sim).
+            checkpoint_similarity: in training, recompute Eqs. 5-6 during backward instead of
+                keeping their (B, K*C', D) intermediates: same values and gradients, ~150 MiB less
+                per 2 images at the ADE20k shape for ~1% of the step time.
         """
         super().__init__(in_channels, **kwargs)
         hidden = self.query_feat.weight.shape[1]
@@ -89,6 +94,7 @@ class MaskTextDecoder(MaskedDecoder):
             self.text_proj = MLP(text_dim, hidden, hidden, 2)
         self.text_query_embed = nn.Embedding(num_text_queries, hidden) if text_query_pos == "learned" else None
         self.with_similarity = with_similarity
+        self.checkpoint_similarity = checkpoint_similarity
         if not with_similarity:
             return
         if return_projection == "gamma":
@@ -127,6 +133,7 @@ class MaskTextDecoder(MaskedDecoder):
             text_attention_mask=mc.TEXT_ATTENTION_MASK,
             text_query_pos=mc.TEXT_QUERY_POS,
             with_similarity=mc.USE_SIM_LOSS,
+            checkpoint_similarity=mc.CHECKPOINT_SIMILARITY,
         )
         return ret
 
@@ -190,7 +197,11 @@ class MaskTextDecoder(MaskedDecoder):
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(mask_q), mask_features)
         out = {"pred_logits": self.class_embed(mask_q), "pred_masks": masks, "attn_mask": None}
         if self.with_similarity and self.training and supervised:
-            out["pred_sim"] = self._similarity(mask_q, text_q, self._check_text(text_embeddings))
+            t0 = self._check_text(text_embeddings)
+            if self.checkpoint_similarity and torch.is_grad_enabled():
+                out["pred_sim"] = checkpoint(self._similarity, mask_q, text_q, t0, use_reentrant=False)
+            else:
+                out["pred_sim"] = self._similarity(mask_q, text_q, t0)
         if attn_size is None:
             return out
         mask_attn = self._attention_mask(masks, attn_size)

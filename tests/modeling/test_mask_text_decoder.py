@@ -208,3 +208,40 @@ def test_text_attention_masks_come_from_the_text_queries_mask_predictions():
         expected[expected.all(-1)] = False
         confident = logits.abs() > 1e-4
         assert torch.equal(got[confident], expected[confident]), f"layer {i}"
+
+
+def _saved_bytes_and_grads(dec, mem, mf, text):
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = dec(mem, mf, text_embeddings=text)
+    sims = [p["pred_sim"] for p in out["aux_outputs"] + [out]]
+    g = torch.Generator().manual_seed(3)
+    loss = sum((s * torch.randn(s.shape, generator=g)).sum() for s in sims)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in dec.named_parameters() if p.grad is not None}
+    return sum(storages.values()), torch.cat([s.flatten() for s in sims]), grads
+
+
+def test_checkpointed_similarity_same_values_and_gradients_less_memory():
+    mem, mf, text = _inputs()
+    plain = _decoder(checkpoint_similarity=False).train()
+    ckpt = _decoder(checkpoint_similarity=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    bytes_plain, sim_plain, grads_plain = _saved_bytes_and_grads(plain, mem, mf, text)
+    bytes_ckpt, sim_ckpt, grads_ckpt = _saved_bytes_and_grads(ckpt, mem, mf, text)
+    torch.testing.assert_close(sim_ckpt, sim_plain, rtol=0, atol=0)
+    assert grads_ckpt.keys() == grads_plain.keys() and "text_to_clip.weight" in grads_ckpt
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=0, atol=1e-6, msg=name)
+    # per supervised prediction: t' and its normalized copy, (B, K*C', D) each, are no longer kept
+    per_layer = 2 * B * K * (C + 1) * D * 4
+    assert bytes_plain - bytes_ckpt >= _supervised_predictions(plain) * per_layer
+
+
+def _supervised_predictions(dec):
+    return dec.num_layers + int(dec.supervise_initial_prediction)
