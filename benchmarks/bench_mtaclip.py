@@ -33,11 +33,13 @@ Measured, each model in a fresh process (one after the other, never at the same 
 - inference latency: eval mode under ``torch.no_grad``, ``--infer-batch`` images of size x size
   per call, median over ``--iters`` calls after ``--warmup`` calls (MTA-CLIP's text features are
   computed in the first call and cached, as at test time).
-- inference ratio (the one compared with the target): both models built in one more fresh
-  process and called in turns, ``--infer-iters`` rounds, the order swapped every round; the ratio
-  is the median over rounds of MTA-CLIP's time / the baseline's time in that round. Separate
-  processes measured the same model up to 30% apart on a shared 2-core VM; turns in one process
-  expose both models to the same machine state.
+- train-step and inference ratios (the ones compared with the targets): both models built in
+  one more fresh process and run in turns, the order swapped every round: ``--iters`` rounds of
+  one train step each (after ``--warmup``), then ``--infer-iters`` rounds of one inference call
+  each; a ratio is the median over rounds of MTA-CLIP's time / the baseline's time in that round.
+  On a shared 2-core VM separate processes measured the same model up to 30% apart; turns in
+  one process expose both models to the same machine state. Peak memory needs a process per
+  model, so its ratio comes from the per-model processes.
 - breakdown of the train step: wall time inside the backbone, the pixel decoder, the text
   encoder, the transformer decoder (and in it the prediction heads ``_predict``: class / mask
   heads, attention masks, Eq. 5-6 similarity; and ``_similarity`` alone), the criterion (and in it
@@ -319,36 +321,11 @@ def _deform_attn_path(device) -> str:
     return "PyTorch path"
 
 
-def _worker(args) -> dict:
+def _make_train_step(model, optimizer, batch, device, use_amp: bool):
+    """``train_step(timers) -> loss``: forward, losses, backward, optimizer step (AMP scaler with AMP)."""
     import torch
 
-    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
-    from mta_clip.solver import build_optimizer
-
-    cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
-    device = torch.device(args.device)
-    gc.collect()
-    lib = _libc()
-    if lib is not None:
-        lib.malloc_trim(0)
-    floor_kib = _rss_kib("VmRSS")
-
-    t0 = time.perf_counter()
-    cfg, model = _build(args, args.worker)
-    build_s = time.perf_counter() - t0
-    model.train()
-    optimizer = build_optimizer(cfg, model)
-    use_amp = cuda and cfg.SOLVER.AMP.ENABLED
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    batch = _make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
-    predictor = model.sem_seg_head.predictor
-    num_queries = predictor.num_queries + getattr(predictor, "num_text_queries", 0)
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
 
     def train_step(timers: Timers):
         timers.start("step")
@@ -371,6 +348,41 @@ def _worker(args) -> dict:
         timers.stop("optimizer")
         timers.stop("step")
         return total
+
+    return train_step
+
+
+def _worker(args) -> dict:
+    import torch
+
+    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
+    from mta_clip.solver import build_optimizer
+
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    gc.collect()
+    lib = _libc()
+    if lib is not None:
+        lib.malloc_trim(0)
+    floor_kib = _rss_kib("VmRSS")
+
+    t0 = time.perf_counter()
+    cfg, model = _build(args, args.worker)
+    build_s = time.perf_counter() - t0
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    use_amp = cuda and cfg.SOLVER.AMP.ENABLED
+    batch = _make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+    predictor = model.sem_seg_head.predictor
+    num_queries = predictor.num_queries + getattr(predictor, "num_text_queries", 0)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    train_step = _make_train_step(model, optimizer, batch, device, use_amp)
 
     def install(timers: Timers):
         for key, _, path, method in COMPONENTS:
@@ -511,48 +523,61 @@ def _worker(args) -> dict:
     return result
 
 
-def _paired_inference(args) -> dict:
-    """Both models in this process, inference calls in turns (order swapped every round)."""
+def _paired(args) -> dict:
+    """Both models in this process; train steps, then inference calls, in turns (order swapped
+    every round). Ratios are medians over rounds of MTA-CLIP's time / the baseline's."""
     import torch
+
+    from mta_clip.solver import build_optimizer
 
     cuda = args.device == "cuda"
     device = torch.device(args.device)
-    models = {}
+    no_timers = Timers(sync_cuda=False)
+    models, steps = {}, {}
     for key in MODELS:
         cfg, model = _build(args, key)
-        models[key] = (model.eval(), cuda and cfg.SOLVER.AMP.ENABLED)
+        use_amp = cuda and cfg.SOLVER.AMP.ENABLED
+        batch = _make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        models[key] = (model, use_amp)
+        steps[key] = _make_train_step(model.train(), build_optimizer(cfg, model), batch, device, use_amp)
     inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
               for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
 
-    def call(key) -> float:
+    def infer(key):
         model, use_amp = models[key]
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=use_amp):
+            model(inputs)
+
+    def timed(fn, key) -> float:
         if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            model(inputs)
+        fn(key)
         if cuda:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    times = defaultdict(list)
-    ratios = []
-    with torch.no_grad():
-        for _ in range(max(1, args.warmup)):  # the first call fills MTA-CLIP's text cache
+    def rounds(fn, warmup: int, count: int) -> dict:
+        for _ in range(warmup):
             for key in MODELS:
-                call(key)
-        order = list(MODELS)
-        for _ in range(args.infer_iters):
-            this_round = {key: call(key) for key in order}
+                fn(key)
+        times, ratios, order = defaultdict(list), [], list(MODELS)
+        for _ in range(count):
+            this_round = {key: timed(fn, key) for key in order}
             for key, seconds in this_round.items():
                 times[key].append(seconds)
             ratios.append(this_round["mtaclip"] / this_round["baseline"])
             order.reverse()
-    result = {f"{key}_ms": statistics.median(v) * 1e3 for key, v in times.items()}
-    result.update(ratio=statistics.median(ratios), rounds=args.infer_iters,
-                  ratio_q1=statistics.quantiles(ratios, n=4)[0] if len(ratios) > 1 else ratios[0],
-                  ratio_q3=statistics.quantiles(ratios, n=4)[2] if len(ratios) > 1 else ratios[0])
-    return result
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        out = {f"{key}_ms": statistics.median(v) * 1e3 for key, v in times.items()}
+        out.update(ratio=statistics.median(ratios), rounds=count, ratio_q1=quartiles[0], ratio_q3=quartiles[2])
+        return out
+
+    train = rounds(lambda key: steps[key](no_timers), args.warmup, args.iters)
+    for model, _ in models.values():
+        model.eval()
+    # at least one warm-up call: the first fills MTA-CLIP's text cache
+    return {"train_step": train, "inference": rounds(infer, max(1, args.warmup), args.infer_iters)}
 
 
 def _count_flops(model, batch, args, use_amp, device) -> dict:
@@ -653,7 +678,7 @@ def _machine(device: str) -> str:
 
 def _run_worker(key: str, argv) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", key, *argv]
-    what = "both models' inference in turns" if key == PAIRED else MODELS[key][0]
+    what = "both models in turns" if key == PAIRED else MODELS[key][0]
     print(f"[bench_mtaclip] measuring {what} in a fresh process ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -789,8 +814,8 @@ def _tables(args, results: dict, machine: str) -> str:
                                ("peak_memory", "peak_mib", "peak memory"),
                                ("inference", "inference_ms", "inference")):
         a, b = mta.get(metric), base.get(metric)
-        if key == "inference" and PAIRED in results:
-            a, b = results[PAIRED]["ratio"], 1.0
+        if PAIRED in results and key in results[PAIRED]:
+            a, b = results[PAIRED][key]["ratio"], 1.0
         if a is None or b is None:
             ratio_rows.append([label, "n/a", f"<= {TARGETS[key]:.2f}x", "n/a"])
             continue
@@ -800,13 +825,13 @@ def _tables(args, results: dict, machine: str) -> str:
     lines.append(tabulate(ratio_rows, headers=["MTA-CLIP / Mask2Former*", "ratio", "target", "result"],
                           tablefmt="github"))
     if PAIRED in results:
-        p = results[PAIRED]
-        lines.append(
-            f"inference ratio: {p['rounds']} rounds of one call per model in turns in one process (quartiles of "
-            f"the per-round ratio {p['ratio_q1']:.2f}x-{p['ratio_q3']:.2f}x; medians there: Mask2Former* "
-            f"{p['baseline_ms']:,.1f} ms, MTA-CLIP {p['mtaclip_ms']:,.1f} ms)"
-        )
-
+        for key, what in (("train_step", "train steps"), ("inference", "inference calls")):
+            p = results[PAIRED][key]
+            lines.append(
+                f"{what} ratio: {p['rounds']} rounds of one {what[:-1]} per model, in turns in one process "
+                f"(quartiles of the per-round ratio {p['ratio_q1']:.2f}x-{p['ratio_q3']:.2f}x; medians there: "
+                f"Mask2Former* {p['baseline_ms']:,.1f} ms, MTA-CLIP {p['mtaclip_ms']:,.1f} ms)"
+            )
     lines.append("")
     where = "the timed steps" if args.device == "cpu" else f"{args.iters} extra steps with CUDA syncs at every timer"
     lines.append(f"train-step breakdown, ms per step (mean over {where}):")
@@ -834,7 +859,7 @@ def _tables(args, results: dict, machine: str) -> str:
 def main(argv=None):
     args = _parse_args(argv)
     if args.worker:
-        result = _paired_inference(args) if args.worker == PAIRED else _worker(args)
+        result = _paired(args) if args.worker == PAIRED else _worker(args)
         print(json.dumps(result))
         return
     forwarded = ["--device", args.device, "--size", str(args.size), "--batch", str(args.batch),
