@@ -5,6 +5,10 @@ placed before the N mask queries (Eq. 2: ``q = [t_hat; m]``, K·C' + N queries),
 the masked-attention layers of :class:`MaskedDecoder` (Eqs. 3–4). After every prediction both
 kinds of queries are projected back to CLIP space (Eq. 5) and compared (Eq. 6), giving
 ``pred_sim`` (B, N, K, C') for the mask-to-text contrastive loss.
+
+Inference reads only the mask queries' last prediction, so it skips the text queries' rows in the
+last layer's self-attention and FFN, Eqs. 5-6, and, with separate self-attention (where the mask
+queries never see them), the text queries altogether.
 """
 from typing import Dict, Optional
 

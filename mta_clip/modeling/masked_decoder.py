@@ -6,7 +6,8 @@ FFN (post-norm by default). After the initial queries and after every layer, the
 class logits (C+1) and mask logits (dot product with ``mask_features``).
 
 Subclasses change the query set and the heads through ``_initial_queries``,
-``_self_attention_mask`` and ``_predict`` without copying the layer loop.
+``_self_attention_mask``, ``_first_row_read_after_last_layer`` and ``_predict`` without copying
+the layer loop.
 """
 from typing import Dict, List, Optional, Tuple
 
