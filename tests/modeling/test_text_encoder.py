@@ -364,3 +364,31 @@ def test_compute_dtype_config_and_bad_value(ckpt, clip):
     assert PromptTextEncoder(cfg, MIXED).compute_dtype == "bfloat16"
     with pytest.raises(ValueError, match=r"MODEL.CLIP.TEXT.COMPUTE_DTYPE must be one of .*'fp16'"):
         make_encoder(clip, compute_dtype="fp16")
+
+
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_frozen_low_precision_stores_block_matrices_with_the_same_results(clip, shared_prefix):
+    """Frozen + bfloat16 keeps the blocks' matrices in bfloat16; trainable text weights stay
+    float32 under the same autocast. Both compute the same values (autocast casts the float32
+    matrices to the very same bfloat16 numbers)."""
+    frozen = make_encoder(clip, class_names=MIXED, compute_dtype="bfloat16").train()
+    trainable = make_encoder(clip, class_names=MIXED, compute_dtype="bfloat16", freeze=False).train()
+    trainable.load_state_dict(frozen.state_dict())
+    block = frozen.transformer.resblocks[0]
+    assert block.attn.in_proj_weight.dtype == torch.bfloat16 and block.mlp.c_fc.weight.dtype == torch.bfloat16
+    assert block.ln_1.weight.dtype == torch.float32 and frozen.token_embedding.weight.dtype == torch.float32
+    assert trainable.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.float32
+    g = torch.randn(3, len(MIXED), 32)
+    grads = []
+    for enc in (frozen, trainable):
+        out = enc.encode(shared_prefix=shared_prefix)
+        grads.append(torch.autograd.grad((out * g).sum(), enc.prompt_learner.ctx)[0])
+        grads.append(out.detach())
+    torch.testing.assert_close(grads[1], grads[3], rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[2], rtol=0, atol=1e-6)
+    with torch.no_grad():  # eval (cached) path too
+        torch.testing.assert_close(frozen.eval()(), trainable.eval()(), rtol=0, atol=1e-6)
+    # a float32 checkpoint loads into the bfloat16 matrices
+    ref = make_encoder(clip, class_names=MIXED)
+    frozen.load_state_dict(ref.state_dict())
+    assert block.mlp.c_fc.weight.dtype == torch.bfloat16
