@@ -98,14 +98,18 @@ class CLIPArch:
             patch_size=self.vision_patch_size,
             image_size=self.vision_image_size,
         )
-        text_cfg = dict(
+        return dict(embed_dim=self.embed_dim, vision_cfg=vision_cfg, text_cfg=self.text_tower_kwargs(),
+                    quick_gelu=True)
+
+    def text_tower_kwargs(self) -> dict:
+        """Shape arguments of open_clip's text tower (``text_cfg`` / ``TextTransformer``)."""
+        return dict(
             context_length=self.context_length,
             vocab_size=self.vocab_size,
             width=self.text_width,
             heads=self.text_heads,
             layers=self.text_layers,
         )
-        return dict(embed_dim=self.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True)
 
     @classmethod
     def from_official(cls, name: str) -> "CLIPArch":

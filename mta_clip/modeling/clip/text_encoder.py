@@ -153,15 +153,7 @@ class PromptTextEncoder(nn.Module):
                 f"CLIP text vocabulary of {arch.vocab_size} entries is smaller than the BPE tokenizer's "
                 f"{clip_tokenizer().vocab_size}"
             )
-        tower = TextTransformer(
-            context_length=arch.context_length,
-            vocab_size=arch.vocab_size,
-            width=arch.text_width,
-            heads=arch.text_heads,
-            layers=arch.text_layers,
-            output_dim=arch.embed_dim,
-            act_layer=QuickGELU,
-        )
+        tower = TextTransformer(**arch.text_tower_kwargs(), output_dim=arch.embed_dim, act_layer=QuickGELU)
         self.token_embedding = tower.token_embedding
         self.positional_embedding = tower.positional_embedding
         self.transformer = tower.transformer
@@ -230,13 +222,9 @@ class PromptTextEncoder(nn.Module):
         """Keeps the frozen blocks' weight matrices in ``dtype``: autocast would cast them to it at
         every call anyway (and keep those copies for backward), so the results are the same with
         half their memory. Embeddings, LayerNorms, biases and the projection stay as they are."""
-        for block in self.transformer.resblocks:
-            for module in block.modules():
-                if isinstance(module, nn.Linear):
-                    module.weight.data = module.weight.data.to(dtype)
-            attn = getattr(block, "attn", None)
-            if isinstance(attn, nn.MultiheadAttention) and attn.in_proj_weight is not None:
-                attn.in_proj_weight.data = attn.in_proj_weight.data.to(dtype)
+        for p in self.transformer.resblocks.parameters():
+            if p.dim() == 2:  # in_proj, out_proj, c_fc, c_proj weights (LayerNorm and bias params are 1-D)
+                p.data = p.data.to(dtype)
 
     def _text_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("prompt_learner.")]
