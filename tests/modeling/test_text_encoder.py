@@ -259,18 +259,20 @@ def test_shared_prefix_exact_in_float64_and_weight_gradients(clip):
 
 
 def test_shared_prefix_processes_fewer_positions(clip):
-    """Every block sees K * (1 + n_ctx + sum_c (m_c + 1)) positions instead of K * C * L."""
+    """Every block sees K * (1 + n_ctx + sum_c (m_c + 1)) positions instead of K * C * L; the last
+    block's MLP only the K * C end tokens, the rows read after it."""
     enc = make_encoder(clip, class_names=MIXED, num_prompts=3, n_ctx=8, class_slot=5).train()
     counts = _tokens_per_block(enc)
     enc()  # the default (training) path
     lengths = enc.prompt_learner.class_lengths.tolist()
     shared = 3 * (1 + 8 + sum(m + 1 for m in lengths))
     full = 3 * len(MIXED) * 13
-    assert counts == [shared] * (2 * 3) and shared < 0.45 * full
+    expected = [shared] * (2 * 3 - 1) + [3 * len(MIXED)]  # ln_1 / mlp of 3 blocks
+    assert counts == expected and shared < 0.45 * full
     counts.clear()
     enc.eval()
     enc()  # the cached eval computation too
-    assert counts == [shared] * (2 * 3)
+    assert counts == expected
     counts.clear()
     enc.encode(shared_prefix=False)
     assert counts == [full] * (2 * 3)  # the count can tell the paths apart

@@ -362,12 +362,17 @@ class PromptTextEncoder(nn.Module):
         x = torch.cat([sot.expand(K, 1, width), ctx, cls.unsqueeze(0).expand(K, -1, width)], dim=1)
         x = x + torch.cat([pos[:prefix_len], pos[layout.positions]], dim=0)
         use_checkpoint = self.transformer.grad_checkpointing and torch.is_grad_enabled()
-        for block in self.transformer.resblocks:
+        blocks = self.transformer.resblocks
+        for i, block in enumerate(blocks):
+            # only the end tokens are read after the last block: it keeps just those rows
+            keep = layout.end_rows if i == len(blocks) - 1 else None
             if use_checkpoint:
-                x = checkpoint(_shared_prefix_block, block, x, prefix_len, layout, use_reentrant=False)
+                x = checkpoint(_shared_prefix_block, block, x, prefix_len, layout, keep, use_reentrant=False)
             else:
-                x = _shared_prefix_block(block, x, prefix_len, layout)
-        x = self.ln_final(x[:, layout.end_rows])  # (K, C, W) at the end tokens
+                x = _shared_prefix_block(block, x, prefix_len, layout, keep)
+        if len(blocks) == 0:
+            x = x[:, layout.end_rows]
+        x = self.ln_final(x)  # (K, C, W) at the end tokens
         return x @ self.text_projection
 
     def _current_key(self):
@@ -390,11 +395,14 @@ class PromptTextEncoder(nn.Module):
         return f"embed_dim={self.embed_dim}, freeze={self.freeze}, compute_dtype={self.compute_dtype}"
 
 
-def _shared_prefix_block(block: nn.Module, x: torch.Tensor, prefix_len: int, layout: PackedLayout) -> torch.Tensor:
+def _shared_prefix_block(block: nn.Module, x: torch.Tensor, prefix_len: int, layout: PackedLayout,
+                         keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One open_clip ``ResidualAttentionBlock`` (its own weights) on packed sequences x (K, P + N, W).
 
     Positions ``[:P]`` (the prefix) attend causally among themselves. A class position attends to
     the P prefix positions of its prompt and to the positions of its own class up to itself.
+    ``keep`` (R,): return only these rows, (K, R, W); the output projection and MLP then run on
+    them alone (every position is still a key).
     """
     attn = block.attn
     K, total, width = x.shape
@@ -419,5 +427,7 @@ def _shared_prefix_block(block: nn.Module, x: torch.Tensor, prefix_len: int, lay
         oc = oc + torch.einsum("kchts,kcshd->kcthd", weights[..., P:], vc)
         out.append(oc.reshape(K, n * t, width))
     attended = torch.cat(out, dim=1)  # (K, P + N, W)
+    if keep is not None:
+        x, attended = x[:, keep], attended[:, keep]
     x = x + block.ls_1(F.linear(attended, attn.out_proj.weight, attn.out_proj.bias))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
