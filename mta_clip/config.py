@@ -77,7 +77,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # the semantic mapper of this project
     cfg.INPUT.COLOR_AUG_SSD = True  # photometric distortion (SSD style)
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # reject crops where one class exceeds this ratio
-    cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (0) and label (ignore) to a multiple of this; -1 = off
+    cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (PAD_VALUE) and label (ignore) to a multiple of this; -1 = off
+    cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
     cfg.INPUT.IMAGE_SIZE = 1024  # unused by the semantic recipes (compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # unused by the semantic recipes (compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # unused by the semantic recipes (compatibility)
@@ -152,7 +153,7 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.NONE_WEIGHT = 0.1  # weight of the unmatched queries' L_sim terms (with NONE_CLASS)
     mc.SIM_NORMALIZATION = "weighted_mean"  # "weighted_mean" (authors) or "mean_over_queries" (paper)
     mc.ENABLED = True  # run the text branch (False: MTACLIP behaves as the Mask2Former baseline)
-    mc.USE_TEXT_QUERIES = True  # concatenate text queries with the mask queries (Eq. 2)
+    mc.USE_TEXT_QUERIES = True  # concatenate text queries with the mask queries (Eq. 2); L_sim needs them
     mc.NONE_CLASS_NAME = "none"  # class text of the extra "none" entry (with NONE_CLASS)
     mc.TEXT_DIM = 0  # D of the text features; 0 = take it from the text encoder
     mc.TEXT_REDUCTION = "linear_ln"  # Eq. 1: "linear_ln" (authors: Linear + LayerNorm on all queries) or "mlp" (paper)

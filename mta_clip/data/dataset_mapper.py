@@ -162,6 +162,7 @@ class SemanticMaskFormerMapper:
         ignore_label: int,
         num_classes: int,
         size_divisibility: int,
+        pad_value: int = 128,
     ):
         if num_classes <= 0:
             raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES must be > 0, got {num_classes}")
@@ -176,6 +177,9 @@ class SemanticMaskFormerMapper:
         self.ignore_label = int(ignore_label)
         self.num_classes = int(num_classes)
         self.size_divisibility = int(size_divisibility)
+        if not 0 <= pad_value <= 255:
+            raise ValueError(f"INPUT.PAD_VALUE={pad_value}: expected an image value in [0, 255]")
+        self.pad_value = pad_value
         mode = "training" if is_train else "inference"
         logger.info(f"[{type(self).__name__}] augmentations used in {mode}: {augmentations}")
 
@@ -217,6 +221,7 @@ class SemanticMaskFormerMapper:
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY if is_train else -1,
+            "pad_value": cfg.INPUT.PAD_VALUE,
         }
 
     def _read_label(self, label_file: str) -> np.ndarray:
@@ -248,13 +253,14 @@ class SemanticMaskFormerMapper:
         return label.astype(np.float64)
 
     def _pad(self, image: np.ndarray, label: Optional[np.ndarray]):
-        """Pads bottom/right to a multiple of ``size_divisibility`` (image: 0, label: ignore)."""
+        """Pads bottom/right to a multiple of ``size_divisibility`` (image: ``pad_value``, label: ignore)."""
         h, w = image.shape[:2]
         d = self.size_divisibility
         pad_h, pad_w = (-h) % d, (-w) % d
         if pad_h == 0 and pad_w == 0:
             return image, label
-        image = np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2))
+        image = np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2),
+                       constant_values=self.pad_value)
         if label is not None:
             label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_label)
         return image, label

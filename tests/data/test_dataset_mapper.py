@@ -140,17 +140,21 @@ def test_flip_flips_image_and_label_together(tmp_path):
     assert 0 < flipped < 10
 
 
-def test_padding_fills_zero_and_ignore(tmp_path):
+@pytest.mark.parametrize("pad_value", [None, 0])
+def test_padding_fills_pad_value_and_ignore(tmp_path, pad_value):
+    """Image padding is Mask2Former's grey 128 by default (INPUT.PAD_VALUE), labels get ignore."""
     image, label = random_sample(seed=4, h=40, w=56)
-    image[:] = np.maximum(image, 1)  # no zero pixel inside the image
+    fill = 128 if pad_value is None else pad_value
+    image[image == fill] = fill + 1  # no pixel inside the image has the pad value
     d = write_sample(tmp_path, image, label)
-    out = SemanticMaskFormerMapper(make_cfg(SIZE_DIVISIBILITY=32), is_train=True)(d)
+    extra = {} if pad_value is None else {"PAD_VALUE": pad_value}
+    out = SemanticMaskFormerMapper(make_cfg(SIZE_DIVISIBILITY=32, **extra), is_train=True)(d)
     check_contract(out)
     img, seg = out["image"].numpy(), out["sem_seg"].numpy()
     assert seg.shape == (64, 64)
     assert np.array_equal(seg[:40, :56], label)
     assert np.array_equal(img[:, :40, :56], image[:, :, ::-1].transpose(2, 0, 1))
-    assert (img[:, 40:, :] == 0).all() and (img[:, :, 56:] == 0).all()
+    assert (img[:, 40:, :] == fill).all() and (img[:, :, 56:] == fill).all()
     assert (seg[40:, :] == IGNORE).all() and (seg[:, 56:] == IGNORE).all()
     assert not out["instances"].gt_masks[:, 40:, :].any()
     assert not out["instances"].gt_masks[:, :, 56:].any()
@@ -355,3 +359,8 @@ def test_color_aug_ssd_policy_ranges_and_probabilities():
     assert 150 < sum(t.contrast_first for t in tfms) < 250
     with pytest.raises(ValueError, match="INPUT.FORMAT"):
         ColorAugSSD("L")
+
+
+def test_pad_value_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="INPUT.PAD_VALUE=300"):
+        SemanticMaskFormerMapper(make_cfg(PAD_VALUE=300), is_train=True)
