@@ -38,6 +38,7 @@ class MTACLIP(SemanticMask2Former):
             ret = super().from_config(cfg)
             ret["text_encoder"] = None
             return ret
+        _check_text_branch_is_used(mc)
         names: List[str] = list(class_names) if class_names is not None else class_names_from_metadata(cfg)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         if len(names) != num_classes:
@@ -65,3 +66,19 @@ class MTACLIP(SemanticMask2Former):
         if self.text_encoder is None:
             return {}
         return {"text_embeddings": self.text_encoder()}
+
+
+def _check_text_branch_is_used(mc) -> None:
+    """Rejects MODEL.MTA_CLIP switch combinations where the text branch cannot work or changes nothing
+    (the prompts would get no gradient, which also breaks DDP without unused-parameter search)."""
+    if not mc.USE_TEXT_QUERIES and mc.USE_SIM_LOSS:
+        raise ValueError(
+            "MODEL.MTA_CLIP.USE_SIM_LOSS True needs USE_TEXT_QUERIES True: L_sim (Eqs. 7-9) compares mask "
+            "queries with the text queries that come out of the decoder (Eq. 5)"
+        )
+    if not mc.USE_SIM_LOSS and not (mc.USE_TEXT_QUERIES and mc.JOINT_SELF_ATTENTION):
+        raise ValueError(
+            f"MODEL.MTA_CLIP.USE_SIM_LOSS False with USE_TEXT_QUERIES {mc.USE_TEXT_QUERIES} and "
+            f"JOINT_SELF_ATTENTION {mc.JOINT_SELF_ATTENTION}: no loss and no mask query reads the text, "
+            "so the model is the baseline; set MODEL.MTA_CLIP.ENABLED False for it"
+        )

@@ -115,6 +115,17 @@ def test_wrong_number_of_class_names_is_a_clear_error(tiny_clip_file):
         build_model(cfg)
 
 
+@pytest.mark.parametrize("opts,match", [
+    (["MODEL.MTA_CLIP.USE_TEXT_QUERIES", "False"], "USE_SIM_LOSS True needs USE_TEXT_QUERIES True"),
+    (["MODEL.MTA_CLIP.USE_TEXT_QUERIES", "False", "MODEL.MTA_CLIP.USE_SIM_LOSS", "False"], "ENABLED False"),
+    (["MODEL.MTA_CLIP.JOINT_SELF_ATTENTION", "False", "MODEL.MTA_CLIP.USE_SIM_LOSS", "False"], "ENABLED False"),
+])
+def test_switch_combinations_without_a_text_effect_are_rejected(tiny_clip_file, opts, match):
+    """Combinations where the prompts would get no gradient (or L_sim has no text queries) fail at build."""
+    with pytest.raises(ValueError, match=match):
+        build_model(_cfg(tiny_clip_file, *opts))
+
+
 @pytest.mark.parametrize("opts", [
     ["MODEL.MTA_CLIP.USE_SIM_LOSS", "False"],
     ["MODEL.MTA_CLIP.NEGATIVES", "SeparateNeg", "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"],
