@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.data.catalog import Metadata  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
+from mta_clip.atomic_io import atomic_output  # noqa: E402
 from mta_clip.predictor import Predictor, to_bgr_uint8  # noqa: E402
 
 logger = logging.getLogger("mta_clip.demo")
@@ -65,8 +66,8 @@ def _is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTS)
 
 
-def collect_inputs(inputs: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str], List[str]]:
-    """-> ([(image path, output key)], [video paths], [inputs that match nothing])."""
+def collect_inputs(inputs: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]:
+    """-> ([(image path, output key)], [video paths], [(input that gives nothing, why)])."""
     images, videos, missing = [], [], []
     used = set()
 
@@ -79,20 +80,25 @@ def collect_inputs(inputs: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[s
 
     for item in inputs:
         if os.path.isdir(item):
-            found = []
+            found, found_videos = [], []
             for dirpath, dirnames, filenames in os.walk(item):
                 dirnames.sort()
-                found.extend(
-                    os.path.join(dirpath, f)
-                    for f in sorted(filenames)
-                    if f.lower().endswith(IMAGE_EXTS) and not f.startswith(".")
-                )
+                for f in sorted(filenames):
+                    if f.startswith("."):
+                        continue
+                    if f.lower().endswith(IMAGE_EXTS):
+                        found.append(os.path.join(dirpath, f))
+                    elif _is_video(f):
+                        found_videos.append(os.path.join(dirpath, f))
             for path in found:
                 add(path, os.path.splitext(os.path.relpath(path, item))[0])
+            videos.extend(found_videos)
+            if not found and not found_videos:
+                missing.append((item, f"folder has no image ({', '.join(IMAGE_EXTS)}) or video file"))
             continue
         matches = [item] if os.path.exists(item) else sorted(glob.glob(os.path.expanduser(item)))
         if not matches:
-            missing.append(item)
+            missing.append((item, "no such file"))
         for path in matches:
             if _is_video(path):
                 videos.append(path)
@@ -177,20 +183,12 @@ def render(image_bgr: np.ndarray, labels: np.ndarray, meta: Metadata, width: int
 
 
 def write_image_atomic(path: str, image: np.ndarray) -> None:
-    """cv2.imwrite through a temporary sibling file (same extension) and os.replace."""
-    folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{ext}")
-    try:
-        ok, buf = cv2.imencode(ext, image)
-        if not ok:
-            raise OSError(f"could not encode {path}")
+    """Encodes ``image`` in the format of ``path``'s extension and writes it atomically."""
+    ok, buf = cv2.imencode(os.path.splitext(path)[1], image)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    with atomic_output(path) as tmp:
         buf.tofile(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def label_png(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -290,13 +288,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.input and not args.output:
         print("error: --output is required with --input", file=sys.stderr)
         return 2
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        print(f"error: --output {args.output} exists and is not a folder", file=sys.stderr)
+        return 2
+    images, videos, missing = collect_inputs(args.input)
+    if args.input and not images and not videos:
+        print("error: no input to process: " + "; ".join(f"{m}: {why}" for m, why in missing), file=sys.stderr)
+        return 2
     predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
     meta = display_metadata(predictor.metadata)
     width = legend_width(meta.stuff_classes)
-    images, videos, missing = collect_inputs(args.input)
-    failed: List[Tuple[str, str]] = [(m, "no such file") for m in missing]
-    for m in missing:
-        logger.warning("Skipping %s: no such file", m)
+    failed: List[Tuple[str, str]] = list(missing)
+    for m, why in missing:
+        logger.warning("Skipping %s: %s", m, why)
     written = 0
     if images:
         n, bad = run_images(predictor, images, args.output, meta, width, args)

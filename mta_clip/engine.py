@@ -2,13 +2,13 @@
 
 No model logic lives here: the model comes from ``cfg.MODEL.META_ARCHITECTURE``.
 """
+import inspect
 import logging
 import os
 import weakref
 from typing import Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
@@ -18,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
+from .checkpointer import AtomicCheckpointer, check_weights_file
 from .config import add_mtaclip_config
 from .evaluation import PerClassSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
@@ -37,6 +38,15 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     return DistributedDataParallel(model, **kwargs)
 
 
+def _no_forward_buffer_sync() -> dict:
+    """DDP keyword that stops buffer broadcasts at every forward (as Detectron2's trainer does):
+    ``forward_sync_buffers=False`` (torch >= 2.13, buffers still synced once at start), else the
+    older ``broadcast_buffers=False``."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with this project's mapper, optimizer, schedule and evaluators."""
 
@@ -49,11 +59,12 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=cfg.MODEL.FIND_UNUSED_PARAMETERS)
+        model = create_ddp_model(model, find_unused_parameters=cfg.MODEL.FIND_UNUSED_PARAMETERS,
+                                 **_no_forward_buffer_sync())
         use_amp = cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available()
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -120,29 +131,35 @@ def setup_cfg(config_file: str, opts=None) -> CfgNode:
     return cfg
 
 
-def check_weights_file(cfg: CfgNode) -> None:
-    """A ``MODEL.WEIGHTS`` that is set must be a readable local file (nothing is downloaded)."""
-    path = cfg.MODEL.WEIGHTS
-    if not path:
-        return
-    if "://" in path:
+def check_launch_args(args) -> None:
+    """Catches launcher arguments that would otherwise make every process wait forever."""
+    if args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         raise ValueError(
-            f"MODEL.WEIGHTS = {path!r} is a URL; this project never downloads at run time. Download the file "
-            "yourself and set MODEL.WEIGHTS to its local path."
+            f"--machine-rank {args.machine_rank} must be in [0, --num-machines {args.num_machines})"
         )
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"MODEL.WEIGHTS file {path!r} does not exist. For the ImageNet Mask2Former recipes it is Detectron2's "
-            "R-50.pkl (https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl); for "
-            "evaluation it is a checkpoint written by train_net.py (e.g. output/.../model_final.pth)."
+    if args.num_machines > 1 and (not args.dist_url or args.dist_url == "auto"
+                                  or "127.0.0.1" in args.dist_url or "localhost" in args.dist_url):
+        raise ValueError(
+            f"--num-machines {args.num_machines} needs --dist-url tcp://<address of machine 0>:<port>, the same "
+            f"on every machine; got {args.dist_url!r}"
         )
 
 
 def setup(args) -> CfgNode:
+    if not args.config_file:
+        raise ValueError("--config-file is required (e.g. configs/toy/mtaclip_toy.yaml)")
     cfg = setup_cfg(args.config_file, args.opts)
     cfg.freeze()
     if not args.resume:
         check_weights_file(cfg)
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not (
+        args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    ):
+        raise ValueError(
+            "--eval-only needs weights to evaluate: set MODEL.WEIGHTS to a checkpoint (e.g. "
+            f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}), or add --resume to use the last checkpoint in "
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR}"
+        )
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mta_clip")
     return cfg

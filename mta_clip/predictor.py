@@ -20,6 +20,7 @@ from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
+from .checkpointer import check_weights_file
 from .evaluation.test_time_augmentation import build_test_model, normalize_scores
 
 __all__ = ["Predictor", "to_bgr_uint8", "load_config"]
@@ -97,6 +98,7 @@ class Predictor:
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
         cfg.freeze()
+        check_weights_file(cfg)  # before the (slow) build: a URL or a missing file is a clear error
         self.cfg = cfg
         model = build_model(cfg)
         model.eval()

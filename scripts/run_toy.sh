@@ -21,7 +21,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 $PY train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT"
 mkdir -p "$OUT/predictions"
 VAL=${DETECTRON2_DATASETS:-datasets}/toy_sem_seg/images/val
-$PY demo/demo.py --config-file "$CONFIG" --input $(ls "$VAL"/*.png | head -n 6) --output "$OUT/predictions" \
+mapfile -t VAL_IMAGES < <(ls "$VAL"/*.png | head -n 6)
+$PY demo/demo.py --config-file "$CONFIG" --input "${VAL_IMAGES[@]}" --output "$OUT/predictions" \
   --opts MODEL.WEIGHTS "$OUT/model_final.pth"
 $PY - "$OUT" <<'PYEOF'
 import json, os, sys

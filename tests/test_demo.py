@@ -103,10 +103,30 @@ def test_video(model, tmp_path):
     assert frames == 3
 
 
-def test_arguments(capsys):
+def test_arguments(capsys, tmp_path):
     assert demo.main(["--config-file", CONFIG]) == 2
     assert demo.main(["--config-file", CONFIG, "--input", "x.jpg"]) == 2
     assert "--output" in capsys.readouterr().err
+    # checked before the model is built: an output that is a file, inputs that give nothing
+    a_file = tmp_path / "a.png"
+    a_file.write_bytes(b"x")
+    assert demo.main(["--config-file", CONFIG, "--input", str(a_file), "--output", str(a_file)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "empty"), str(tmp_path / "nope.jpg"),
+                      "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "folder has no image" in err and "nope.jpg: no such file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_folders_give_their_videos_too(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "sub/b.MP4", ".hidden.png", "notes.txt"):
+        (tmp_path / "in" / name).write_bytes(b"")
+    images, videos, missing = demo.collect_inputs([str(tmp_path / "in")])
+    assert [key for _, key in images] == ["a"]
+    assert videos == [str(tmp_path / "in" / "sub" / "b.MP4")] and missing == []
 
 
 def test_webcam(model, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from mta_clip.data.toy import TOY_CLASSES
-from mta_clip.engine import Trainer, check_weights_file
+from mta_clip.engine import Trainer, check_launch_args, setup
 from tests.conftest import ROOT, toy_cfg
 
 SMALL = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.BEST_CHECKPOINT.ENABLED", "True"]
@@ -78,15 +78,35 @@ def test_two_cpu_processes(tmp_path):
     assert "world_size=2" in proc.stdout + proc.stderr or "World size: 2" in proc.stdout + proc.stderr
     assert os.path.isfile(tmp_path / "model_final.pth")
     assert any("sem_seg/mIoU" in r for r in _metrics(tmp_path))
+    assert "broadcast_buffers` is deprecated" not in proc.stderr
 
 
-def test_missing_weights_file_is_a_clear_error(tmp_path):
-    cfg = toy_cfg("mask2former_toy.yaml", ["MODEL.WEIGHTS", str(tmp_path / "R-50.pkl")])
-    with pytest.raises(FileNotFoundError, match="R-50.pkl"):
-        check_weights_file(cfg)
-    cfg = toy_cfg("mask2former_toy.yaml", ["MODEL.WEIGHTS", "detectron2://ImageNetPretrained/torchvision/R-50.pkl"])
-    with pytest.raises(ValueError, match="never downloads"):
-        check_weights_file(cfg)
+def _args(*argv):
+    from detectron2.engine import default_argument_parser
+
+    return default_argument_parser().parse_args(list(argv))
+
+
+def test_eval_only_without_weights_and_missing_config_are_clear_errors(tmp_path):
+    toy = os.path.join(ROOT, "configs", "toy", "mtaclip_toy.yaml")
+    with pytest.raises(ValueError, match="--eval-only needs weights"):
+        setup(_args("--config-file", toy, "--eval-only", "OUTPUT_DIR", str(tmp_path)))
+    with pytest.raises(ValueError, match="--eval-only needs weights"):  # --resume with nothing to resume
+        setup(_args("--config-file", toy, "--eval-only", "--resume", "OUTPUT_DIR", str(tmp_path)))
+    with pytest.raises(ValueError, match="--config-file is required"):
+        setup(_args("OUTPUT_DIR", str(tmp_path)))
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--num-machines", "2", "--machine-rank", "5", "--dist-url", "tcp://10.0.0.1:29500"], "--machine-rank 5"),
+    (["--num-machines", "2"], "needs --dist-url"),
+    (["--num-machines", "2", "--dist-url", "tcp://127.0.0.1:29500"], "needs --dist-url"),
+])
+def test_launch_arguments_that_would_hang_are_rejected(argv, match):
+    with pytest.raises(ValueError, match=match):
+        check_launch_args(_args(*argv))
+    check_launch_args(_args("--num-machines", "2", "--machine-rank", "1", "--dist-url", "tcp://10.0.0.1:29500"))
+    check_launch_args(_args())
 
 
 def test_train_net_resume_and_eval_only(tmp_path):

@@ -94,3 +94,11 @@ def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         Predictor(CONFIG, weights="", device="cuda")
+
+
+def test_weights_are_checked_before_loading(tmp_path):
+    """A URL is never fetched and a missing file names itself (as in train_net.py)."""
+    with pytest.raises(ValueError, match="never downloads"):
+        Predictor(CONFIG, weights="https://example.com/model_final.pth", device="cpu")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        Predictor(CONFIG, weights=str(tmp_path / "nope.pth"), device="cpu")

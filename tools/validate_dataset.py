@@ -156,7 +156,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="check only the first N images")
     args = parser.parse_args(argv)
     for target in args.imports:
-        _import(target)
+        if (target.endswith(".py") or os.path.sep in target) and not os.path.isfile(target):
+            print(f"error: --import {target}: no such file", file=sys.stderr)
+            return 2
+        try:
+            _import(target)
+        except ImportError as e:  # ModuleNotFoundError included: a bad name or path is an argument error
+            print(f"error: --import {target}: {e}", file=sys.stderr)
+            return 2
     if args.name not in DatasetCatalog.list():
         known = ", ".join(sorted(n for n in DatasetCatalog.list() if "sem_seg" in n))
         print(f"error: dataset {args.name!r} is not registered. Semantic datasets: {known}", file=sys.stderr)

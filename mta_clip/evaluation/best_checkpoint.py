@@ -18,10 +18,9 @@ import math
 import os
 from typing import Dict, Optional
 
-import torch
 from detectron2.engine import HookBase
 
-from .sem_seg_evaluation import write_text_atomic
+from ..atomic_io import save_torch_atomic, write_text_atomic
 
 __all__ = ["BestCheckpointHook", "build_best_checkpoint_hook"]
 
@@ -125,13 +124,7 @@ class BestCheckpointHook(HookBase):
             return  # non-main processes only track the value
         os.makedirs(self.checkpointer.save_dir, exist_ok=True)
         path = self.checkpoint_path
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-        try:
-            torch.save({"model": self.checkpointer.model.state_dict(), "iteration": self.best_iter}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_torch_atomic({"model": self.checkpointer.model.state_dict(), "iteration": self.best_iter}, path)
         payload = {
             "metric": self.metric,
             "mode": self.mode,

@@ -17,23 +17,11 @@ import numpy as np
 from detectron2.evaluation import SemSegEvaluator
 from tabulate import tabulate
 
-__all__ = ["PerClassSemSegEvaluator", "format_per_class_table", "per_class_metrics", "write_text_atomic"]
+from ..atomic_io import write_text_atomic
+
+__all__ = ["PerClassSemSegEvaluator", "format_per_class_table", "per_class_metrics"]
 
 logger = logging.getLogger(__name__)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary sibling file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def per_class_metrics(conf_matrix: np.ndarray, class_names: List[str]) -> List[Dict]:

@@ -136,8 +136,12 @@ def test_missing_file_names_path_and_official_files_without_download(tmp_path, m
         read_clip_checkpoint(path, "RN50")
     msg = str(e.value)
     assert path in msg and "RN50.pt" in msg and "RN101.pt" in msg and "ViT-B-16.pt" in msg
+    assert "https://openaipublic.azureedge.net/clip/models/" in msg and msg.count("https://") == 1
     with pytest.raises(FileNotFoundError):
         clip_weights_and_arch(path, "RN50")
+    monkeypatch.chdir(tmp_path)  # a relative path is shown resolved
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "pretrained" / "RN50.pt")):
+        read_clip_checkpoint("pretrained/RN50.pt", "RN50")
 
 
 def test_download_only_when_asked(tmp_path, monkeypatch, tool):

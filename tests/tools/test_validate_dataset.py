@@ -82,6 +82,13 @@ def test_unknown_dataset(capsys):
     assert "not registered" in capsys.readouterr().err
 
 
+def test_bad_import_is_an_argument_error(tmp_path, capsys):
+    assert validate_dataset.main(["x", "--import", str(tmp_path / "nope.py")]) == 2
+    assert "nope.py: no such file" in capsys.readouterr().err
+    assert validate_dataset.main(["x", "--import", "no_such_module_xyz"]) == 2
+    assert "no_such_module_xyz" in capsys.readouterr().err
+
+
 def test_import_registers_user_dataset(tmp_path, capsys):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.jpg")
     Image.fromarray(np.ones((4, 4), np.uint8)).save(tmp_path / "a.png")

@@ -52,6 +52,16 @@ def _official_files_text() -> str:
     return ", ".join(OFFICIAL_CLIP_FILES.values())
 
 
+def _official_url_text(model_name: str) -> str:
+    """", from <url>" for an official architecture name (open_clip's registry, no network), else ""."""
+    if model_name not in OFFICIAL_CLIP_FILES:
+        return ""
+    from open_clip import get_pretrained_url
+
+    url = get_pretrained_url(model_name, "openai")
+    return f"; {OFFICIAL_CLIP_FILES[model_name]} is at {url}" if url else ""
+
+
 @dataclass(frozen=True)
 class CLIPArch:
     """Shapes of one CLIP model (both towers).
@@ -267,9 +277,10 @@ def read_clip_checkpoint(
             download_official_clip(model_name, path)
         else:
             raise FileNotFoundError(
-                f"CLIP checkpoint '{path}' (MODEL.CLIP.CHECKPOINT) does not exist. Place OpenAI's released "
-                f"file there ({_official_files_text()}, e.g. under pretrained/). Nothing is downloaded "
-                f"unless MODEL.CLIP.DOWNLOAD is True."
+                f"CLIP checkpoint '{path}' (MODEL.CLIP.CHECKPOINT, resolved to {os.path.abspath(path)}) does not "
+                f"exist. Place OpenAI's released file there ({_official_files_text()}, e.g. under pretrained/)"
+                f"{_official_url_text(model_name)}; docs/clip.md lists them. Nothing is downloaded unless "
+                f"MODEL.CLIP.DOWNLOAD is True."
             )
     state_dict = _normalize_state_dict(_read_raw(path), path)
     arch = CLIPArch.from_state_dict(state_dict, f"CLIP checkpoint '{path}'")
