@@ -47,7 +47,8 @@ def check_weights_file(cfg: CfgNode) -> None:
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"MODEL.WEIGHTS file {path!r} ({os.path.abspath(path)}) does not exist. For the ImageNet Mask2Former recipes it is Detectron2's "
-            "R-50.pkl (https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl); for "
+            f"MODEL.WEIGHTS file {path!r} ({os.path.abspath(path)}) does not exist. For the ImageNet "
+            "Mask2Former recipes it is Detectron2's R-50.pkl "
+            "(https://dl.fbaipublicfiles.com/detectron2/ImageNetPretrained/torchvision/R-50.pkl); for "
             "evaluation it is a checkpoint written by train_net.py (e.g. output/.../model_final.pth)."
         )

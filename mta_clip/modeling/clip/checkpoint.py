@@ -53,7 +53,7 @@ def _official_files_text() -> str:
 
 
 def _official_url_text(model_name: str) -> str:
-    """", from <url>" for an official architecture name (open_clip's registry, no network), else ""."""
+    """"; <file> is at <url>" for an official architecture name (open_clip's registry, no network), else ""."""
     if model_name not in OFFICIAL_CLIP_FILES:
         return ""
     from open_clip import get_pretrained_url
