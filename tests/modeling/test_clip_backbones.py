@@ -1,4 +1,6 @@
 """CLIPResNet / CLIPViT backbones against open_clip's own visual towers on tiny random CLIPs."""
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,6 +101,22 @@ def test_resnet_norm_and_freeze(ckpts):
         build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.NORM": "GN"}))
     with pytest.raises(ValueError, match="FREEZE_AT"):
         build_backbone(make_cfg("CLIPResNet", ckpts["RN50"], **{"RESNET.FREEZE_AT": 6}))
+
+
+@pytest.mark.parametrize("name,hint", [("CLIPResNet", "MODEL.CLIP.RESNET.FREEZE_AT"), ("CLIPViT", "set it to 0")])
+def test_detectron2_freeze_at_is_reported_not_silently_ignored(ckpts, caplog, name, hint):
+    ckpt = ckpts["RN50" if name == "CLIPResNet" else "ViT-B-16"]
+    cfg = make_cfg(name, ckpt)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 5
+    with caplog.at_level(logging.WARNING):
+        bb = build_backbone(cfg)
+    assert "MODEL.BACKBONE.FREEZE_AT = 5 is not used" in caplog.text and hint in caplog.text
+    assert all(p.requires_grad for p in bb.parameters())  # indeed nothing frozen by it
+    caplog.clear()
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    with caplog.at_level(logging.WARNING):
+        build_backbone(cfg)
+    assert "FREEZE_AT" not in caplog.text
 
 
 def test_resnet_attention_pool(ckpts):

@@ -25,6 +25,14 @@ from ..clip.checkpoint import (
 
 logger = logging.getLogger(__name__)
 
+
+def warn_unused_freeze_at(cfg, backbone: str, instead: str) -> None:
+    """Detectron2's ``MODEL.BACKBONE.FREEZE_AT`` (default 2) does not apply to the CLIP backbones:
+    a user who sets it to freeze the trunk would otherwise get no freezing and no word about it."""
+    if cfg.MODEL.BACKBONE.FREEZE_AT != 0:
+        logger.warning("MODEL.BACKBONE.FREEZE_AT = %d is not used by %s (nothing is frozen by it): %s",
+                       cfg.MODEL.BACKBONE.FREEZE_AT, backbone, instead)
+
 __all__ = ["CLIPResNet"]
 
 _STAGES = ("res2", "res3", "res4", "res5")
@@ -162,6 +170,7 @@ class CLIPResNet(Backbone):
         if input_shape.channels != 3:
             raise ValueError(f"CLIPResNet takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
         clip = cfg.MODEL.CLIP
+        warn_unused_freeze_at(cfg, "CLIPResNet", f"use MODEL.CLIP.RESNET.FREEZE_AT (now {clip.RESNET.FREEZE_AT})")
         weights, arch = clip_weights_and_arch(clip.CHECKPOINT, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPResNet backbone")
         if arch.is_vit:
             raise ValueError(

@@ -14,6 +14,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
+from .clip_resnet import warn_unused_freeze_at
 from ..clip.checkpoint import (
     clip_weights_and_arch,
     image_size_pair,
@@ -155,6 +156,7 @@ class CLIPViT(Backbone):
         if input_shape.channels != 3:
             raise ValueError(f"CLIPViT takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
         clip = cfg.MODEL.CLIP
+        warn_unused_freeze_at(cfg, "CLIPViT", "the ViT trains all its blocks; set it to 0")
         weights, arch = clip_weights_and_arch(clip.CHECKPOINT, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPViT backbone")
         if not arch.is_vit:
             raise ValueError(
