@@ -2,8 +2,28 @@
 
 YAML files only override these. Keys shared with the Mask2Former project keep Mask2Former's names
 (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``), so its recipes read the same here.
+
+A key that was renamed stays in ``RENAMED_KEYS``: a YAML file or an override that still uses the
+old name is an error naming the new one.
 """
+import logging
+from typing import Optional, Sequence
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["RENAMED_KEYS", "add_mtaclip_config", "setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+# Old key -> new key. "CHECKPOINT" now means only the trainer's files; CLIP's files are "weights"
+# and activation recomputation is "recompute".
+RENAMED_KEYS = {
+    "MODEL.CLIP.CHECKPOINT": "MODEL.CLIP.WEIGHTS",
+    "MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS": "MODEL.CLIP.TEXT.RECOMPUTE_BLOCKS",
+    "MODEL.MTA_CLIP.CHECKPOINT_SIMILARITY": "MODEL.MTA_CLIP.RECOMPUTE_SIMILARITY",
+}
 
 
 def add_mtaclip_config(cfg: CN) -> CN:
@@ -14,6 +34,28 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_test_config(cfg)
     _add_clip_config(cfg)
     _add_mta_clip_config(cfg)
+    for old, new in RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            cfg.register_renamed_key(old, new)
+    return cfg
+
+
+def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
+    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen).
+
+    A key the config does not have (or a renamed one) is a ``KeyError`` naming the file and the key.
+    """
+    cfg = get_cfg()
+    add_mtaclip_config(cfg)
+    if config_file:
+        try:
+            cfg.merge_from_file(config_file, allow_unsafe=False)
+        except KeyError as e:
+            raise KeyError(f"{config_file}: {e.args[0] if e.args else e}") from e
+    cfg.merge_from_list(list(opts or []))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
@@ -114,9 +156,9 @@ def _add_clip_config(cfg: CN) -> None:
     """CLIP image backbones and prompt text encoder."""
     cfg.MODEL.CLIP = CN()
     clip = cfg.MODEL.CLIP
-    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of CHECKPOINT
-    clip.CHECKPOINT = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
-    clip.DOWNLOAD = False  # fetch OpenAI's file to CHECKPOINT (named like the official file) when it is missing
+    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of WEIGHTS
+    clip.WEIGHTS = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
+    clip.DOWNLOAD = False  # fetch OpenAI's file to WEIGHTS (named like the official file) when it is missing
     clip.IMAGE_SIZE = [512, 512]  # (H, W) the image positional embeddings are resized to at build time
 
     clip.RESNET = CN()
@@ -138,7 +180,7 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CONTEXT_INIT_STD = 1.0  # std of the random truncated-normal (+-2 std) context init
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
-    clip.TEXT.CHECKPOINT_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
+    clip.TEXT.RECOMPUTE_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
     clip.TEXT.COMPUTE_DTYPE = "float32"  # frozen text tower's compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 
 
@@ -165,4 +207,4 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.JOINT_SELF_ATTENTION = True  # text and mask queries attend to each other (False: separate, Tab. 4)
     mc.TEXT_ATTENTION_MASK = "predicted"  # text queries' cross-attention masks: "predicted" (authors) or "none"
     mc.TEXT_QUERY_POS = "learned"  # positional embedding of text queries: "learned" (authors) or "zero"
-    mc.CHECKPOINT_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)
+    mc.RECOMPUTE_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)

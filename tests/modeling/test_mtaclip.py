@@ -13,7 +13,7 @@ from tests.conftest import toy_cfg
 
 
 def _cfg(tiny_clip_file, *opts):
-    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.CHECKPOINT", tiny_clip_file, *opts])
+    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.WEIGHTS", tiny_clip_file, *opts])
 
 
 def _batch(cfg, n=2):
