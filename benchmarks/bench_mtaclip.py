@@ -265,8 +265,8 @@ def _build(args, key: str):
     from detectron2.data import MetadataCatalog
     from detectron2.modeling import build_model
 
-    from mta_clip.data.class_names import ADE20K_CLASSES, ADE20K_PROMPT_CLASSES
     from mta_clip.config import setup_cfg
+    from mta_clip.data.class_names import ADE20K_CLASSES, ADE20K_PROMPT_CLASSES
 
     meta = MetadataCatalog.get(DATASET_NAME)
     if not hasattr(meta, "prompt_classes"):
@@ -353,9 +353,9 @@ def _make_train_step(model, optimizer, batch, device, use_amp: bool):
 
 
 def _worker(args) -> dict:
+    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
     import torch
 
-    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
     from mta_clip.solver import build_optimizer
 
     cuda = args.device == "cuda"

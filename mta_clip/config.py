@@ -3,6 +3,7 @@
 YAML files only override these. Keys shared with the Mask2Former project keep Mask2Former's names
 (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``), so its recipes read the same here.
 
+Keys kept only so that Mask2Former / Detectron2 YAML files load say "not used" in their comment.
 A key that was renamed stays in ``RENAMED_KEYS``: a YAML file or an override that still uses the
 old name is an error naming the new one.
 """
@@ -73,7 +74,7 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.NHEADS = 8  # attention heads in the transformer decoder
     mf.DROPOUT = 0.0  # dropout in the transformer decoder
     mf.DIM_FEEDFORWARD = 2048  # FFN width of the transformer decoder
-    mf.ENC_LAYERS = 0  # unused by the masked decoder (kept for Mask2Former YAML compatibility)
+    mf.ENC_LAYERS = 0  # not used: the masked decoder has no encoder layers (Mask2Former YAML compatibility)
     mf.DEC_LAYERS = 10  # predictions = decoder layers + 1 (the one made before the first layer)
     mf.PRE_NORM = False  # pre-norm instead of post-norm decoder layers
     mf.ENFORCE_INPUT_PROJ = False  # always project memories to hidden dim, even if sizes match
@@ -83,13 +84,13 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for the mask losses and costs
     mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
-    mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction made before the first decoder layer (MTA-CLIP authors: False)
+    mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction before the first layer (MTA-CLIP authors: False)
     mf.TEST = CN()
-    mf.TEST.SEMANTIC_ON = True  # produce "sem_seg" outputs
-    mf.TEST.INSTANCE_ON = False  # not supported (semantic project); kept for YAML compatibility
-    mf.TEST.PANOPTIC_ON = False  # not supported (semantic project); kept for YAML compatibility
-    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8  # unused for semantic inference (compatibility)
-    mf.TEST.OVERLAP_THRESHOLD = 0.8  # unused for semantic inference (compatibility)
+    mf.TEST.SEMANTIC_ON = True  # not used: the output is always "sem_seg" (Mask2Former YAML compatibility)
+    mf.TEST.INSTANCE_ON = False  # not used: semantic segmentation only (Mask2Former YAML compatibility)
+    mf.TEST.PANOPTIC_ON = False  # not used: semantic segmentation only (Mask2Former YAML compatibility)
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8  # not used: instance / panoptic inference (Mask2Former YAML compatibility)
+    mf.TEST.OVERLAP_THRESHOLD = 0.8  # not used: instance / panoptic inference (Mask2Former YAML compatibility)
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks to image before combining
 
     sh = cfg.MODEL.SEM_SEG_HEAD
@@ -107,11 +108,11 @@ def _add_baseline_config(cfg: CN) -> None:
     sh.IGNORE_VALUE = 255  # label value ignored by the loss and the evaluator
     sh.NORM = "GN"  # norm of the pixel decoder convolutions
     sh.CONVS_DIM = 256  # pixel decoder width
-    sh.LOSS_WEIGHT = 1.0  # unused (compatibility with Detectron2 semantic heads)
+    sh.LOSS_WEIGHT = 1.0  # not used: loss weights are MASK_FORMER.*_WEIGHT (Detectron2 semantic-head key)
 
     cfg.MODEL.FIND_UNUSED_PARAMETERS = False  # DDP find_unused_parameters (needed if a branch is skipped)
-    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (7x7 stem) or "deeplab" (3x 3x3 stem)
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # dilation multipliers of res5 blocks
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # not used: DeepLab stem type (Mask2Former YAML compatibility)
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # not used: DeepLab res5 dilations (Mask2Former YAML compatibility)
 
 
 def _add_data_config(cfg: CN) -> None:
@@ -121,9 +122,9 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # reject crops where one class exceeds this ratio
     cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (PAD_VALUE) and label (ignore) to a multiple of this; -1 = off
     cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
-    cfg.INPUT.IMAGE_SIZE = 1024  # unused by the semantic recipes (compatibility)
-    cfg.INPUT.MIN_SCALE = 0.1  # unused by the semantic recipes (compatibility)
-    cfg.INPUT.MAX_SCALE = 2.0  # unused by the semantic recipes (compatibility)
+    cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
+    cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
+    cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -138,7 +139,8 @@ def _add_solver_config(cfg: CN) -> None:
 def _add_test_config(cfg: CN) -> None:
     """Evaluation and test-time augmentation."""
     # Detectron2 defines TEST.AUG.ENABLED (multi-scale + flip on/off) and TEST.AUG.FLIP (add the
-    # horizontally flipped views); our wrapper ignores its absolute TEST.AUG.MIN_SIZES / MAX_SIZE.
+    # horizontally flipped views); its absolute TEST.AUG.MIN_SIZES / MAX_SIZE are not used (our
+    # test-time augmentation scales the test size by TEST.AUG.SCALES).
     cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale factors of the test size
     cfg.TEST.AUG.NORMALIZE = "softmax"  # per-view scores -> probabilities: "softmax"|"sum"|"none"
     cfg.TEST.SLIDE = CN()
@@ -181,7 +183,7 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
     clip.TEXT.RECOMPUTE_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
-    clip.TEXT.COMPUTE_DTYPE = "float32"  # frozen text tower's compute: float32 (also under AMP), bfloat16 or float16 (autocast)
+    clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 
 
 def _add_mta_clip_config(cfg: CN) -> None:

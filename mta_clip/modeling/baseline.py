@@ -83,9 +83,11 @@ class SemanticMask2Former(nn.Module):
                     criterion: Optional[nn.Module] = None):
         """Subclasses may pass pre-built parts; the rest are built from ``cfg``."""
         backbone = backbone if backbone is not None else build_backbone(cfg)
+        if sem_seg_head is None:
+            sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
         return {
             "backbone": backbone,
-            "sem_seg_head": sem_seg_head if sem_seg_head is not None else build_sem_seg_head(cfg, backbone.output_shape()),
+            "sem_seg_head": sem_seg_head,
             "criterion": criterion if criterion is not None else SetCriterion(cfg),
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),

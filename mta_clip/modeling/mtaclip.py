@@ -10,10 +10,9 @@ from typing import List, Optional, Sequence
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
-from torch import nn
 
-from .baseline import SemanticMask2Former
 from ..data.class_names import class_names_from_metadata
+from .baseline import SemanticMask2Former
 from .clip import PromptTextEncoder
 from .criterion import SetCriterion
 from .mask_text_criterion import MaskTextCriterion

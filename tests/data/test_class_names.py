@@ -10,7 +10,9 @@ from mta_clip.data.class_names import class_names_from_metadata
 def test_prompt_classes_then_stuff_classes_then_a_clear_error():
     cfg = get_cfg()
     add_mtaclip_config(cfg)
-    MetadataCatalog.get("_names_test_prompt").set(stuff_classes=["potted plants", "cats"], prompt_classes=["plant", "cat"])
+    MetadataCatalog.get("_names_test_prompt").set(
+        stuff_classes=["potted plants", "cats"], prompt_classes=["plant", "cat"]
+    )
     MetadataCatalog.get("_names_test_stuff").set(stuff_classes=["cat", "sky"])
     MetadataCatalog.get("_names_test_none").set(thing_classes=["x"])
     cfg.DATASETS.TRAIN = ("_names_test_prompt",)

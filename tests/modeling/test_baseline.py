@@ -1,8 +1,7 @@
 """SemanticMask2Former (the baseline): built from the published recipes it has exactly Mask2Former's
 parameter names/shapes and reproduces outputs of a model-zoo style checkpoint; semantic inference."""
-import os
-
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from detectron2.modeling import build_model
 from mta_clip.config import setup_cfg
 from mta_clip.modeling.baseline import semantic_inference
 from tests.conftest import ROOT
+
 CASES = {
     "ade20k": "configs/ade20k/maskformer2_R50_bs16_160k.yaml",
     "cityscapes": "configs/cityscapes/maskformer2_R50_bs16_90k.yaml",

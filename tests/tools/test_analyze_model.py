@@ -1,7 +1,6 @@
 """tools/analyze_model.py prints parameter counts that add up and a FLOP table."""
 import re
 
-import torch
 from detectron2.modeling import build_model
 
 from tests.conftest import load_tool, toy_cfg

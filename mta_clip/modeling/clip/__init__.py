@@ -1,5 +1,7 @@
 """CLIP for MTA-CLIP: weight-file reading, prompt learner, prompt text encoder (with its
 shared-prefix speed-up)."""
+from .prompt_learner import PromptLearner, clip_tokenizer, tokenize_class_slot, tokenize_template
+from .text_encoder import PromptTextEncoder
 from .weights import (
     OFFICIAL_CLIP_FILES,
     CLIPArch,
@@ -10,8 +12,6 @@ from .weights import (
     resize_grid_pos_embed,
     sub_state_dict,
 )
-from .prompt_learner import PromptLearner, clip_tokenizer, tokenize_class_slot, tokenize_template
-from .text_encoder import PromptTextEncoder
 
 __all__ = [
     "OFFICIAL_CLIP_FILES",

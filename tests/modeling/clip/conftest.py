@@ -14,8 +14,9 @@ MIXED = ["cat", "traffic light", "chest of drawers", "sky", "potted plant", "fir
 def ckpt(tmp_path_factory):
     # 2 text heads, 3 blocks: RN50 depth kept at tiny width (only the text tower is used here)
     d = tmp_path_factory.mktemp("clip_text")
-    return load_tool("make_tiny_clip").make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript", text_width=128, text_layers=3,
-                                      vision_layers=(1, 1, 1, 1))
+    return load_tool("make_tiny_clip").make_tiny_clip(
+        str(d / "RN50.pt"), "RN50", "torchscript", text_width=128, text_layers=3, vision_layers=(1, 1, 1, 1)
+    )
 
 
 @pytest.fixture(scope="package")

@@ -76,7 +76,8 @@ def test_shared_prefix_falls_back_for_other_blocks(clip, caplog):
         out = enc.encode()
         enc.encode()
     assert [r.getMessage() for r in caplog.records if "prefix sharing off" in r.getMessage()] == [
-        "PromptTextEncoder: prefix sharing off, running full prompts: block 1.ls_2 is Dropout, not Identity / LayerScale"
+        "PromptTextEncoder: prefix sharing off, running full prompts: "
+        "block 1.ls_2 is Dropout, not Identity / LayerScale"
     ]  # logged once
     assert counts[0] == 2 * len(CLASSES) * 9
     assert torch.equal(out, enc.encode(shared_prefix=False))
