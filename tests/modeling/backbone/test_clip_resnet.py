@@ -40,7 +40,7 @@ def test_resnet_shapes_names_rn101(ckpts):
     out = bb(torch.randn(1, 3, 64, 96))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
         "res2": (1, 32, 16, 24), "res3": (1, 64, 8, 12), "res4": (1, 128, 4, 6), "res5": (1, 256, 2, 3)}
-    # names under the backbone are the checkpoint's visual.* names (a prefix change)
+    # names under the backbone are the CLIP file's visual.* names (a prefix change)
     sd, _ = read_clip_weights(ckpts["RN101"])
     visual = {k[len("visual."):] for k in sd if k.startswith("visual.") and not k.startswith("visual.attnpool.")}
     ours = set(bb.state_dict())

@@ -28,7 +28,7 @@ def test_vit_equals_open_clip_blocks(ckpts):
 
 
 def test_vit_pos_embed_interpolation(ckpts):
-    """Load time: checkpoint grid 14x14 -> training grid 8x12; run time: -> the input's grid."""
+    """Load time: the CLIP file's grid 14x14 -> training grid 8x12; run time: -> the input's grid."""
     ref = open_clip_reference(ckpts["ViT-B-16"])
     bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], (128, 192), **{"VIT.PYRAMID_NORM": "BN"})).eval()
     ckpt = ref.visual.positional_embedding.detach()

@@ -39,7 +39,7 @@ def test_k_prompts_train_gradients_reach_contexts_only(clip):
     frozen = [p for n, p in enc.named_parameters() if not n.startswith("prompt_learner.")]
     assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
     assert [n for n, p in enc.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
-    # frozen weights equal the checkpoint's; names are OpenAI's text keys
+    # frozen weights equal the CLIP file's; names are OpenAI's text keys
     weights, _ = clip
     for name, value in enc.state_dict().items():
         if name != "prompt_learner.ctx":
@@ -225,7 +225,7 @@ def test_frozen_low_precision_stores_block_matrices_with_the_same_results(clip, 
     torch.testing.assert_close(grads[0], grads[2], rtol=0, atol=1e-6)
     with torch.no_grad():  # eval (cached) path too
         torch.testing.assert_close(frozen.eval()(), trainable.eval()(), rtol=0, atol=1e-6)
-    # a float32 checkpoint loads into the bfloat16 matrices
+    # float32 CLIP weights load into the bfloat16 matrices
     ref = make_encoder(clip, class_names=MIXED)
     frozen.load_state_dict(ref.state_dict())
     assert block.mlp.c_fc.weight.dtype == torch.bfloat16

@@ -168,7 +168,7 @@ def test_download_only_when_asked(tmp_path, monkeypatch, tool):
 
 def test_unreadable_and_foreign_files(tmp_path):
     bad = tmp_path / "RN50.pt"
-    bad.write_bytes(b"not a checkpoint at all")
+    bad.write_bytes(b"not a weights file at all")
     with pytest.raises(ValueError) as e:
         read_clip_weights(str(bad))
     assert str(bad) in str(e.value) and "ViT-B-16.pt" in str(e.value)
