@@ -888,13 +888,15 @@ def _tables(args, results: dict, machine: str) -> str:
             )
     if base["breakdown_ms"] and mta["breakdown_ms"]:  # empty with --no-breakdown on CUDA
         lines.append("")
-        where = "the timed steps" if args.device == "cpu" else f"{args.iters} extra steps with CUDA syncs at every timer"
+        where = ("the timed steps" if args.device == "cpu"
+                 else f"{args.iters} extra steps with CUDA syncs at every timer")
         lines.append(f"train-step breakdown, ms per step (mean over {where}):")
         lines.append(_breakdown_table(base["breakdown_ms"], mta["breakdown_ms"], train=True,
                                       text_bwd_alone=mta.get("text_encoder_alone_bwd_ms")))
     if base["inference_breakdown_ms"] and mta["inference_breakdown_ms"]:
         lines.append("")
-        where = "the timed calls" if args.device == "cpu" else f"{args.iters} extra calls with CUDA syncs at every timer"
+        where = ("the timed calls" if args.device == "cpu"
+                 else f"{args.iters} extra calls with CUDA syncs at every timer")
         lines.append(f"inference breakdown, ms per call (mean over {where}; text features cached):")
         lines.append(_breakdown_table(base["inference_breakdown_ms"], mta["inference_breakdown_ms"], train=False))
     if "decoder_alone_textmask_none_ms" in mta:

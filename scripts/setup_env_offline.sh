@@ -19,9 +19,17 @@ if [ ! -x "$VENV/bin/python" ]; then
   VENV_ARGS=()
   [ "$SYSTEM_SITE" = 1 ] && VENV_ARGS+=(--system-site-packages)
   echo "[setup] creating $VENV${VENV_ARGS:+ (${VENV_ARGS[*]})}"
-  "$PY" -m venv "${VENV_ARGS[@]}" "$VENV"
+  if ! "$PY" -m venv "${VENV_ARGS[@]}" "$VENV" 2>"$VENV.err"; then
+    # e.g. a system Python without ensurepip: a venv without pip, filled by PYTHON's pip below
+    cat "$VENV.err" >&2
+    rm -rf "$VENV"
+    echo "[setup] retrying without pip in the venv (PYTHON's pip installs into it)"
+    "$PY" -m venv --without-pip "${VENV_ARGS[@]}" "$VENV"
+  fi
+  rm -f "$VENV.err"
 fi
 VPY="$VENV/bin/python"
+if "$VPY" -m pip --version >/dev/null 2>&1; then PIP=("$VPY" -m pip); else PIP=("$PY" -m pip --python "$VPY"); fi
 SITE=$("$VPY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [ "$SYSTEM_SITE" = 1 ]; then
   # `venv --system-site-packages` exposes the *base* installation's packages. When PYTHON is
@@ -37,7 +45,7 @@ PYEOF
 fi
 
 echo "[setup] installing $(wc -l < "$BUNDLE/requirements.txt") wheels (pip --no-index)"
-"$VPY" -m pip install -q --no-index --no-cache-dir --disable-pip-version-check --find-links "$BUNDLE/wheels" \
+"${PIP[@]}" install -q --no-index --no-cache-dir --disable-pip-version-check --find-links "$BUNDLE/wheels" \
     -r "$BUNDLE/requirements.txt"
 
 # The repository on the venv's path (what an editable install does), the op built in place.

@@ -255,7 +255,7 @@ def step_training(c: Check):
         c.record("training", "FAIL" if code is not None else "NOT RUN", secs0, error=_tail(text))
         return
     cmd = [c.args.python, "train_net.py", "--config-file", "configs/toy/mtaclip_toy.yaml", "--num-gpus", "1",
-           "MODEL.DEVICE", "cuda" if c.cuda else "cpu", "MODEL.CLIP.CHECKPOINT", clip,
+           "MODEL.DEVICE", "cuda" if c.cuda else "cpu", "MODEL.CLIP.WEIGHTS", clip,
            "SOLVER.MAX_ITER", str(spec["iters"]), "OUTPUT_DIR", out_dir]
     code, text, secs = c.run("training", cmd, 240 if c.cuda else 420, env)
     secs += secs0
@@ -294,10 +294,12 @@ def markdown(c: Check, env) -> str:
     lines = ["# GPU check", ""]
     mode = "CPU rehearsal (tiny sizes)" if c.args.cpu_rehearsal else ("CUDA" if c.cuda else "no CUDA")
     lines.append(f"Mode: {mode}. Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}. "
-                 f"Total: {time.monotonic() - c.start:.0f} s (setup {c.args.setup_s:.0f} s) of a {c.args.budget_s:.0f} s budget.")
+                 f"Total: {time.monotonic() - c.start:.0f} s (setup {c.args.setup_s:.0f} s) "
+                 f"of a {c.args.budget_s:.0f} s budget.")
     lines.append("")
     lines += ["| step | status | seconds |", "|---|---|---|"]
-    lines.append(f"| setup (offline install, op build) | {'PASS' if c.args.setup_ok else 'FAIL'} | {c.args.setup_s:.0f} |")
+    setup = "PASS" if c.args.setup_ok else "FAIL"
+    lines.append(f"| setup (offline install, op build) | {setup} | {c.args.setup_s:.0f} |")
     for s in c.steps:
         lines.append(f"| {s['step']} | {s['status']} | {s['seconds']:.0f} |")
     if env:
@@ -309,11 +311,13 @@ def markdown(c: Check, env) -> str:
     for s in c.steps:
         if s["step"] == "op_tests" and "counts" in s:
             lines += ["", "## Op tests (tests/layers)", "",
-                      f"passed {s['counts']['passed']}, failed {s['counts']['failed']}, skipped {s['counts']['skipped']}; "
+                      f"passed {s['counts']['passed']}, failed {s['counts']['failed']}, "
+                      f"skipped {s['counts']['skipped']}; "
                       f"CUDA tests: " + (NO_CUDA + f" ({s['cuda_counts']['skipped']})" if not c.cuda else
                                          f"passed {s['cuda_counts']['passed']}, failed {s['cuda_counts']['failed']}, "
                                          f"skipped {s['cuda_counts']['skipped']}")]
-            lines += [f"- failed: {x}" for x in s["failed"]] + [f"- unexpected skip: {x}" for x in s["unexpected_skips"]]
+            lines += [f"- failed: {x}" for x in s["failed"]]
+            lines += [f"- unexpected skip: {x}" for x in s["unexpected_skips"]]
     bench = [s for s in c.steps if s["step"].startswith("bench_mtaclip")]
     if bench:
         lines += ["", "## MTA-CLIP R50 vs Mask2Former* R50 (random CLIP weights, RN50 shapes)", ""]
@@ -339,7 +343,8 @@ def markdown(c: Check, env) -> str:
                          f"in one process, peak memory from one process per model")
     for s in c.steps:
         if s["step"] == "bench_ms_deform_attn" and "rows" in s:
-            lines += ["", f"## Multi-scale deformable attention op ({s['device']}, batch {s['batch']}, ADE20k R50 512 shapes)", "",
+            lines += ["", f"## Multi-scale deformable attention op ({s['device']}, batch {s['batch']}, "
+                          "ADE20k R50 512 shapes)", "",
                       "| impl | fwd ms | bwd ms | fwd+bwd ms | peak MiB |", "|---|---|---|---|---|"]
             for r in s["rows"]:
                 if "error" in r:
@@ -348,12 +353,14 @@ def markdown(c: Check, env) -> str:
                     lines.append(f"| {r['impl']} | {r['fwd_ms']:.2f} | {r['bwd_ms']:.2f} | {r['total_ms']:.2f} | "
                                  f"{_fmt(r['peak_mib'])} |")
             target = s["target"]
-            lines.append("\nspeed-up (PyTorch path / compiled op, fwd+bwd): " + _fmt(s["speedup"], 2) + "x; target >= 5x: "
-                         + (target if isinstance(target, str) else ("met" if target["met"] else "NOT met")))
+            met = target if isinstance(target, str) else ("met" if target["met"] else "NOT met")
+            lines.append(f"\nspeed-up (PyTorch path / compiled op, fwd+bwd): {_fmt(s['speedup'], 2)}x; "
+                         f"target >= 5x: {met}")
         if s["step"] == "training" and "miou" in s:
             lines += ["", "## Short training run (toy data, MTA-CLIP toy config)", "",
-                      f"{s['iterations']} iterations on {s['device']}: total loss {s['loss_first']} (first quarter of the "
-                      f"logged rows) -> {s['loss_last']} (last quarter; required <= {s['required_loss_ratio']}x), "
+                      f"{s['iterations']} iterations on {s['device']}: total loss {s['loss_first']} "
+                      f"(first quarter of the logged rows) -> {s['loss_last']} "
+                      f"(last quarter; required <= {s['required_loss_ratio']}x), "
                       f"val mIoU {s['miou']} (required >= {s['miou_threshold']}), "
                       f"{_fmt(s['seconds_per_iter'], 3)} s / iteration"]
     errors = [s for s in c.steps if "error" in s]
@@ -378,15 +385,16 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="total seconds, setup included")
     parser.add_argument("--elapsed-s", type=float, default=0.0, help="seconds already spent (setup)")
     parser.add_argument("--setup-s", type=float, default=0.0, help="seconds the setup took (reported)")
-    parser.add_argument("--setup-failed", dest="setup_ok", action="store_false",
-                        help="the setup failed: report it, run nothing")
+    parser.add_argument("--setup-status", choices=("ok", "failed", "unusable"), default="ok",
+                        help="failed: report it, run the steps anyway; unusable: report it, run nothing")
     parser.add_argument("--setup-log", default="", help="log of the setup, copied into the logs")
     args = parser.parse_args(argv)
+    args.setup_ok = args.setup_status == "ok"
     c = Check(args)
     if args.setup_log and os.path.exists(args.setup_log):
         shutil.copy(args.setup_log, os.path.join(c.logs, "setup.log"))
     env = None
-    if args.setup_ok:
+    if args.setup_status != "unusable":
         env = step_environment(c)
         if env is not None:
             if args.cpu_rehearsal and c.cuda:
@@ -400,7 +408,7 @@ def main(argv=None) -> int:
                 step_model_bench(c)
                 step_op_bench(c)
                 step_training(c)
-    report = {"mode": "cpu-rehearsal" if args.cpu_rehearsal else "cuda", "setup_ok": args.setup_ok,
+    report = {"mode": "cpu-rehearsal" if args.cpu_rehearsal else "cuda", "setup": args.setup_status,
               "setup_seconds": args.setup_s, "total_seconds": round(time.monotonic() - c.start, 1),
               "budget_seconds": args.budget_s, "environment": env, "steps": c.steps}
     ok = args.setup_ok and bool(c.steps) and all(s["status"] in ("PASS", NO_CUDA) for s in c.steps)

@@ -174,7 +174,8 @@ def verify(bundle_dir: str, python_version: str = "") -> dict:
     for filename, entry in listed.items():
         digest = sha256(os.path.join(wheel_dir, filename))
         if digest != entry["sha256"]:
-            raise ValueError(f"{wheel_dir}/{filename}: sha256 {digest} does not match manifest.json ({entry['sha256']})")
+            raise ValueError(f"{wheel_dir}/{filename}: sha256 {digest} does not match manifest.json "
+                             f"({entry['sha256']})")
     return manifest
 
 

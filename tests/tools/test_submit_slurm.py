@@ -37,7 +37,8 @@ def test_dry_run_prints_the_sbatch_script(capsys, tmp_path):
 ])
 def test_rejects_launcher_options_and_missing_config(bad, message, capsys):
     with pytest.raises(SystemExit):
-        submit_slurm.main(["--dry-run", *(["--config-file", "c.yaml"] if message != "needs --config-file" else []), *bad])
+        config = ["--config-file", "c.yaml"] if message != "needs --config-file" else []
+        submit_slurm.main(["--dry-run", *config, *bad])
     assert message in capsys.readouterr().err
 
 
@@ -56,7 +57,8 @@ def test_each_task_gets_its_machine_rank_and_the_first_node_as_rendezvous():
 
 def _submit_local(tmp_path, out_dir, max_iter):
     args = ["--cluster", "local", "--nodes", "2", "--gpus-per-node", "1", "--time-min", "10",
-            "--job-dir", str(tmp_path / "jobs"), "--config-file", os.path.join(ROOT, "configs/toy/mask2former_toy.yaml"),
+            "--job-dir", str(tmp_path / "jobs"),
+            "--config-file", os.path.join(ROOT, "configs/toy/mask2former_toy.yaml"),
             "SOLVER.MAX_ITER", str(max_iter), "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
             "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out_dir)]
     job = submit_slurm.main(args)
