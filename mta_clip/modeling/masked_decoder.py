@@ -199,6 +199,17 @@ class MaskedDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        if self.num_supervised_predictions < 1:
+            raise ValueError(
+                f"no prediction to supervise: {dec_layers} decoder layers (MODEL.MASK_FORMER.DEC_LAYERS - 1) and "
+                f"SUPERVISE_INITIAL_PREDICTION {supervise_initial_prediction}"
+            )
+
+    @property
+    def num_supervised_predictions(self) -> int:
+        """Predictions a loss reads: one per layer, plus the one before the first layer if it is
+        supervised; the last is the output, the others are ``aux_outputs``."""
+        return self.num_layers + int(self.supervise_initial_prediction)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int):
