@@ -71,8 +71,8 @@ class MaskTextDecoder(MaskedDecoder):
             with_similarity: build the Eq. 5 projections and output ``pred_sim`` (off for the
                 "text-enhanced only" ablation, which has no L_sim).
             recompute_similarity: in training, recompute Eqs. 5-6 during backward instead of
-                keeping their (B, K*C', D) intermediates: same values and gradients, ~150 MiB less
-                per 2 images at the ADE20k shape for ~1% of the step time.
+                keeping their (B, K*C', D) intermediates: same values and gradients, less memory
+                for a little more time (figures in docs/benchmarks.md).
         """
         super().__init__(in_channels, **kwargs)
         hidden = self.query_feat.weight.shape[1]

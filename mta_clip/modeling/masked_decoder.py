@@ -36,7 +36,7 @@ def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: to
 
     query: (Q, B, C); key, value: (S, B, C); blocked: bool, True = may not attend, (Q, S) or
     (B, Q, S), broadcast over the heads instead of copied per head as ``nn.MultiheadAttention``
-    needs (half the peak memory and 1.5x faster for 553 queries over a 64x64 memory on CPU).
+    needs (less memory and time; figures in docs/benchmarks.md).
     Returns (Q, B, C).
     """
     q_len, batch, channels = query.shape
