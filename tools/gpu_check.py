@@ -45,7 +45,9 @@ BENCH_CPU = ["--size", "64", "--batch", "1", "--iters", "1", "--warmup", "0", "-
              "--no-breakdown", "--opts", "MODEL.CLIP.TEXT.NUM_PROMPTS", "1"]
 OP_BENCH = {True: ["--batch", "8", "--repeats", "20"], False: ["--batch", "1", "--repeats", "2", "--warmup", "1"]}
 # Toy training: iterations, mIoU threshold, relative loss drop required (last / first window mean).
-TRAIN = {True: {"iters": 300, "miou": 60.0, "drop": 0.5}, False: {"iters": 60, "miou": 15.0, "drop": 0.8}}
+# Detectron2 logs the loss every 20 iterations (a median over those 20), so >= 80 iterations give
+# >= 4 rows. CPU rehearsal, measured: 49.7 -> 34.6 and mIoU 46 after 60 iterations.
+TRAIN = {True: {"iters": 300, "miou": 60.0, "drop": 0.5}, False: {"iters": 100, "miou": 30.0, "drop": 0.85}}
 
 
 class Check:
@@ -64,7 +66,8 @@ class Check:
     def run(self, name: str, cmd, limit_s: float, env=None):
         """Runs ``cmd`` (logged to logs/<name>.log) within ``limit_s`` and the budget.
         Returns (returncode or None when not run / timed out, output text, seconds)."""
-        limit = min(limit_s, self.remaining() - 5)
+        # the rehearsal runs on CPUs that may be shared: 3x the limits, inside its larger budget
+        limit = min(limit_s * (3 if self.args.cpu_rehearsal else 1), self.remaining() - 5)
         log = os.path.join(self.logs, f"{name}.log")
         if limit < 10:
             return None, "not run: time budget used up", 0.0
