@@ -61,7 +61,7 @@ def _add_baseline_config(cfg: CN) -> None:
     sh.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
     sh.COMMON_STRIDE = 4  # stride of mask_features
     sh.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features the head reads
-    sh.NUM_CLASSES = 150  # C
+    sh.NUM_CLASSES = 0  # C; 0 = the class count of the DATASETS.TRAIN datasets (a set value must equal it)
     sh.IGNORE_VALUE = 255  # label value ignored by the loss and the evaluator
     sh.NORM = "GN"  # norm of the pixel decoder convolutions
     sh.CONVS_DIM = 256  # pixel decoder width
@@ -82,6 +82,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024  # unused by the semantic recipes (compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # unused by the semantic recipes (compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # unused by the semantic recipes (compatibility)
+    cfg.DATASETS.FILES = []  # dataset files (YAML/JSON, mta_clip/data/dataset_file.py) registered before DATASETS.TRAIN/TEST are used
+    cfg.DATALOADER.EXACT_RESUME = True  # training batches a pure function of (seed, position): --resume continues the same batches
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -108,6 +110,7 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.BEST_CHECKPOINT.ENABLED = True  # keep model_best.pth of the best evaluation
     cfg.TEST.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"  # storage key of the tracked metric
     cfg.TEST.BEST_CHECKPOINT.MODE = "max"  # "max" or "min": which direction is better
+    cfg.TEST.STRICT_WEIGHTS = True  # evaluation / demo / Predictor: weights that do not fit the model are an error (False: load what fits)
 
 
 def _add_clip_config(cfg: CN) -> None:
