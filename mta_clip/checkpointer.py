@@ -44,7 +44,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         total = len(checkpoint.get("model", {}))
         incompatible = super()._load_model(checkpoint)
         shapes = incompatible.incorrect_shapes
-        missing, unexpected = incompatible.missing_keys, incompatible.unexpected_keys
+        shape_keys = {k for k, _, _ in shapes}
+        missing = [k for k in incompatible.missing_keys if k not in shape_keys]  # (mis-shaped ones are "missing" too)
+        unexpected = incompatible.unexpected_keys
         if not (shapes or missing or unexpected):
             return incompatible
         if self.strict:

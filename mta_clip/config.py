@@ -117,7 +117,7 @@ def _add_clip_config(cfg: CN) -> None:
     """CLIP image backbones and prompt text encoder."""
     cfg.MODEL.CLIP = CN()
     clip = cfg.MODEL.CLIP
-    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of CHECKPOINT
+    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16" (or "custom:{shapes}" as model files write it): shapes for random init, expected content of CHECKPOINT
     clip.CHECKPOINT = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
     clip.DOWNLOAD = False  # fetch OpenAI's file to CHECKPOINT (named like the official file) when it is missing
     clip.IMAGE_SIZE = [512, 512]  # (H, W) the image positional embeddings are resized to at build time

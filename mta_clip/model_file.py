@@ -11,6 +11,7 @@ Detectron2's ``model`` / ``optimizer`` / ``scheduler`` / ``iteration``, a ``"mta
 ``ignore_label``   label value that is not a class
 ``dataset``        the training dataset's name
 ``config``         the resolved config (YAML text, ``cfg.dump()``)
+``clip_model_name`` (with a CLIP file) its shapes as a ``MODEL.CLIP.MODEL_NAME`` (checkpoint.py)
 =================  ==============================================================================
 
 ``config_from_model_file`` rebuilds the config from it and registers the class list as metadata
@@ -57,7 +58,7 @@ def model_info(cfg: CfgNode) -> Dict[str, Any]:
     else:
         prompts = list(meta.get("prompt_classes", None) or classes)
         palette = [list(map(int, c)) for c in (meta.get("stuff_colors", None) or default_palette(num))]
-    return {
+    info = {
         "format": FORMAT,
         "classes": classes,
         "prompt_classes": prompts,
@@ -66,6 +67,12 @@ def model_info(cfg: CfgNode) -> Dict[str, Any]:
         "dataset": names[0] if names else "",
         "config": cfg.dump(),
     }
+    if cfg.MODEL.CLIP.CHECKPOINT and os.path.isfile(cfg.MODEL.CLIP.CHECKPOINT):
+        from .modeling.clip.checkpoint import read_clip_checkpoint
+
+        # The CLIP shapes, so that the model is rebuilt from this file without the CLIP file.
+        info["clip_model_name"] = read_clip_checkpoint(cfg.MODEL.CLIP.CHECKPOINT)[1].model_name()
+    return info
 
 
 def _load(path: str) -> Dict[str, Any]:
@@ -139,7 +146,9 @@ def config_from_model_file(path: str, opts: Optional[Sequence[str]] = None, data
     cfg.merge_from_other_cfg(CfgNode.load_cfg(info["config"]))
     cfg.MODEL.WEIGHTS = path
     # The CLIP weights are inside the model file: no separate CLIP file is read at build time.
-    cfg.MODEL.CLIP.CHECKPOINT = ""
+    if info.get("clip_model_name"):
+        cfg.MODEL.CLIP.MODEL_NAME = info["clip_model_name"]
+        cfg.MODEL.CLIP.CHECKPOINT = ""
     cfg.merge_from_list(list(opts or []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
