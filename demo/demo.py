@@ -314,15 +314,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.config_file and not args.weights:
         print("error: give --weights MODEL_FILE (written by train_net.py) and/or --config-file", file=sys.stderr)
         return 2
-    if args.output:
-        problem = output_problem(args.output)
-        if problem:
-            print(f"error: --output {args.output}: {problem}", file=sys.stderr)
-            return 2
+    if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+        print(f"error: --output {args.output} exists and is not a folder", file=sys.stderr)
+        return 2
     images, videos, missing = collect_inputs(args.input)
     if args.input and not images and not videos:
         print("error: no input to process: " + "; ".join(f"{m}: {why}" for m, why in missing), file=sys.stderr)
         return 2
+    if args.output:
+        problem = output_problem(args.output)  # before the (slow) model build
+        if problem:
+            print(f"error: --output {args.output}: {problem}", file=sys.stderr)
+            return 2
     if args.config_file:
         predictor = Predictor(args.config_file, args.weights, device=args.device, opts=args.opts,
                               dataset_files=args.dataset_file, imports=args.imports)

@@ -58,7 +58,7 @@ def _miou(predictor, folder_images, folder_labels):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_clip_file):
+def trained(tmp_path_factory, tiny_clip_file, restore_loggers):
     """MTA-CLIP toy trained 3 iterations on the example dataset declared only by its dataset file."""
     tmp = tmp_path_factory.mktemp("own")
     clip = str(tmp / "clip.pt")

@@ -7,7 +7,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from mta_clip.data.dataset_file import read_dataset_file, register_dataset_file
-from mta_clip.engine import Trainer, setup, setup_cfg
+from mta_clip.engine import Trainer, setup_cfg
 from tests.conftest import ROOT, TOY_BASELINE_CONFIG, load_tool
 
 EXAMPLE = os.path.join(ROOT, "datasets", "example_own_data", "example_own_data.yaml")
@@ -101,16 +101,10 @@ def test_import_registration_module(tmp_path):
     code = _write(tmp_path / "reg.py", "from mta_clip import register_sem_seg_dataset\n"
                   f"register_sem_seg_dataset('imported_set_test', r'{os.path.dirname(EXAMPLE)}/images/val', "
                   f"r'{os.path.dirname(EXAMPLE)}/labels/val', ['x', 'y', 'z'], overwrite=True)\n")
-    from detectron2.engine import default_argument_parser
-
-    parser = default_argument_parser()
-    parser.add_argument("--dataset-file", action="append", default=[])
-    parser.add_argument("--import", dest="imports", action="append", default=[])
-    args = parser.parse_args(["--config-file", TOY_BASELINE_CONFIG, "--import", code, "DATASETS.TRAIN",
-                              "('imported_set_test',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path / "o"),
-                              "SOLVER.WARMUP_ITERS", "1"])
-    cfg = setup(args)
+    cfg = setup_cfg(TOY_BASELINE_CONFIG, ["DATASETS.TRAIN", "('imported_set_test',)"], imports=[code])
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 3
+    with pytest.raises(ImportError, match="--import no_such_module_here"):
+        setup_cfg(TOY_BASELINE_CONFIG, imports=["no_such_module_here"])
 
 
 def test_validate_dataset_takes_dataset_files(capsys):
