@@ -9,7 +9,7 @@ import weakref
 from typing import Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.train_loop import TrainerBase
@@ -20,7 +20,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpointer import AtomicCheckpointer, check_weights_file
-from .config import add_mtaclip_config
+from .config import setup_cfg
 from .evaluation import PerClassSemSegEvaluator
 from .resume import ResumableBatchStream, build_resumable_train_loader
 from .solver import build_lr_scheduler, build_optimizer, check_solver_config
@@ -117,7 +117,8 @@ class Trainer(DefaultTrainer):
 
         # Evaluation leaves the training's random streams as it found them (exact resume).
         np_state, py_state = np.random.get_state(), random.getstate()
-        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []):
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices):
             try:
                 return super().test(cfg, build_test_model(cfg, model), evaluators)
             finally:
@@ -161,30 +162,6 @@ class Trainer(DefaultTrainer):
         if evaluator_type != "sem_seg":
             raise ValueError(f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'sem_seg'")
         return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
-
-
-def setup_cfg(config_file: str, opts=None, dataset_files=(), imports=()) -> CfgNode:
-    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides; then the
-    dataset files (``DATASETS.FILES`` + ``dataset_files``) and ``imports`` are registered and
-    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` follows the training data (not frozen)."""
-    import yaml
-
-    from .data.dataset_file import prepare_datasets
-    from .safe_yaml import unsafe_tag_error
-
-    cfg = get_cfg()
-    add_mtaclip_config(cfg)
-    if config_file:
-        try:
-            cfg.merge_from_file(config_file, allow_unsafe=False)
-        except yaml.constructor.ConstructorError as e:
-            raise unsafe_tag_error(e, "config file") from None
-    cfg.merge_from_list(list(opts or []))
-    prepare_datasets(cfg, dataset_files, imports)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def check_launch_args(args) -> None:

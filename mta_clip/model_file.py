@@ -11,7 +11,7 @@ Detectron2's ``model`` / ``optimizer`` / ``scheduler`` / ``iteration``, a ``"mta
 ``ignore_label``   label value that is not a class
 ``dataset``        the training dataset's name
 ``config``         the resolved config (YAML text, ``cfg.dump()``)
-``clip_model_name`` (with a CLIP file) its shapes as a ``MODEL.CLIP.MODEL_NAME`` (checkpoint.py)
+``clip_model_name`` (with a CLIP file) its shapes as a ``MODEL.CLIP.MODEL_NAME`` (clip/weights.py)
 =================  ==============================================================================
 
 ``config_from_model_file`` rebuilds the config from it and registers the class list as metadata
@@ -67,11 +67,11 @@ def model_info(cfg: CfgNode) -> Dict[str, Any]:
         "dataset": names[0] if names else "",
         "config": cfg.dump(),
     }
-    if cfg.MODEL.CLIP.CHECKPOINT and os.path.isfile(cfg.MODEL.CLIP.CHECKPOINT):
-        from .modeling.clip.checkpoint import read_clip_checkpoint
+    if cfg.MODEL.CLIP.WEIGHTS and os.path.isfile(cfg.MODEL.CLIP.WEIGHTS):
+        from .modeling.clip.weights import read_clip_weights
 
         # The CLIP shapes, so that the model is rebuilt from this file without the CLIP file.
-        info["clip_model_name"] = read_clip_checkpoint(cfg.MODEL.CLIP.CHECKPOINT)[1].model_name()
+        info["clip_model_name"] = read_clip_weights(cfg.MODEL.CLIP.WEIGHTS)[1].model_name()
     return info
 
 
@@ -137,7 +137,8 @@ def config_from_model_file(path: str, opts: Optional[Sequence[str]] = None, data
     if info is None:
         raise ValueError(
             f"model file {path} does not describe its model (no '{INFO_KEY}' entry: written by an older version, or a "
-            "Detectron2 / Mask2Former file); pass the config it was trained with (--config-file / Predictor(config, weights))"
+            "Detectron2 / Mask2Former file); pass the config it was trained with (--config-file, "
+            "Predictor(config, weights))"
         )
     from detectron2.config import get_cfg
 
@@ -148,7 +149,7 @@ def config_from_model_file(path: str, opts: Optional[Sequence[str]] = None, data
     # The CLIP weights are inside the model file: no separate CLIP file is read at build time.
     if info.get("clip_model_name"):
         cfg.MODEL.CLIP.MODEL_NAME = info["clip_model_name"]
-        cfg.MODEL.CLIP.CHECKPOINT = ""
+        cfg.MODEL.CLIP.WEIGHTS = ""
     cfg.merge_from_list(list(opts or []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)

@@ -14,7 +14,8 @@ from mta_clip.data.toy import TOY_CLASSES
 from mta_clip.engine import Trainer, check_launch_args, setup
 from tests.conftest import ROOT, toy_cfg
 
-SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0", "TEST.BEST_CHECKPOINT.ENABLED", "True"]
+SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
+         "TEST.BEST_CHECKPOINT.ENABLED", "True"]
 
 
 def _train(cfg):
@@ -32,7 +33,7 @@ def _metrics(out_dir):
 @pytest.mark.parametrize("config", ["mask2former_toy.yaml", "mtaclip_toy.yaml"])
 def test_train_steps_then_evaluate(tmp_path, tiny_clip_file, config):
     cfg = toy_cfg(config, [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
-                           "MODEL.CLIP.CHECKPOINT", tiny_clip_file])
+                           "MODEL.CLIP.WEIGHTS", tiny_clip_file])
     results, _ = _train(cfg)
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
     assert os.path.isfile(tmp_path / "model_final.pth")
@@ -71,7 +72,8 @@ def test_two_cpu_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2", "--dist-url", "auto",
            "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
-           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4",
+           "DATALOADER.NUM_WORKERS", "0",
            "OUTPUT_DIR", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -7,7 +7,7 @@ from torch import nn
 
 from mta_clip.checkpointer import AtomicCheckpointer
 from mta_clip.model_file import config_from_model_file
-from mta_clip.modeling.clip.checkpoint import CLIPArch
+from mta_clip.modeling.clip.weights import CLIPArch
 from mta_clip.predictor import Predictor
 from tests.conftest import TOY_BASELINE_CONFIG, save_random_toy_weights
 

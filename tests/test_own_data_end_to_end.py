@@ -68,7 +68,7 @@ def trained(tmp_path_factory, tiny_clip_file, restore_loggers):
     args = train_net.get_parser().parse_args([
         "--config-file", os.path.join(ROOT, "configs", "toy", "mtaclip_toy.yaml"), "--dataset-file", DATASET_FILE,
         "DATASETS.TRAIN", "('example_own_data_train',)", "DATASETS.TEST", "('example_own_data_val',)",
-        "MODEL.CLIP.CHECKPOINT", clip, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
+        "MODEL.CLIP.WEIGHTS", clip, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
         "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)",
         "INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TEST", "64", "OUTPUT_DIR", out,
     ])
@@ -96,7 +96,8 @@ def test_eval_predictor_demo_from_the_model_file_alone(trained, tmp_path, capsys
     out, train_miou = trained
     weights = os.path.join(out, "model_final.pth")
     # --eval-only with no config file: the config (and its dataset file) come from the model file.
-    args = train_net.get_parser().parse_args(["--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "e")])
+    args = train_net.get_parser().parse_args(["--eval-only", "MODEL.WEIGHTS", weights,
+                                              "OUTPUT_DIR", str(tmp_path / "e")])
     results = train_net.main(args)
     assert results["sem_seg"]["mIoU"] == pytest.approx(train_miou, abs=1e-6)
     predictor = Predictor(weights)

@@ -1,7 +1,7 @@
 """Config files are data: a !!python tag in a config or its _BASE_ is refused, naming file and tag."""
 import pytest
 
-from mta_clip.engine import setup_cfg
+from mta_clip.config import setup_cfg
 from tests.conftest import TOY_BASELINE_CONFIG
 
 

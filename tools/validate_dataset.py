@@ -136,7 +136,7 @@ def report(result: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", help="registered dataset name (default with --dataset-file: all of its datasets)")
+    parser.add_argument("name", nargs="?", help="registered dataset name (with --dataset-file: default all of its)")
     parser.add_argument(
         "--dataset-file", action="append", default=[], metavar="FILE",
         help="dataset file (YAML/JSON) to register first; repeatable",

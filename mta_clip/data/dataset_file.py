@@ -28,7 +28,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..safe_yaml import safe_load_yaml_file
 from .datasets import IGNORE_LABEL, register_sem_seg_dataset
 
-__all__ = ["import_registration", "prepare_datasets", "read_dataset_file", "register_dataset_file", "register_dataset_files"]
+__all__ = [
+    "import_registration", "prepare_datasets", "read_dataset_file", "register_dataset_file", "register_dataset_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def read_dataset_file(path: str) -> List[Dict[str, Any]]:
         raise FileNotFoundError(f"dataset file {path} ({os.path.abspath(path)}) does not exist")
     spec = safe_load_yaml_file(path, "dataset file")
     if not isinstance(spec, dict):
-        raise _fail(path, f"expected a mapping with keys name, classes, splits (or images/labels), got {type(spec).__name__}")
+        raise _fail(path, f"expected a mapping (name, classes, splits or images/labels), got {type(spec).__name__}")
     unknown = sorted(set(spec) - _KEYS)
     if unknown:
         raise _fail(path, f"unknown key(s) {unknown}; known keys: {sorted(_KEYS)}")
@@ -141,7 +143,7 @@ def register_dataset_file(path: str) -> List[str]:
             other = MetadataCatalog.get(name).get("dataset_file", None)
             by = f"by dataset file {other}" if other else "by code (a built-in or register_sem_seg_dataset)"
             if other is None:
-                raise ValueError(f"dataset file {path}: dataset '{name}' is already registered {by}; choose another 'name'")
+                raise ValueError(f"dataset file {path}: dataset '{name}' is already registered {by}; use another name")
             logger.warning("dataset '%s' from %s replaces its registration %s", name, path, by)
         kwargs = {k: v for k, v in entry.items() if k != "name"}
         image_root, label_root = kwargs.pop("image_root"), kwargs.pop("label_root")

@@ -6,8 +6,9 @@ import shutil
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from mta_clip.config import setup_cfg
 from mta_clip.data.dataset_file import read_dataset_file, register_dataset_file
-from mta_clip.engine import Trainer, setup_cfg
+from mta_clip.engine import Trainer
 from tests.conftest import ROOT, TOY_BASELINE_CONFIG, load_tool
 
 EXAMPLE = os.path.join(ROOT, "datasets", "example_own_data", "example_own_data.yaml")
@@ -22,7 +23,8 @@ def test_example_file_registers_both_splits():
     names = register_dataset_file(EXAMPLE)
     assert names == ["example_own_data_train", "example_own_data_val"]
     meta = MetadataCatalog.get("example_own_data_train")
-    assert meta.stuff_classes == ["background", "disc", "bar"] and meta.prompt_classes == ["background", "circle", "stripe"]
+    assert meta.stuff_classes == ["background", "disc", "bar"]
+    assert meta.prompt_classes == ["background", "circle", "stripe"]
     assert [list(c) for c in meta.stuff_colors] == [[90, 90, 90], [220, 40, 40], [40, 60, 220]]
     assert meta.ignore_label == 255 and meta.dataset_file == EXAMPLE
     records = DatasetCatalog.get("example_own_data_train")
