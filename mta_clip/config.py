@@ -166,7 +166,7 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.BEST_CHECKPOINT.ENABLED = True  # keep model_best.pth of the best evaluation
     cfg.TEST.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"  # storage key of the tracked metric
     cfg.TEST.BEST_CHECKPOINT.MODE = "max"  # "max" or "min": which direction is better
-    cfg.TEST.STRICT_WEIGHTS = True  # eval / demo / Predictor: weights that do not fit are an error (False: load what fits)
+    cfg.TEST.STRICT_WEIGHTS = True  # eval/demo/Predictor: weights that do not fit are an error (False: load what fits)
 
 
 def _add_clip_config(cfg: CN) -> None:
