@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 import tqdm
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -121,7 +122,12 @@ def read_image(path: str) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise ValueError("not a readable image")
+        raise ValueError("not a readable image (tools/validate_dataset.py checks a whole dataset)")
+    try:  # OpenCV decodes a truncated file without an error; PIL notices
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"truncated or damaged image ({e}); tools/validate_dataset.py checks a whole dataset") from e
     return to_bgr_uint8(image)
 
 

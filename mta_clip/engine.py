@@ -133,7 +133,9 @@ class Trainer(DefaultTrainer):
             raise ValueError(
                 f"INPUT.DATASET_MAPPER_NAME must be 'mask_former_semantic', got {cfg.INPUT.DATASET_MAPPER_NAME!r}"
             )
-        mapper = SemanticMaskFormerMapper(cfg, True)
+        from .data.file_checks import ExplainReadErrors
+
+        mapper = ExplainReadErrors(SemanticMaskFormerMapper(cfg, True))
         if cfg.DATALOADER.EXACT_RESUME:
             if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
                 raise ValueError(
@@ -142,6 +144,15 @@ class Trainer(DefaultTrainer):
                 )
             return build_resumable_train_loader(cfg, mapper)
         return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """Detectron2's test loader; an unreadable image is an error naming it."""
+        from detectron2.data import DatasetMapper, build_detection_test_loader
+
+        from .data.file_checks import ExplainReadErrors
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=ExplainReadErrors(DatasetMapper(cfg, False)))
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
@@ -161,7 +172,15 @@ class Trainer(DefaultTrainer):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         if evaluator_type != "sem_seg":
             raise ValueError(f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'sem_seg'")
-        return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
+        from detectron2.data import DatasetCatalog
+
+        from .data.file_checks import checked_label_loader
+
+        # The label checks of training, plus the label's size against its image.
+        records = {r["sem_seg_file_name"]: r for r in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in r}
+        loader = checked_label_loader(records, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+        return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
+                                                          sem_seg_loading_fn=loader)])
 
 
 def check_launch_args(args) -> None:

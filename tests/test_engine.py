@@ -131,3 +131,16 @@ def test_train_net_resume_and_eval_only(tmp_path):
     log = run("--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
               "DATALOADER.NUM_WORKERS", "0")
     assert "copypaste: mIoU" in log
+
+
+def test_port_clash_suggests_dist_url_auto():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {port} cannot be used .* Use --dist-url auto"):
+            check_launch_args(_args("--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}"))
+        check_launch_args(_args("--num-gpus", "1", "--dist-url", f"tcp://127.0.0.1:{port}"))  # one process: no port
+        check_launch_args(_args("--num-gpus", "2", "--dist-url", "auto"))

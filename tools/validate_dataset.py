@@ -29,6 +29,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 import mta_clip  # noqa: E402,F401  (registers the built-in datasets)
 from mta_clip.data.dataset_file import import_registration, register_dataset_file  # noqa: E402
 from mta_clip.data.datasets import tolerate_unreadable_images  # noqa: E402
+from mta_clip.data.file_checks import exif_orientation, oriented_size  # noqa: E402
 
 MAX_EXAMPLES = 5
 
@@ -49,6 +50,7 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
     unknown_pixels: Dict[int, int] = defaultdict(int)
     unknown_files: Dict[int, List[str]] = defaultdict(list)
     problems: List[str] = []
+    notes: List[str] = []
     for rec in tqdm(records, desc=name, unit="img"):
         image_path, label_path = rec.get("file_name"), rec.get("sem_seg_file_name")
         if not label_path:
@@ -57,7 +59,13 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
         try:
             with Image.open(image_path) as im:
                 im.load()
-                image_size = (im.height, im.width)
+                image_size = oriented_size(im)  # as the loader sees it
+                orientation = exif_orientation(im)
+            if orientation != 1:
+                notes.append(
+                    f"{image_path}: EXIF orientation {orientation}: loaded rotated/flipped as "
+                    f"{image_size[0]}x{image_size[1]} (H x W); its label must have that size"
+                )
         except (OSError, ValueError, SyntaxError) as e:
             problems.append(f"{image_path}: unreadable image ({e})")
             image_size = None
@@ -106,6 +114,7 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
         "ignored": ignored,
         "unknown": dict(unknown_pixels),
         "problems": problems,
+        "notes": notes,
     }
 
 
@@ -126,9 +135,15 @@ def report(result: Dict) -> str:
     absent = [result["classes"][i] for i in range(len(result["classes"])) if result["pixels"][i] == 0]
     if absent:
         lines.append(f"Classes without any pixel ({len(absent)}): {', '.join(absent)}")
+    notes = result.get("notes", [])
+    if notes:
+        lines.append(f"NOTES ({len(notes)}):")
+        lines.extend(f"  {n}" for n in notes)
     if result["problems"]:
         lines.append(f"PROBLEMS ({len(result['problems'])}):")
         lines.extend(f"  {p}" for p in result["problems"])
+    elif notes:
+        lines.append(f"No error, but {len(notes)} file(s) to look at (NOTES above).")
     else:
         lines.append("No problem found.")
     return "\n".join(lines)
