@@ -9,7 +9,6 @@
 Multi-machine runs use Detectron2's launcher (--num-machines, --machine-rank, --dist-url).
 On a machine without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
-import logging
 import sys
 
 from detectron2.engine import default_argument_parser, launch
@@ -58,7 +57,6 @@ def cli(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    logging.getLogger("mta_clip").info("Command line arguments: %s", args)
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return 0
