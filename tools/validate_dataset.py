@@ -28,7 +28,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 import mta_clip  # noqa: E402,F401  (registers the built-in datasets)
 from mta_clip.data.dataset_file import import_registration, register_dataset_file  # noqa: E402
-from mta_clip.data.datasets import tolerate_unreadable_images  # noqa: E402
+from mta_clip.data.datasets import load_dataset_dicts  # noqa: E402
 from mta_clip.data.file_checks import exif_orientation, oriented_size  # noqa: E402
 
 MAX_EXAMPLES = 5
@@ -40,8 +40,7 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
     classes = list(meta.stuff_classes)
     ignore = int(meta.ignore_label)
     num = len(classes)
-    with tolerate_unreadable_images():  # report unreadable images instead of stopping
-        records = DatasetCatalog.get(name)
+    records = load_dataset_dicts(name, tolerate_unreadable=True)  # report unreadable images instead of stopping
     if limit:
         records = records[:limit]
     pixels = np.zeros(num, np.int64)
