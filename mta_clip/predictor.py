@@ -120,6 +120,11 @@ class Predictor:
                 raise ValueError(f"Predictor({config_file!r}, weights={weights!r}): give a config file with weights, "
                                  "or a model file alone")
             cfg = config_from_model_file(config_file, opts, dataset_files, imports, for_prediction=True)
+        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES <= 0:
+            raise ValueError(
+                "MODEL.SEM_SEG_HEAD.NUM_CLASSES is 0 (= follow the training data) but the config names no dataset: set "
+                "it, pass dataset_files naming the config's datasets, or use a model file written by train_net.py"
+            )
         cfg.freeze()
         check_weights_file(cfg)  # before the (slow) build: a URL or a missing file is a clear error
         info = read_model_info(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None

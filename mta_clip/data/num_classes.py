@@ -28,14 +28,19 @@ def resolve_num_classes(cfg) -> None:
     Raises:
         ValueError: the training datasets disagree, a set value differs from their class count
             (message names both numbers), or the value is 0 and no training dataset has a class list.
+    Without DATASETS.TRAIN the test datasets are followed; without any dataset nothing is done.
     """
+    split = "DATASETS.TRAIN" if cfg.DATASETS.TRAIN else "DATASETS.TEST"
+    names = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    if not names:
+        return  # a config without datasets (defaults, analysis): nothing to follow or check
     counts: Dict[str, int] = {}
-    for name in cfg.DATASETS.TRAIN:
+    for name in names:
         n = dataset_class_count(name)
         if n is not None:
             counts[name] = n
     if len(set(counts.values())) > 1:
-        raise ValueError(f"the DATASETS.TRAIN datasets have different class counts {counts}; train on one class list")
+        raise ValueError(f"the {split} datasets have different class counts {counts}; use one class list")
     key = "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
     value = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if counts:
@@ -45,13 +50,13 @@ def resolve_num_classes(cfg) -> None:
             logger.info("%s = %d, the class count of training dataset '%s'", key, n, name)
         elif value != n:
             raise ValueError(
-                f"{key} is {value} but training dataset '{name}' has {n} classes; remove the key (it then "
-                f"follows the training data) or set it to {n}"
+                f"{key} is {value} but {'training ' if split == 'DATASETS.TRAIN' else ''}dataset '{name}' has {n} "
+                f"classes; remove the key (it then follows the training data) or set it to {n}"
             )
     elif value == 0:
         raise ValueError(
-            f"{key} is 0 (= take the class count from the training data) but no dataset of DATASETS.TRAIN "
-            f"{tuple(cfg.DATASETS.TRAIN)} is registered with a class list: pass --dataset-file (or list the file in "
+            f"{key} is 0 (= take the class count from the training data) but no dataset of {split} "
+            f"{tuple(names)} is registered with a class list: pass --dataset-file (or list the file in "
             f"DATASETS.FILES), or set {key}"
         )
     elif value < 0:
