@@ -155,7 +155,7 @@ def _add_imagenet_backbone_config(cfg: CN) -> None:
     vit.PATCH_SIZE = 16  # patch side in pixels
     vit.MLP_RATIO = 4.0  # MLP hidden width / EMBED_DIM
     vit.QKV_BIAS = True  # bias in the fused qkv projection (timm / DeiT / AugReg: True)
-    vit.IMAGE_SIZE = [512, 512]  # (H, W) the positional embedding is resized to at load time (timm's bicubic, anti-aliased)
+    vit.IMAGE_SIZE = [512, 512]  # (H, W) the positional embedding is resized to when loading (timm: bicubic, antialias)
     vit.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
     vit.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # ImageNetViT outputs (strides 4, 8, 16, 32)
     vit.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the ViT pyramid

@@ -125,7 +125,8 @@ class ImageNetViT(Backbone):
             "MODEL.VIT.OUT_INDICES", "MODEL.VIT.PYRAMID_NORM")
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
-            raise ValueError(f"ImageNetViT image_size {image_size} (MODEL.VIT.IMAGE_SIZE) must be multiples of {patch_size}")
+            raise ValueError(
+                f"ImageNetViT image_size {image_size} (MODEL.VIT.IMAGE_SIZE) must be multiples of {patch_size}")
         self.patch_size = patch_size
         self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         self._out_features = list(out_features)
@@ -164,7 +165,8 @@ class ImageNetViT(Backbone):
         pos = weights.get("pos_embed")
         if pos is not None:
             if pos.dim() != 3 or pos.shape[0] != 1:
-                raise ValueError(f"ImageNetViT: pos_embed in {source} has shape {tuple(pos.shape)}, expected (1, 1 + N, C)")
+                raise ValueError(
+                    f"ImageNetViT: pos_embed in {source} has shape {tuple(pos.shape)}, expected (1, 1 + N, C)")
             side = int(round((pos.shape[1] - 1) ** 0.5))
             if side * side != pos.shape[1] - 1:
                 raise ValueError(

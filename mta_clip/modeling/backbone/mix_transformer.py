@@ -144,7 +144,8 @@ class MixTransformer(Backbone):
         lists = {"EMBED_DIMS": embed_dims, "NUM_HEADS": num_heads, "DEPTHS": depths, "SR_RATIOS": sr_ratios}
         for key, value in lists.items():
             if len(value) != 4 or min(int(v) for v in value) < 1:
-                raise ValueError(f"MixTransformer {key.lower()} {list(value)} (MODEL.MIT.{key}): expected 4 positive ints")
+                raise ValueError(
+                    f"MixTransformer {key.lower()} {list(value)} (MODEL.MIT.{key}): expected 4 positive ints")
         for s in range(4):
             if embed_dims[s] % num_heads[s]:
                 raise ValueError(f"MixTransformer stage {s + 1}: embed dim {embed_dims[s]} is not divisible by "
@@ -154,7 +155,8 @@ class MixTransformer(Backbone):
             raise ValueError(f"MixTransformer out_features {list(out_features)} (MODEL.MIT.OUT_FEATURES): "
                              f"expected a subset of {_STAGES}")
         if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"MixTransformer drop_path_rate {drop_path_rate} (MODEL.MIT.DROP_PATH_RATE): expected [0, 1)")
+            raise ValueError(
+                f"MixTransformer drop_path_rate {drop_path_rate} (MODEL.MIT.DROP_PATH_RATE): expected [0, 1)")
         self._out_features = list(out_features)
         self.num_stages = 1 + max(_STAGES.index(f) for f in out_features)
         total = sum(depths)
@@ -169,8 +171,9 @@ class MixTransformer(Backbone):
                 for j in range(depths[s])]))
             setattr(self, f"norm{s + 1}", nn.LayerNorm(embed_dims[s], eps=_NORM_EPS))
             start += depths[s]
-        self.apply(_init_weights)
-        if weights is not None:
+        if weights is None:
+            self.apply(_init_weights)
+        else:  # every tensor comes from the file (a partial file is an error): no random init to overwrite
             self._load(weights, weights_source or "MiT weights")
 
         self._out_feature_strides = {f: 4 * 2 ** i for i, f in enumerate(_STAGES)}
@@ -178,8 +181,9 @@ class MixTransformer(Backbone):
 
     def _load(self, weights: Dict[str, torch.Tensor], source: str) -> None:
         weights = mit_official_state_dict(weights)
-        built = tuple(f"{part}{s + 1}." for s in range(self.num_stages) for part in ("patch_embed", "block", "norm"))
-        unbuilt = tuple(f"{part}{s + 1}." for s in range(self.num_stages, 4) for part in ("patch_embed", "block", "norm"))
+        parts = ("patch_embed", "block", "norm")
+        built = tuple(f"{part}{s + 1}." for s in range(self.num_stages) for part in parts)
+        unbuilt = tuple(f"{part}{s + 1}." for s in range(self.num_stages, 4) for part in parts)
         weights = {k: v for k, v in weights.items() if k.startswith(built) or not k.startswith(unbuilt)}
         load_backbone_weights(self, weights, "MixTransformer", source, ignored_prefixes=_CLASSIFIER_PREFIXES)
 
@@ -194,9 +198,11 @@ class MixTransformer(Backbone):
             weights = read_backbone_weights(
                 mit.WEIGHTS, "MODEL.MIT.WEIGHTS",
                 "MiT-B4 ImageNet-1k weights: SegFormer's mit_b4.pth (NVlabs/SegFormer README, 'ImageNet-1K "
-                "pretrained weights'), or model.safetensors / pytorch_model.bin of the Hugging Face repo nvidia/mit-b4.")
+                "pretrained weights'), or model.safetensors / pytorch_model.bin of the Hugging Face repo "
+                "nvidia/mit-b4.")
         else:
-            logger.warning("MODEL.MIT.WEIGHTS is empty: MixTransformer is randomly initialized (not the paper's setting)")
+            logger.warning("MODEL.MIT.WEIGHTS is empty: MixTransformer is randomly initialized "
+                           "(not the paper's setting)")
         return {
             "embed_dims": tuple(mit.EMBED_DIMS),
             "num_heads": tuple(mit.NUM_HEADS),

@@ -45,7 +45,8 @@ def read_backbone_weights(path: str, key: str, how_to_get: str) -> Dict[str, tor
         if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
             raw = raw[wrapper]
     if not isinstance(raw, dict) or not any(isinstance(v, torch.Tensor) for v in raw.values()):
-        raise ValueError(f"Backbone weights '{path}' ({key}): expected a state dict of tensors, got {type(raw).__name__}")
+        raise ValueError(
+            f"Backbone weights '{path}' ({key}): expected a state dict of tensors, got {type(raw).__name__}")
     state_dict = {}
     for name, value in raw.items():
         if not isinstance(value, torch.Tensor):
