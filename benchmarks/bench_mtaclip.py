@@ -5,7 +5,7 @@ MTA-CLIP's decoder runs 3 * 151 = 453 text queries + 100 mask queries = 553 quer
 runs 100. Both models are built with ``build_model(cfg)`` from ``configs/ade20k/`` (the
 ``mtaclip_<backbone>`` and ``maskformer2_clip_<backbone>`` recipes; for the ImageNet backbones
 ViT-S-16 and MiT-B4 of Table 3 left, ``maskformer2_<backbone>``) at full size with random
-weights (``MODEL.CLIP.CHECKPOINT ""``: nothing is read or downloaded; speed and memory do not
+weights (``MODEL.CLIP.WEIGHTS ""``: nothing is read or downloaded; speed and memory do not
 depend on the weight values). The class names are ADE20k's prompt names
 (``mta_clip.data.class_names.ADE20K_PROMPT_CLASSES``), registered in ``MetadataCatalog`` under a
 benchmark dataset name used as ``DATASETS.TRAIN``.
@@ -271,8 +271,8 @@ def _build(args, key: str):
     from detectron2.data import MetadataCatalog
     from detectron2.modeling import build_model
 
+    from mta_clip.config import setup_cfg
     from mta_clip.data.class_names import ADE20K_CLASSES, ADE20K_PROMPT_CLASSES
-    from mta_clip.engine import setup_cfg
 
     meta = MetadataCatalog.get(DATASET_NAME)
     if not hasattr(meta, "prompt_classes"):
@@ -285,7 +285,7 @@ def _build(args, key: str):
     opts = [
         "MODEL.DEVICE", args.device,
         "MODEL.WEIGHTS", "",
-        "MODEL.CLIP.CHECKPOINT", "",
+        "MODEL.CLIP.WEIGHTS", "",
         "MODEL.CLIP.DOWNLOAD", "False",
         "MODEL.CLIP.IMAGE_SIZE", f"[{args.size}, {args.size}]",
         "MODEL.VIT.WEIGHTS", "",
@@ -365,9 +365,9 @@ def _make_train_step(model, optimizer, batch, device, use_amp: bool):
 
 
 def _worker(args) -> dict:
+    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
     import torch
 
-    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
     from mta_clip.solver import build_optimizer
 
     cuda = args.device == "cuda"

@@ -18,8 +18,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from ..clip.checkpoint import image_size_pair, resize_grid_pos_embed
-from .clip_resnet import warn_unused_freeze_at
+from ..clip.weights import image_size_pair, resize_grid_pos_embed
+from .freeze import warn_unused_freeze_at
 from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
 from .weight_files import load_backbone_weights, read_backbone_weights
 

@@ -23,7 +23,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .clip_resnet import warn_unused_freeze_at
+from .freeze import warn_unused_freeze_at
 from .weight_files import load_backbone_weights, read_backbone_weights
 
 logger = logging.getLogger(__name__)

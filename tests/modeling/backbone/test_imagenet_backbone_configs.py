@@ -31,7 +31,7 @@ def tiny_vit_clip(tmp_path_factory):
 def test_table3_left_config_builds_and_predicts(name, tiny_vit_clip):
     cfg = setup_cfg(os.path.join(ROOT, "configs", "ade20k", f"{name}.yaml"), [
         "MODEL.DEVICE", "cpu", "MODEL.VIT.WEIGHTS", "", "MODEL.MIT.WEIGHTS", "",
-        "MODEL.CLIP.CHECKPOINT", tiny_vit_clip])
+        "MODEL.CLIP.WEIGHTS", tiny_vit_clip])
     model = build_model(cfg).eval()
     assert type(model.backbone).__name__ == ("ImageNetViT" if "ViTS16" in name else "MixTransformer")
     assert (model.text_encoder is not None) == name.startswith("mtaclip")
@@ -43,7 +43,7 @@ def test_table3_left_config_builds_and_predicts(name, tiny_vit_clip):
 @pytest.mark.parametrize("backbone", sorted(TOY_BACKBONES))
 def test_toy_training_step_and_evaluation(tmp_path, tiny_clip_file, backbone):
     cfg = toy_cfg("mtaclip_toy.yaml", [
-        "MODEL.BACKBONE.NAME", backbone, *TOY_BACKBONES[backbone], "MODEL.CLIP.CHECKPOINT", tiny_clip_file,
+        "MODEL.BACKBONE.NAME", backbone, *TOY_BACKBONES[backbone], "MODEL.CLIP.WEIGHTS", tiny_clip_file,
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(tmp_path)])
     trainer = Trainer(cfg)
