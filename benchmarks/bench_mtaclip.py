@@ -592,16 +592,31 @@ def _paired(args) -> dict:
     return {"train_step": train, "inference": rounds(infer, max(1, args.warmup), args.infer_iters)}
 
 
+def _grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                                output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """torch's count of ``convolution_backward`` with the weight-gradient term of a grouped conv divided
+    by ``groups``: torch 2.14 counts that term as a dense conv (MiT's 3x3 depth-wise convs: 4C x too many)."""
+    from torch.utils.flop_counter import conv_backward_flop
+
+    conv_backward_flop = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)  # the formula on shapes
+    args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding, groups)
+    flops = conv_backward_flop(*args, [output_mask[0], False, False], out_shape=out_shape)
+    if output_mask[1]:
+        flops += conv_backward_flop(*args, [False, True, False], out_shape=out_shape) // groups
+    return flops
+
+
 def _count_flops(model, batch, args, use_amp, device) -> dict:
     """FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
     attention; not elementwise ops, not the optimizer): one train step (forward + backward), the
     text encoder alone (forward + backward, the batch-independent part) and one inference call
-    with the text features cached."""
+    with the text features cached. Grouped-conv backward: see ``_grouped_conv_backward_flop``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     def count(fn) -> int:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten.convolution_backward: _grouped_conv_backward_flop})
         with counter:
             fn()
         return counter.get_total_flops()
