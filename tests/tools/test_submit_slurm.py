@@ -59,7 +59,8 @@ def _submit_local(tmp_path, out_dir, max_iter):
     args = ["--cluster", "local", "--nodes", "2", "--gpus-per-node", "1", "--time-min", "10",
             "--job-dir", str(tmp_path / "jobs"),
             "--config-file", os.path.join(ROOT, "configs/toy/mask2former_toy.yaml"),
-            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2",
+            "SOLVER.CHECKPOINT_PERIOD", "2",
             "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out_dir)]
     job = submit_slurm.main(args)
     job.results()  # raises if a task failed
