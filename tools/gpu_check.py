@@ -340,6 +340,8 @@ def markdown(c: Check, env) -> str:
             for key, t in s.get("targets", {}).items():
                 lines.append(f"| {s['step'].rsplit('_', 1)[1]} | {key} | {t['ratio']:.2f}x | <= {t['target']:.2f}x | "
                              f"{'yes' if t['met'] else 'NO'} |")
+        if c.args.cpu_rehearsal:
+            lines.append("\n(CPU rehearsal at a tiny shape: the targets apply to the GPU run at 512x512, batch 8.)")
         machine = next((s["machine"] for s in bench if "machine" in s), None)
         if machine:
             lines.append(f"\nmachine: {machine}; train-step and inference ratios from both models timed in turns "
@@ -377,6 +379,7 @@ def markdown(c: Check, env) -> str:
 def _write_atomic(path: str, text: str):
     with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), suffix=".tmp", delete=False) as f:
         f.write(text)
+    os.chmod(f.name, 0o644)
     os.replace(f.name, path)
 
 
