@@ -586,29 +586,32 @@ def test_cuda_op_is_built_and_dispatched():
 
 
 # (B, Q, H, D, levels): tiny; B*Q*H rows beyond one block and past the grid bound (grid-stride loop)
-# at D=32; D=5 (8 lanes per row, idle lanes), D=48 (lanes with 1 or 2 channels), D=1024 fp32
-# (forward block shrunk to fit shared memory).
+# at D=32; D=5 (8 lanes per row, idle lanes), D=48 (lanes with 1 or 2 channels), D=1024 fp32 and
+# D=2048 fp32 / D=1024 fp64 (forward block shrunk to fit shared memory: 192 / 96 / 96 threads).
 CUDA_CASES = [
-    (2, 3, 2, 3, SHAPES_A),
-    (2, 4500, 8, 32, [(64, 48), (32, 24), (16, 12)]),
-    (3, 700, 4, 5, SHAPES_A + SHAPES_B),
-    (2, 500, 3, 48, [(17, 9), (8, 5)]),
-    (1, 64, 2, 1024, [(8, 8), (4, 4)]),
+    (2, 3, 2, 3, SHAPES_A, torch.float32),
+    (2, 4500, 8, 32, [(64, 48), (32, 24), (16, 12)], torch.float32),
+    (3, 700, 4, 5, SHAPES_A + SHAPES_B, torch.float32),
+    (2, 500, 3, 48, [(17, 9), (8, 5)], torch.float32),
+    (1, 64, 2, 1024, [(8, 8), (4, 4)], torch.float32),
+    (1, 48, 2, 2048, [(8, 8), (4, 4)], torch.float32),
+    (1, 48, 2, 1024, [(8, 8), (4, 4)], torch.float64),
 ]
 
 
 @requires_cuda
-@pytest.mark.parametrize("batch,queries,heads,channels,shapes", CUDA_CASES)
-def test_cuda_op_matches_pytorch_path_fp32(batch, queries, heads, channels, shapes):
-    inputs = make_inputs(shapes, batch, queries, heads, channels, 4, dtype=torch.float32, device="cuda")
-    grad_out = torch.randn(batch, queries, heads * channels, device="cuda")
+@pytest.mark.parametrize("batch,queries,heads,channels,shapes,dtype", CUDA_CASES)
+def test_cuda_op_matches_pytorch_path(batch, queries, heads, channels, shapes, dtype):
+    inputs = make_inputs(shapes, batch, queries, heads, channels, 4, dtype=dtype, device="cuda")
+    grad_out = torch.randn(batch, queries, heads * channels, device="cuda", dtype=dtype)
     ref_out, ref_grads = grads(ms_deform_attn_pytorch, inputs, grad_out)
     out, out_grads = grads(ms_deform_attn_compiled, inputs, grad_out)
     names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
     for name, got, ref in zip(names, (out, *out_grads), (ref_out, *ref_grads)):
         scale = max(ref.abs().max().item(), 1.0)
         err = (got - ref).abs().max().item() / scale
-        assert err < 1e-5, f"{name}: max error {err:.2e} relative to max |ref| {scale:.3g}"
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert err < tol, f"{name}: max error {err:.2e} relative to max |ref| {scale:.3g}"
 
 
 @requires_cuda
@@ -630,3 +633,90 @@ def test_cuda_op_matches_cpu_kernel_fp64():
     gpu_out, gpu_grads = grads(ms_deform_attn_compiled, [t.cuda() for t in inputs], grad_out.cuda())
     for got, ref in zip((gpu_out, *gpu_grads), (cpu_out, *cpu_grads)):
         torch.testing.assert_close(got.cpu(), ref, rtol=1e-10, atol=1e-10)
+
+
+@requires_cuda
+def test_cuda_kernels_launch_on_this_gpu():
+    """The launch probe passes on the test GPU (a kernel image or PTX for it is in the library)."""
+    index = torch.cuda.current_device()
+    assert _compiled_module().cuda_launch_error(index) == ""
+    assert ms_deform_attn_op_available(f"cuda:{index}")
+    assert "does not exist" in _compiled_module().cuda_launch_error(torch.cuda.device_count())
+
+
+@requires_cuda
+def test_cuda_backward_alerts_in_deterministic_mode():
+    """grad_value is scattered with float atomics: deterministic mode raises (or warns with
+    warn_only); location / weight gradients alone are deterministic and raise nothing."""
+    inputs = make_inputs(SHAPES_A, 1, 8, 2, 4, 2, dtype=torch.float32, device="cuda")
+    grad_out = torch.randn(1, 8, 8, device="cuda")
+    old, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="ms_deform_attn_cuda_backward"):
+            grads(ms_deform_attn_compiled, inputs, grad_out)
+        value, _, _, locations, weights = inputs
+        loc = locations.clone().requires_grad_(True)
+        out = ms_deform_attn_compiled(value, SHAPES_A, None, loc, weights)
+        (g_loc,) = torch.autograd.grad(out, [loc], grad_out)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="ms_deform_attn_cuda_backward"):
+            _, ref = grads(ms_deform_attn_compiled, inputs, grad_out)
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+    torch.testing.assert_close(g_loc, ref[1], rtol=0, atol=0)
+
+
+@requires_cuda
+def test_cuda_channel_limit_falls_back_to_pytorch_path(caplog):
+    """D above the CUDA forward's shared-memory limit: the PyTorch path, with one logged warning."""
+    limit = _compiled_module().cuda_max_channels(8)
+    inputs = make_inputs([(2, 2)], 1, 2, 1, limit + 1, 1, device="cuda")
+    with caplog.at_level("WARNING", logger=msda_module.__name__):
+        out = multi_scale_deformable_attention(*inputs)
+    assert any("exceed the CUDA forward's limit" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(out.cpu(), naive_msda(*[t.cpu() for t in inputs]), rtol=0, atol=1e-10)
+    with pytest.raises(RuntimeError, match="exceed the CUDA forward's limit"):
+        ms_deform_attn_compiled(*inputs)
+
+
+@requires_cuda
+def test_cuda_pixel_decoder_makes_no_sync():
+    """Forward and backward of the pixel decoder on the GPU under CUDA's sync debug mode "error":
+    any device-to-host read or blocking copy raises."""
+    from tests.modeling.test_pixel_decoder import features, small_decoder
+
+    decoder = small_decoder().cuda().train()
+    feats = features(device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mask_features, _, multi = decoder.forward_features(feats)
+        (mask_features.sum() + sum(m.sum() for m in multi)).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert mask_features.is_cuda and all(p.grad is not None for p in decoder.transformer.parameters())
+    # the CUDA kernels served it (not the PyTorch path)
+    assert msda_module._use_compiled_op(mask_features.device, 3, 8, torch.float32)
+
+
+@requires_cuda
+def test_cuda_compile_and_export():
+    """torch.compile(fullgraph=True) and torch.export on CUDA tensors keep the CUDA op."""
+    inputs = make_inputs(SHAPES_A, 2, 40, 2, 8, 2, dtype=torch.float32, device="cuda", seed=13)
+    value, _, _, locations, weights = inputs
+    grad_out = torch.randn(2, 40, 16, device="cuda")
+    torch._dynamo.reset()
+    fn = torch.compile(multi_scale_deformable_attention, fullgraph=True, backend="aot_eager")
+    compiled = grads(lambda v, ss, lsi, loc, w: fn(v, SHAPES_A, None, loc, w), inputs, grad_out)
+    eager = grads(ms_deform_attn_pytorch, inputs, grad_out)
+    for got, ref in zip((compiled[0], *compiled[1]), (eager[0], *eager[1])):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * max(ref.abs().max().item(), 1.0))
+
+    class Attn(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return multi_scale_deformable_attention(value, SHAPES_A, None, locations, weights)
+
+    program = torch.export.export(Attn(), (value, locations, weights))
+    assert torch.ops.mta_clip.ms_deform_attn.default in [n.target for n in program.graph.nodes]
+    torch.testing.assert_close(program.module()(value, locations, weights), eager[0], rtol=1e-5, atol=1e-5)
