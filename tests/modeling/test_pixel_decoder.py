@@ -1,4 +1,5 @@
-"""MSDeformAttn pixel decoder: no host reads, torch.compile(fullgraph=True), torch.export."""
+"""MSDeformAttn pixel decoder: shapes, float32 under autocast, no host reads, torch.compile(fullgraph=True),
+torch.export."""
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -26,6 +27,18 @@ def features(seed=1, batch=2, height=64, width=96, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     return {k: torch.randn(batch, v.channels, height // v.stride, width // v.stride, generator=gen).to(device)
             for k, v in SHAPES.items()}
+
+
+def test_pixel_decoder_shapes_and_fp32_under_autocast():
+    pd = small_decoder().eval()
+    feats = features()
+    mask_features, _, multi = pd.forward_features(feats)
+    assert mask_features.shape == (2, 16, 16, 24)
+    assert [tuple(m.shape) for m in multi] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mf2, _, _ = pd.forward_features(feats)
+    assert mf2.dtype == torch.float32
+    torch.testing.assert_close(mf2, mask_features)
 
 
 class HostTraffic(TorchDispatchMode):
