@@ -22,6 +22,7 @@ are computed in float32 on every path and the result is float32.
 """
 
 import logging
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -69,7 +70,7 @@ def _describe(x) -> str:
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, (int, torch.SymInt)) and not isinstance(x, bool)
+    return isinstance(x, (numbers.Integral, torch.SymInt)) and not isinstance(x, bool)
 
 
 def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) -> List[Tuple[int, int]]:
@@ -101,7 +102,7 @@ def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) 
         levels = [(shapes_flat[2 * i], shapes_flat[2 * i + 1]) for i in range(n_levels)]
     else:
         try:
-            levels = [tuple(pair) for pair in spatial_shapes]
+            levels = [tuple(int(v) if isinstance(v, numbers.Integral) else v for v in pair) for pair in spatial_shapes]
         except TypeError:
             raise TypeError(
                 f"spatial_shapes must be a list of (H, W) integer pairs or an int64 (L, 2) tensor, "
