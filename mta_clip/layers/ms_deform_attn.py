@@ -73,6 +73,16 @@ def _is_int(x) -> bool:
     return isinstance(x, (numbers.Integral, torch.SymInt)) and not isinstance(x, bool)
 
 
+def _host_int(v):
+    """Python ints as they are (SymInts too); numpy integers and the 0-d integer tensors that
+    ``x.shape[i]`` gives under ``torch.jit.trace`` become ints (a trace bakes them in)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        return int(v)
+    return v
+
+
 def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) -> List[Tuple[int, int]]:
     """Checks the level description and returns [(H_l, W_l)] as integers.
 
@@ -102,7 +112,7 @@ def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) 
         levels = [(shapes_flat[2 * i], shapes_flat[2 * i + 1]) for i in range(n_levels)]
     else:
         try:
-            levels = [tuple(int(v) if isinstance(v, numbers.Integral) else v for v in pair) for pair in spatial_shapes]
+            levels = [tuple(_host_int(v) for v in pair) for pair in spatial_shapes]
         except TypeError:
             raise TypeError(
                 f"spatial_shapes must be a list of (H, W) integer pairs or an int64 (L, 2) tensor, "
@@ -112,6 +122,8 @@ def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) 
             raise ValueError(
                 f"spatial_shapes must be a non-empty list of (H, W) integer pairs, got {spatial_shapes!r}"
             )
+        if level_start_index is not None and not isinstance(level_start_index, torch.Tensor):
+            level_start_index = [_host_int(v) for v in level_start_index]
         _check_start_tensor(level_start_index, len(levels))
         starts = level_start_index.tolist() if isinstance(level_start_index, torch.Tensor) else level_start_index
     total = 0
