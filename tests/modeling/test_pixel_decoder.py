@@ -32,7 +32,8 @@ def features(seed=1, batch=2, height=64, width=96, device="cpu"):
 def test_pixel_decoder_shapes_and_fp32_under_autocast():
     pd = small_decoder().eval()
     feats = features()
-    mask_features, _, multi = pd.forward_features(feats)
+    mask_features, lowest, multi = pd.forward_features(feats)
+    assert lowest is multi[0]  # the middle value (Mask2Former's transformer output) is the first memory
     assert mask_features.shape == (2, 16, 16, 24)
     assert [tuple(m.shape) for m in multi] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
