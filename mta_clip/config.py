@@ -41,6 +41,7 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for the mask losses and costs
     mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
+    mf.MASK_LOSS_NORMALIZER = "num_masks"  # divisor of the mask/dice losses: "num_masks" (Mask2Former) or "class_weight_sum" (MTA-CLIP authors)
     mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction made before the first decoder layer (MTA-CLIP authors: False)
     mf.TEST = CN()
     mf.TEST.SEMANTIC_ON = True  # produce "sem_seg" outputs
@@ -90,6 +91,8 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr multiplier of backbone parameters
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # constant lr factor after this point (0 = off)
+    cfg.SOLVER.POLY_LR_AFTER_WARMUP = "multiply"  # "multiply" (Mask2Former: warm-up x poly over all iters) or "restart" (authors: poly from 1 after warm-up)
+    cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY = "WEIGHT_DECAY_NORM"  # backbone norm params' decay: "WEIGHT_DECAY_NORM" or "WEIGHT_DECAY" (authors)
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding parameters
 
 
@@ -121,7 +124,7 @@ def _add_clip_config(cfg: CN) -> None:
 
     clip.RESNET = CN()
     clip.RESNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # CLIPResNet outputs (+ "attnpool": dense CLIP map)
-    clip.RESNET.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN" or "naiveSyncBN" for every batch norm
+    clip.RESNET.NORM = "BN"  # "BN" (authors: trained, per-GPU batch statistics), "FrozenBN", "SyncBN" or "naiveSyncBN" for every batch norm
     clip.RESNET.FREEZE_AT = 0  # 0 = train all; 1 = freeze stem; k >= 2 = stem + res2..res{k}
 
     clip.VIT = CN()
