@@ -10,11 +10,11 @@ from typing import Dict, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from torch import nn
 
 from .clip_resnet import warn_unused_freeze_at
+from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
 from ..clip.checkpoint import (
     clip_weights_and_arch,
     image_size_pair,
@@ -26,25 +26,6 @@ from ..clip.checkpoint import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPViT"]
-
-_LEVELS = ("res2", "res3", "res4", "res5")
-
-
-def _pyramid_layer(level: str, width: int, norm: str) -> nn.Module:
-    """Stride-16 tokens -> stride 4 (x4 up), 8 (x2 up), 16 (identity), 32 (x2 down)."""
-    if level == "res2":
-        return nn.Sequential(
-            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
-            get_norm(norm, width),
-            nn.GELU(),
-            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
-        )
-    if level == "res3":
-        return nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
-    if level == "res4":
-        return nn.Identity()
-    return nn.MaxPool2d(kernel_size=2, stride=2)
-
 
 @BACKBONE_REGISTRY.register()
 class CLIPViT(Backbone):
@@ -64,7 +45,7 @@ class CLIPViT(Backbone):
         patch_size: int = 16,
         image_size: Sequence[int] = (512, 512),
         out_indices: Sequence[int] = (3, 5, 7, 11),
-        out_features: Sequence[str] = _LEVELS,
+        out_features: Sequence[str] = LEVELS,
         pyramid_norm: str = "SyncBN",
         weights: Optional[Dict[str, torch.Tensor]] = None,
         weights_source: str = "",
@@ -83,19 +64,9 @@ class CLIPViT(Backbone):
         super().__init__()
         from open_clip.transformer import QuickGELU, VisionTransformer
 
-        out_indices = [int(i) for i in out_indices]
-        if len(out_indices) != 4 or not all(0 <= i < layers for i in out_indices):
-            raise ValueError(
-                f"CLIPViT out_indices {out_indices} (MODEL.CLIP.VIT.OUT_INDICES): expected 4 block "
-                f"indices in [0, {layers})"
-            )
-        unknown = [f for f in out_features if f not in _LEVELS]
-        if unknown or not out_features:
-            raise ValueError(f"CLIPViT out_features {list(out_features)}: expected a subset of {_LEVELS}")
-        try:
-            get_norm(pyramid_norm, width)
-        except KeyError as e:
-            raise ValueError(f"CLIPViT pyramid norm '{pyramid_norm}' (MODEL.CLIP.VIT.PYRAMID_NORM) is unknown") from e
+        level_index = check_pyramid_args(
+            "CLIPViT", out_indices, layers, out_features, pyramid_norm, width,
+            "MODEL.CLIP.VIT.OUT_INDICES", "MODEL.CLIP.VIT.PYRAMID_NORM")
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
             raise ValueError(
@@ -117,7 +88,7 @@ class CLIPViT(Backbone):
         self.patch_size = patch_size
         self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         self._out_features = list(out_features)
-        self.level_index = {f: out_indices[_LEVELS.index(f)] for f in self._out_features}
+        self.level_index = level_index
         depth = 1 + max(self.level_index.values())
         self.conv1 = trunk.conv1
         self.class_embedding = trunk.class_embedding
@@ -126,13 +97,13 @@ class CLIPViT(Backbone):
         self.transformer = trunk.transformer
         self.transformer.resblocks = self.transformer.resblocks[:depth]
         del trunk
-        self.pyramid = nn.ModuleDict({f: _pyramid_layer(f, width, pyramid_norm) for f in self._out_features})
+        self.pyramid = ViTPyramid(self._out_features, width, pyramid_norm)
 
         if weights is not None:
             self._load_clip(weights, weights_source or "CLIP weights", depth)
 
-        self._out_feature_strides = {f: 4 * 2 ** i for i, f in enumerate(_LEVELS)}
-        self._out_feature_channels = {f: width for f in _LEVELS}
+        self._out_feature_strides = dict(LEVEL_STRIDES)
+        self._out_feature_channels = {f: width for f in LEVELS}
 
     def _load_clip(self, weights: Dict[str, torch.Tensor], source: str, depth: int) -> None:
         def used(key: str) -> bool:
@@ -205,4 +176,4 @@ class CLIPViT(Backbone):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """x: (B, 3, H, W) normalized images -> {res2..res5: (B, width, H/stride, W/stride)}."""
         feats = self.block_features(x)
-        return {f: self.pyramid[f](feats[self.level_index[f]]) for f in self._out_features}
+        return self.pyramid({f: feats[i] for f, i in self.level_index.items()})
