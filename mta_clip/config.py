@@ -102,6 +102,7 @@ def _add_test_config(cfg: CN) -> None:
     # horizontally flipped views); our wrapper ignores its absolute TEST.AUG.MIN_SIZES / MAX_SIZE.
     cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale factors of the test size
     cfg.TEST.AUG.NORMALIZE = "softmax"  # per-view scores -> probabilities: "softmax"|"sum"|"none"
+    cfg.TEST.EVAL_START = 0  # periodic evaluations (TEST.EVAL_PERIOD) from this completed iteration on (authors, ADE20k: 100000)
     cfg.TEST.SLIDE = CN()
     cfg.TEST.SLIDE.ENABLED = False  # sliding-window inference (also inside every multi-scale view)
     cfg.TEST.SLIDE.CROP_SIZE = [512, 512]  # window (h, w); ADE20k 512x512, Cityscapes 1024x1024

@@ -71,15 +71,16 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        """Detectron2's hooks plus, right after evaluation, the best-checkpoint keeper."""
+        """Detectron2's hooks, evaluation from ``TEST.EVAL_START`` on, then the best-checkpoint keeper."""
         from detectron2.engine import hooks
 
-        from .evaluation import build_best_checkpoint_hook
+        from .evaluation import PeriodicEvalHook, build_best_checkpoint_hook
 
         ret = super().build_hooks()
+        at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+        ret[at] = PeriodicEvalHook(self.cfg.TEST.EVAL_PERIOD, ret[at]._func, eval_start=self.cfg.TEST.EVAL_START)
         best = build_best_checkpoint_hook(self.cfg, self.checkpointer) if comm.is_main_process() else None
         if best is not None:
-            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             ret.insert(at + 1, best)
         return ret
 

@@ -240,7 +240,7 @@ def test_resnet_default_norm_is_the_authors_trained_batchnorm(ckpts):
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in bb.modules())
     assert all(p.requires_grad for m in norms for p in m.parameters())
     seen = {}
-    bb.bn1.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0].detach(), y=out.detach()))
+    bb.bn1.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0].detach().clone(), y=out.detach().clone()))
     mean0, var0 = bb.bn1.running_mean.clone(), bb.bn1.running_var.clone()
     bb.train()
     bb(torch.randn(2, 3, 64, 64))
