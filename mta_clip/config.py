@@ -101,6 +101,7 @@ def _add_test_config(cfg: CN) -> None:
     # Detectron2 defines TEST.AUG.ENABLED (multi-scale + flip on/off) and TEST.AUG.FLIP (add the
     # horizontally flipped views); our wrapper ignores its absolute TEST.AUG.MIN_SIZES / MAX_SIZE.
     cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale factors of the test size
+    cfg.TEST.AUG.SCALE_REFERENCE = "test_size"  # SCALES multiply: "test_size" (the test-resized image) or "original" (authors: the original image)
     cfg.TEST.AUG.NORMALIZE = "softmax"  # per-view scores -> probabilities: "softmax"|"sum"|"none"
     cfg.TEST.EVAL_START = 0  # periodic evaluations (TEST.EVAL_PERIOD) from this completed iteration on (authors, ADE20k: 100000)
     cfg.TEST.SLIDE = CN()

@@ -102,6 +102,17 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(cfg, mapper=SemanticMaskFormerMapper(cfg, True))
 
     @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        """Detectron2's test loader; the resize follows ``TEST.AUG.SCALE_REFERENCE``."""
+        from detectron2.data import DatasetMapper, build_detection_test_loader
+
+        from .evaluation.test_time_augmentation import test_mapper_augmentations
+
+        mapper = DatasetMapper(is_train=False, augmentations=test_mapper_augmentations(cfg),
+                               image_format=cfg.INPUT.FORMAT)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
         return build_optimizer(cfg, model)
 
