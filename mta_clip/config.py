@@ -133,6 +133,11 @@ def _add_clip_config(cfg: CN) -> None:
     clip.VIT.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
     clip.VIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # CLIPViT outputs (strides 4, 8, 16, 32)
     clip.VIT.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the pyramid
+    clip.VIT.PYRAMID_PRE_NORM = True  # GroupNorm(1, C) before each pyramid branch (DenseCLIP / authors; False: none)
+    clip.VIT.CLASS_EMBED_TWICE = True  # class token = 2 x class embedding + pos row (DenseCLIP / authors; False: CLIP)
+    clip.VIT.POS_EMBED_INTERPOLATION = "bilinear"  # pos-embedding resize at load and run time: "bilinear" (DenseCLIP) or "bicubic"
+    clip.VIT.DROP_PATH_RATE = 0.1  # drop path of the last block, linear from 0 over the blocks (DenseCLIP ViT-B: 0.1)
+    clip.VIT.DROP_PATH_UNIT = "token"  # "token" (DenseCLIP: one draw per token position, shared by the batch) or "sample"
 
     clip.TEXT = CN()
     clip.TEXT.NUM_PROMPTS = 3  # K learned context sets shared by all classes
