@@ -92,7 +92,8 @@ def _mmengine_lrs(base_lr, max_iter, warmup_iters, start_factor, power):
             if lin_step == 0:
                 lr = lr * start_factor
             else:
-                lr = lr * (1.0 + (1.0 - start_factor) / (lin_total * start_factor + (lin_step - 1) * (1.0 - start_factor)))
+                step = 1.0 - start_factor
+                lr = lr * (1.0 + step / (lin_total * start_factor + (lin_step - 1) * step))
         if warmup_iters <= global_step < max_iter:
             poly_step += 1
             if poly_step > 0:

@@ -1,7 +1,7 @@
 """CLIP's ViT (ViT-B/16) as a Detectron2 backbone with a simple feature pyramid.
 
 Trunk modules are open_clip's ``VisionTransformer`` parts held directly under the backbone, so
-names equal the checkpoint's ``visual.*`` names without the prefix (``conv1.weight``,
+names equal the CLIP weight file's ``visual.*`` names without the prefix (``conv1.weight``,
 ``class_embedding``, ``positional_embedding``, ``ln_pre.*``, ``transformer.resblocks.N.*``).
 Blocks after the last one used, ``ln_post`` and ``proj`` are not built.
 
@@ -22,19 +22,20 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from ...layers.drop_path import DropPath
-from .clip_resnet import warn_unused_freeze_at
-from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
-from ..clip.checkpoint import (
+from ..clip.weights import (
     clip_weights_and_arch,
     image_size_pair,
     load_clip_weights,
     resize_grid_pos_embed,
     sub_state_dict,
 )
+from .freeze import warn_unused_freeze_at
+from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPViT"]
+
 
 @BACKBONE_REGISTRY.register()
 class CLIPViT(Backbone):
@@ -93,7 +94,9 @@ class CLIPViT(Backbone):
                 "(MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION): expected 'bilinear' or 'bicubic'"
             )
         if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"CLIPViT drop_path_rate {drop_path_rate} (MODEL.CLIP.VIT.DROP_PATH_RATE): expected [0, 1)")
+            raise ValueError(
+                f"CLIPViT drop_path_rate {drop_path_rate} (MODEL.CLIP.VIT.DROP_PATH_RATE): expected [0, 1)"
+            )
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
             raise ValueError(
@@ -151,7 +154,7 @@ class CLIPViT(Backbone):
         unused = sorted({k.split(".")[0] if not k.startswith("transformer.") else "transformer.resblocks.>=%d" % depth
                          for k in weights if not used(k)})
         if unused:
-            logger.info("CLIPViT: not using checkpoint parts %s", unused)
+            logger.info("CLIPViT: not using CLIP weights %s", unused)
         weights = {k: v for k, v in weights.items() if used(k)}
         key = "positional_embedding"
         if key in weights:
@@ -165,10 +168,10 @@ class CLIPViT(Backbone):
             raise ValueError(f"CLIPViT takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
         clip = cfg.MODEL.CLIP
         warn_unused_freeze_at(cfg, "CLIPViT", "the ViT trains all its blocks; set it to 0")
-        weights, arch = clip_weights_and_arch(clip.CHECKPOINT, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPViT backbone")
+        weights, arch = clip_weights_and_arch(clip.WEIGHTS, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPViT backbone")
         if not arch.is_vit:
             raise ValueError(
-                f"MODEL.BACKBONE.NAME is CLIPViT but the CLIP model ({clip.CHECKPOINT or clip.MODEL_NAME}) "
+                f"MODEL.BACKBONE.NAME is CLIPViT but the CLIP model ({clip.WEIGHTS or clip.MODEL_NAME}) "
                 f"is a ResNet: use CLIPResNet"
             )
         return dict(
@@ -186,7 +189,7 @@ class CLIPViT(Backbone):
             drop_path_rate=clip.VIT.DROP_PATH_RATE,
             drop_path_unit=clip.VIT.DROP_PATH_UNIT,
             weights=sub_state_dict(weights, "visual.") if weights is not None else None,
-            weights_source=clip.CHECKPOINT,
+            weights_source=clip.WEIGHTS,
         )
 
     @property

@@ -4,7 +4,8 @@ A plain ViT gives token maps at one stride (16). The pixel decoder needs ``res2.
 4/8/16/32: four blocks' token maps go through one branch each, res2 = ConvTranspose x2 -> norm ->
 GELU -> ConvTranspose x2, res3 = ConvTranspose x2, res4 = identity, res5 = max-pool /2; every
 level keeps the ViT width. With ``pre_norm`` every branch starts with ``GroupNorm(1, width)``
-(DenseCLIP's CLIP ViT, used by the MTA-CLIP authors; res4 is then that norm alone). Shared by every ViT backbone of this project (CLIP ViT, ImageNet ViT).
+(DenseCLIP's CLIP ViT, used by the MTA-CLIP authors; res4 is then that norm alone). Shared by
+every ViT backbone of this project (CLIP ViT, ImageNet ViT).
 """
 from typing import Dict, Sequence
 
