@@ -134,7 +134,7 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr multiplier of backbone parameters
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # constant lr factor after this point (0 = off)
-    cfg.SOLVER.POLY_LR_AFTER_WARMUP = "multiply"  # "multiply": warm-up x poly; "restart" (authors): poly from 1 after it
+    cfg.SOLVER.POLY_LR_AFTER_WARMUP = "multiply"  # "multiply": warm-up x poly; "restart" (authors): poly from 1 after
     cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY = "WEIGHT_DECAY_NORM"  # backbone norms' decay key; authors: "WEIGHT_DECAY"
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding parameters
 

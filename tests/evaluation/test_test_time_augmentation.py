@@ -199,12 +199,15 @@ def test_original_scale_reference_is_the_authors_tta(test_hw):
 
 
 def test_test_mapper_keeps_the_original_for_original_reference():
+    import os
+
     from detectron2.data import transforms as T
 
-    from mta_clip.engine import setup_cfg
+    from mta_clip.config import setup_cfg
     from mta_clip.evaluation.test_time_augmentation import test_mapper_augmentations
 
-    cfg = setup_cfg("configs/ade20k/mtaclip_R50_bs16_160k.yaml")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = setup_cfg(os.path.join(root, "configs/ade20k/mtaclip_R50_bs16_160k.yaml"))
     assert cfg.TEST.AUG.SCALE_REFERENCE == "original"
     (resize,) = test_mapper_augmentations(cfg)  # single scale: resized to the test size
     assert isinstance(resize, T.ResizeShortestEdge) and list(resize.short_edge_length) == [512, 512]
@@ -213,5 +216,5 @@ def test_test_mapper_keeps_the_original_for_original_reference():
     assert build_test_model(cfg, PixelwiseModel()).scale_reference == "original"
     cfg.TEST.AUG.SCALE_REFERENCE = "test_size"
     assert len(test_mapper_augmentations(cfg)) == 1
-    ref = setup_cfg("configs/ade20k/maskformer2_R50_bs16_160k.yaml")
+    ref = setup_cfg(os.path.join(root, "configs/ade20k/maskformer2_R50_bs16_160k.yaml"))
     assert ref.TEST.AUG.SCALE_REFERENCE == "test_size"

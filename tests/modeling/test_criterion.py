@@ -383,14 +383,18 @@ def test_class_weight_sum_counts_at_most_n_matches_and_is_reduced(monkeypatch):
 
 
 def test_mask_loss_normalizer_from_config_and_bad_value():
-    from mta_clip.engine import setup_cfg
+    import os
+
+    from mta_clip.config import setup_cfg
+
+    ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
     def crit_of(path, *opts):
         cfg = setup_cfg(path, list(opts))
         return SetCriterion(cfg, matcher=FixedMatcher([]))
 
-    assert crit_of("configs/ade20k/maskformer2_R50_bs16_160k.yaml").mask_loss_normalizer == "num_masks"
-    assert crit_of("configs/ade20k/mtaclip_R50_bs16_160k.yaml").mask_loss_normalizer == "class_weight_sum"
-    assert crit_of("configs/ade20k/maskformer2_clip_R50_bs16_160k.yaml").mask_loss_normalizer == "num_masks"
+    assert crit_of(ROOT + "/configs/ade20k/maskformer2_R50_bs16_160k.yaml").mask_loss_normalizer == "num_masks"
+    assert crit_of(ROOT + "/configs/ade20k/mtaclip_R50_bs16_160k.yaml").mask_loss_normalizer == "class_weight_sum"
+    assert crit_of(ROOT + "/configs/ade20k/maskformer2_clip_R50_bs16_160k.yaml").mask_loss_normalizer == "num_masks"
     with pytest.raises(ValueError, match="MASK_LOSS_NORMALIZER.*'matched'"):
         _criterion(FixedMatcher([]), normalizer="matched")
