@@ -85,6 +85,7 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
     mf.MASK_LOSS_NORMALIZER = "num_masks"  # mask/dice divisor: "num_masks" (Mask2Former), "class_weight_sum" (authors)
+    mf.DECODER_LAYER_INIT = "xavier_uniform"  # decoder attention/FFN weight init; authors: "xavier_normal"
     mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction before the first layer (MTA-CLIP authors: False)
     mf.TEST = CN()
     mf.TEST.SEMANTIC_ON = True  # not used: the output is always "sem_seg" (Mask2Former YAML compatibility)
@@ -123,6 +124,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # reject crops where one class exceeds this ratio
     cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (PAD_VALUE) and label (ignore) to a multiple of this; -1 = off
     cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
+    cfg.INPUT.PAD_WITH_PIXEL_MEAN = False  # pad with MODEL.PIXEL_MEAN instead (authors: 0 after normalization)
+    cfg.INPUT.COLOR_AUG_SSD_TRUNCATE = False  # photometric steps each truncate to uint8 (authors' mmseg) vs round once
     cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
