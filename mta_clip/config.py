@@ -195,6 +195,7 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CONTEXT_INIT_STD = 1.0  # std of the random truncated-normal (+-2 std) context init
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
+    clip.TEXT.FREEZE_BY_ZERO_LR = False  # frozen tower keeps its gradients at lr 0, in the clip norm (authors)
     clip.TEXT.RECOMPUTE_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
     clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 

@@ -26,7 +26,10 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     Norm parameters of the backbone get ``WEIGHT_DECAY`` instead when
     ``SOLVER.BACKBONE_NORM_WEIGHT_DECAY`` is ``"WEIGHT_DECAY"`` (the MTA-CLIP authors: mmengine's
     ``backbone`` custom key takes precedence over their ``norm_decay_mult=0``).
-    Frozen parameters (``requires_grad=False``, e.g. the CLIP text encoder) are left out.
+    Frozen parameters (``requires_grad=False``, e.g. the CLIP text encoder) are left out; those a
+    module lists in ``zero_lr_parameters()`` (the text tower with
+    ``MODEL.CLIP.TEXT.FREEZE_BY_ZERO_LR``) get lr 0 and weight decay 0: never changed, but their
+    gradients count in the full-model clipping norm.
     """
     from detectron2.layers import FrozenBatchNorm2d
 
@@ -36,6 +39,7 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
         raise ValueError(
             f"SOLVER.BACKBONE_NORM_WEIGHT_DECAY: got {backbone_norm!r}, expected one of {BACKBONE_NORM_WEIGHT_DECAYS}"
         )
+    zero_lr = {id(p) for m in model.modules() if hasattr(m, "zero_lr_parameters") for p in m.zero_lr_parameters()}
     groups: List[Dict[str, Any]] = []
     seen: Set[int] = set()
     for module_name, module in model.named_modules():
@@ -54,6 +58,8 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
                     wd = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif isinstance(module, torch.nn.Embedding):
                 wd = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            if id(p) in zero_lr:
+                lr, wd = 0.0, 0.0
             groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": full})
     return groups
 
