@@ -9,6 +9,8 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler, PolynomialDecayParamScheduler
 
+from .config import choice
+
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
@@ -34,11 +36,8 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     from detectron2.layers import FrozenBatchNorm2d
 
     norm_types = _NORM_TYPES + (FrozenBatchNorm2d,)
-    backbone_norm = cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY
-    if backbone_norm not in BACKBONE_NORM_WEIGHT_DECAYS:
-        raise ValueError(
-            f"SOLVER.BACKBONE_NORM_WEIGHT_DECAY: got {backbone_norm!r}, expected one of {BACKBONE_NORM_WEIGHT_DECAYS}"
-        )
+    backbone_norm = choice(BACKBONE_NORM_WEIGHT_DECAYS, cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY,
+                           "SOLVER.BACKBONE_NORM_WEIGHT_DECAY")
     zero_lr = {id(p) for m in model.modules() if hasattr(m, "zero_lr_parameters") for p in m.zero_lr_parameters()}
     groups: List[Dict[str, Any]] = []
     seen: Set[int] = set()
@@ -54,7 +53,7 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
             if in_backbone:
                 lr = lr * cfg.SOLVER.BACKBONE_MULTIPLIER
             if isinstance(module, norm_types):
-                if not (in_backbone and backbone_norm == "WEIGHT_DECAY"):
+                if not (in_backbone and backbone_norm == "weight_decay"):
                     wd = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif isinstance(module, torch.nn.Embedding):
                 wd = cfg.SOLVER.WEIGHT_DECAY_EMBED
@@ -65,7 +64,7 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
 
 
 #: values of ``SOLVER.BACKBONE_NORM_WEIGHT_DECAY``
-BACKBONE_NORM_WEIGHT_DECAYS = ("WEIGHT_DECAY_NORM", "WEIGHT_DECAY")
+BACKBONE_NORM_WEIGHT_DECAYS = ("weight_decay_norm", "weight_decay")  # case-insensitive
 #: values of ``SOLVER.POLY_LR_AFTER_WARMUP``
 POLY_LR_AFTER_WARMUP = ("multiply", "restart")
 
@@ -180,17 +179,15 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     """
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return d2_build_lr_scheduler(cfg, optimizer)
-    mode = cfg.SOLVER.POLY_LR_AFTER_WARMUP
+    mode = choice(POLY_LR_AFTER_WARMUP, cfg.SOLVER.POLY_LR_AFTER_WARMUP, "SOLVER.POLY_LR_AFTER_WARMUP")
     if mode == "multiply":
         sched = WarmupPoly(
             cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
             min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0), cfg.SOLVER.WARMUP_METHOD,
         )
-    elif mode == "restart":
+    else:
         sched = WarmupThenPoly(
             cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
             cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.MAX_ITER,
         )
-    else:
-        raise ValueError(f"SOLVER.POLY_LR_AFTER_WARMUP: got {mode!r}, expected one of {POLY_LR_AFTER_WARMUP}")
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

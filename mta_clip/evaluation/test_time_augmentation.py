@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from ..config import choice
+
 __all__ = [
     "SemSegTTA", "build_test_model", "normalize_scores", "sliding_windows", "mmcv_rescaled_size",
     "test_mapper_augmentations", "SCALE_REFERENCES",
@@ -56,9 +58,7 @@ def test_mapper_augmentations(cfg) -> list:
     then resized from the original image)."""
     from detectron2.data import transforms as T
 
-    reference = cfg.TEST.AUG.SCALE_REFERENCE
-    if reference not in SCALE_REFERENCES:
-        raise ValueError(f"TEST.AUG.SCALE_REFERENCE: got {reference!r}, expected one of {SCALE_REFERENCES}")
+    reference = choice(SCALE_REFERENCES, cfg.TEST.AUG.SCALE_REFERENCE, "TEST.AUG.SCALE_REFERENCE")
     if (cfg.TEST.AUG.ENABLED and reference == "original") or cfg.INPUT.MIN_SIZE_TEST <= 0:
         return []
     return [T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)]
@@ -146,8 +146,7 @@ class SemSegTTA(nn.Module):
             raise ValueError(f"crop_size and stride must be two positive ints, got {crop_size}, {stride}")
         if any(s > c for s, c in zip(stride, crop_size)):
             raise ValueError(f"stride {stride} larger than crop_size {crop_size} leaves gaps")
-        if scale_reference not in SCALE_REFERENCES:
-            raise ValueError(f"TEST.AUG.SCALE_REFERENCE: got {scale_reference!r}, expected one of {SCALE_REFERENCES}")
+        scale_reference = choice(SCALE_REFERENCES, scale_reference, "TEST.AUG.SCALE_REFERENCE")
         if slide_batch_size < 1:
             raise ValueError(f"slide_batch_size must be >= 1, got {slide_batch_size}")
         self.model = model

@@ -31,10 +31,11 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from torch import nn
 
+from ..config import choice
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["SetCriterion", "sigmoid_bce_loss", "dice_loss", "num_aux_outputs_from_config", "MASK_LOSS_NORMALIZERS"]
+__all__ = ["SetCriterion", "sigmoid_bce_loss", "dice_loss", "MASK_LOSS_NORMALIZERS"]
 
 #: values of ``MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER``
 MASK_LOSS_NORMALIZERS = ("num_masks", "class_weight_sum")
@@ -69,27 +70,6 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
     denominator = probs.sum(-1) + targets.sum(-1)
     loss = 1 - (numerator + 1) / (denominator + 1)
     return loss.sum() / num_masks
-
-
-def num_aux_outputs_from_config(cfg) -> int:
-    """Number of ``aux_outputs`` the decoder emits and the criterion supervises.
-
-    ``DEC_LAYERS`` counts the predictions of Mask2Former's decoder (one before the first layer, then
-    one per layer). With deep supervision all but the final one are auxiliary (``DEC_LAYERS - 1``);
-    one fewer when the prediction made before the first layer is not supervised
-    (``MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION = False``, the MTA-CLIP authors' setting).
-    Without deep supervision: 0.
-    """
-    mf = cfg.MODEL.MASK_FORMER
-    if not mf.DEEP_SUPERVISION:
-        return 0
-    num_aux = mf.DEC_LAYERS - 1 - (0 if mf.SUPERVISE_INITIAL_PREDICTION else 1)
-    if num_aux < 0:
-        raise ValueError(
-            f"MODEL.MASK_FORMER.DEC_LAYERS={mf.DEC_LAYERS} is too small with "
-            f"SUPERVISE_INITIAL_PREDICTION={mf.SUPERVISE_INITIAL_PREDICTION}"
-        )
-    return num_aux
 
 
 class SetCriterion(nn.Module):
@@ -134,11 +114,6 @@ class SetCriterion(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: unknown losses {unknown}; expected names in {sorted(self.LOSS_METHODS)}"
             )
-        if mask_loss_normalizer not in MASK_LOSS_NORMALIZERS:
-            raise ValueError(
-                f"MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER: got {mask_loss_normalizer!r}, expected one of "
-                f"{MASK_LOSS_NORMALIZERS}"
-            )
         if num_aux_outputs < 0:
             raise ValueError(f"{type(self).__name__}: num_aux_outputs must be >= 0, got {num_aux_outputs}")
         self.num_classes = num_classes
@@ -149,7 +124,8 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.num_aux_outputs = num_aux_outputs
-        self.mask_loss_normalizer = mask_loss_normalizer
+        self.mask_loss_normalizer = choice(
+            MASK_LOSS_NORMALIZERS, mask_loss_normalizer, "MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER")
         full_weights = dict(weight_dict)
         for i in range(num_aux_outputs):
             full_weights.update({f"{key}_{i}": value for key, value in weight_dict.items()})
@@ -160,7 +136,9 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg, num_supervised_predictions: int) -> dict:
+        """``num_supervised_predictions`` comes from the decoder (its ``num_supervised_predictions``):
+        with ``MODEL.MASK_FORMER.DEEP_SUPERVISION`` all but the final one are ``aux_outputs``."""
         mf = cfg.MODEL.MASK_FORMER
         return {
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -171,7 +149,7 @@ class SetCriterion(nn.Module):
             "num_points": mf.TRAIN_NUM_POINTS,
             "oversample_ratio": mf.OVERSAMPLE_RATIO,
             "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
-            "num_aux_outputs": num_aux_outputs_from_config(cfg),
+            "num_aux_outputs": num_supervised_predictions - 1 if mf.DEEP_SUPERVISION else 0,
             "mask_loss_normalizer": mf.MASK_LOSS_NORMALIZER,
         }
 

@@ -19,6 +19,7 @@ from detectron2.layers import Conv2d
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ..config import choice
 from .position_encoding import PositionEmbeddingSine
 
 TRANSFORMER_DECODER_REGISTRY = Registry("MTA_CLIP_TRANSFORMER_DECODER")
@@ -36,7 +37,7 @@ def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: to
 
     query: (Q, B, C); key, value: (S, B, C); blocked: bool, True = may not attend, (Q, S) or
     (B, Q, S), broadcast over the heads instead of copied per head as ``nn.MultiheadAttention``
-    needs (half the peak memory and 1.5x faster for 553 queries over a 64x64 memory on CPU).
+    needs (less memory and time; figures in docs/benchmarks.md).
     Returns (Q, B, C).
     """
     q_len, batch, channels = query.shape
@@ -176,8 +177,7 @@ class MaskedDecoder(nn.Module):
         ``layer_init``: init of the attention / FFN layers' weight matrices, "xavier_uniform"
         (Mask2Former) or "xavier_normal" (the MTA-CLIP authors' head re-initializes every
         parameter of more than one dimension of its transformer decoder that way)."""
-        if layer_init not in LAYER_INITS:
-            raise ValueError(f"MODEL.MASK_FORMER.DECODER_LAYER_INIT: got {layer_init!r}, expected one of {LAYER_INITS}")
+        layer_init = choice(LAYER_INITS, layer_init, "MODEL.MASK_FORMER.DECODER_LAYER_INIT")
         super().__init__()
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.num_heads = nheads
@@ -213,6 +213,17 @@ class MaskedDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        if self.num_supervised_predictions < 1:
+            raise ValueError(
+                f"no prediction to supervise: {dec_layers} decoder layers (MODEL.MASK_FORMER.DEC_LAYERS - 1) and "
+                f"SUPERVISE_INITIAL_PREDICTION {supervise_initial_prediction}"
+            )
+
+    @property
+    def num_supervised_predictions(self) -> int:
+        """Predictions a loss reads: one per layer, plus the one before the first layer if it is
+        supervised; the last is the output, the others are ``aux_outputs``."""
+        return self.num_layers + int(self.supervise_initial_prediction)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int):

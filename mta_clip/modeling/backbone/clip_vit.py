@@ -21,7 +21,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
-from ...layers.drop_path import DropPath
+from ...config import choice
+from ...layers.drop_path import DROP_PATH_UNITS, DropPath
 from ..clip.weights import (
     clip_weights_and_arch,
     image_size_pair,
@@ -88,11 +89,9 @@ class CLIPViT(Backbone):
         level_index = check_pyramid_args(
             "CLIPViT", out_indices, layers, out_features, pyramid_norm, width,
             "MODEL.CLIP.VIT.OUT_INDICES", "MODEL.CLIP.VIT.PYRAMID_NORM")
-        if pos_embed_interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(
-                f"CLIPViT pos_embed_interpolation {pos_embed_interpolation!r} "
-                "(MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION): expected 'bilinear' or 'bicubic'"
-            )
+        pos_embed_interpolation = choice(
+            ("bilinear", "bicubic"), pos_embed_interpolation, "MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION")
+        drop_path_unit = choice(DROP_PATH_UNITS, drop_path_unit, "MODEL.CLIP.VIT.DROP_PATH_UNIT")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(
                 f"CLIPViT drop_path_rate {drop_path_rate} (MODEL.CLIP.VIT.DROP_PATH_RATE): expected [0, 1)"
