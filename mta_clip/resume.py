@@ -207,13 +207,14 @@ def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def config_differences(saved_yaml: str, cfg) -> Dict[str, tuple]:
-    """``{key: (saved value, new value)}`` for keys outside ``RESUMABLE_KEYS`` that differ."""
+    """``{key: (saved value, new value)}`` for keys outside ``RESUMABLE_KEYS`` that differ. Keys the
+    saved config does not have (added by a later version of this project) are not compared."""
     old = _flatten(yaml.safe_load(saved_yaml) or {})
     new = _flatten(yaml.safe_load(cfg.dump()))
     return {
-        k: (old.get(k, "<absent>"), new.get(k, "<absent>"))
-        for k in sorted(set(old) | set(new))
-        if k not in RESUMABLE_KEYS and old.get(k, "<absent>") != new.get(k, "<absent>")
+        k: (old[k], new.get(k, "<absent>"))
+        for k in sorted(old)
+        if k not in RESUMABLE_KEYS and old[k] != new.get(k, "<absent>")
     }
 
 
