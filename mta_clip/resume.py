@@ -7,7 +7,9 @@ Detectron2 replays the data from iteration 0 after a resume and restarts every r
   stream position ``g`` runs with every random generator seeded from ``(seed, g)`` (the global
   generators are restored afterwards). Workers produce whole batches in turn, so the order does not
   depend on ``DATALOADER.NUM_WORKERS``. The seed is saved in the checkpoint; after a resume the
-  loader starts at batch ``start_iter``.
+  loader starts at batch ``start_iter``. Batches are consecutive stream items (no aspect-ratio
+  grouping: the semantic recipes crop to one size); set ``DATALOADER.EXACT_RESUME False`` for
+  Detectron2's loader.
 * ``RNGStates``: the global torch / numpy / Python generators (what the model uses, e.g. point
   sampling) are saved in every checkpoint and restored by ``--resume``.
 * ``trim_metrics``: rows of ``metrics.json`` written after the checkpoint by the killed run go.
@@ -207,13 +209,14 @@ def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def config_differences(saved_yaml: str, cfg) -> Dict[str, tuple]:
-    """``{key: (saved value, new value)}`` for keys outside ``RESUMABLE_KEYS`` that differ."""
+    """``{key: (saved value, new value)}`` for keys outside ``RESUMABLE_KEYS`` that differ. Keys the
+    saved config does not have (added by a later version of this project) are not compared."""
     old = _flatten(yaml.safe_load(saved_yaml) or {})
     new = _flatten(yaml.safe_load(cfg.dump()))
     return {
-        k: (old.get(k, "<absent>"), new.get(k, "<absent>"))
-        for k in sorted(set(old) | set(new))
-        if k not in RESUMABLE_KEYS and old.get(k, "<absent>") != new.get(k, "<absent>")
+        k: (old[k], new.get(k, "<absent>"))
+        for k in sorted(old)
+        if k not in RESUMABLE_KEYS and old[k] != new.get(k, "<absent>")
     }
 
 
