@@ -29,6 +29,7 @@ import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import mta_clip  # noqa: E402,F401  (first: quiets third-party import warnings)
 from detectron2.data.catalog import Metadata  # noqa: E402
 
 from mta_clip.atomic_io import atomic_output  # noqa: E402

@@ -14,6 +14,7 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_test_config(cfg)
     _add_clip_config(cfg)
     _add_mta_clip_config(cfg)
+    _add_logging_config(cfg)
     return cfg
 
 
@@ -91,6 +92,7 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # constant lr factor after this point (0 = off)
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding parameters
+    cfg.SOLVER.CHECKPOINT_MAX_KEEP = 0  # newest periodic model_XXXXXXX.pth kept (plus model_final, model_best); 0 = all
 
 
 def _add_test_config(cfg: CN) -> None:
@@ -108,6 +110,10 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.BEST_CHECKPOINT.ENABLED = True  # keep model_best.pth of the best evaluation
     cfg.TEST.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"  # storage key of the tracked metric
     cfg.TEST.BEST_CHECKPOINT.MODE = "max"  # "max" or "min": which direction is better
+    cfg.TEST.VISUALIZE = CN()
+    cfg.TEST.VISUALIZE.NUM_PANELS = 4  # image|GT|prediction|errors panels written per evaluation to inference/<dataset>/panels/
+    cfg.TEST.VISUALIZE.NUM_TENSORBOARD = 2  # panels logged as TensorBoard images at every training-time evaluation
+    cfg.TEST.VISUALIZE.CONFUSION_MATRIX = True  # write confusion_<dataset>.csv / .png and log the most confused pairs
 
 
 def _add_clip_config(cfg: CN) -> None:
@@ -166,3 +172,12 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.TEXT_ATTENTION_MASK = "predicted"  # text queries' cross-attention masks: "predicted" (authors) or "none"
     mc.TEXT_QUERY_POS = "learned"  # positional embedding of text queries: "learned" (authors) or "zero"
     mc.CHECKPOINT_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)
+
+
+def _add_logging_config(cfg: CN) -> None:
+    """Training logs beyond Detectron2's metrics.json / TensorBoard files."""
+    cfg.WANDB = CN()
+    cfg.WANDB.ENABLED = False  # also log scalars and panels to Weights & Biases (needs `pip install wandb`)
+    cfg.WANDB.PROJECT = "mta_clip"  # W&B project name
+    cfg.WANDB.RUN_NAME = ""  # W&B run name; "" = the name of OUTPUT_DIR
+    cfg.WANDB.MODE = "offline"  # W&B mode: "offline" (sync later with `wandb sync`), "online" or "disabled"

@@ -2,6 +2,7 @@
 
 No model logic lives here: the model comes from ``cfg.MODEL.META_ARCHITECTURE``.
 """
+import contextlib
 import inspect
 import logging
 import os
@@ -71,17 +72,37 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        """Detectron2's hooks plus, right after evaluation, the best-checkpoint keeper."""
+        """Detectron2's hooks plus, right after evaluation, the best-checkpoint keeper; periodic
+        checkpoints with SOLVER.CHECKPOINT_MAX_KEEP; a progress bar on a terminal."""
         from detectron2.engine import hooks
 
+        from .checkpoint_retention import PeriodicCheckpointHook
         from .evaluation import build_best_checkpoint_hook
+        from .progress import ProgressBarHook, use_progress_bar
 
         ret = super().build_hooks()
+        ret = [
+            PeriodicCheckpointHook(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                   self.cfg.SOLVER.CHECKPOINT_MAX_KEEP)
+            if isinstance(h, hooks.PeriodicCheckpointer) else h
+            for h in ret
+        ]
+        if use_progress_bar():
+            ret.append(ProgressBarHook())
         best = build_best_checkpoint_hook(self.cfg, self.checkpointer) if comm.is_main_process() else None
         if best is not None:
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             ret.insert(at + 1, best)
         return ret
+
+    def build_writers(self):
+        """Detectron2's writers (console, metrics.json, TensorBoard), W&B first when WANDB.ENABLED."""
+        writers = super().build_writers()
+        if self.cfg.WANDB.ENABLED:
+            from .wandb_writer import WandbWriter
+
+            writers.insert(0, WandbWriter(self.cfg))  # before TensorBoard's writer, which clears the images
+        return writers
 
     @classmethod
     def test(cls, cfg: CfgNode, model, evaluators=None):
@@ -115,7 +136,11 @@ class Trainer(DefaultTrainer):
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "sem_seg")
         if evaluator_type != "sem_seg":
             raise ValueError(f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'sem_seg'")
-        return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
+        v = cfg.TEST.VISUALIZE
+        return DatasetEvaluators([PerClassSemSegEvaluator(
+            dataset_name, distributed=True, output_dir=output_folder, num_panels=v.NUM_PANELS,
+            tensorboard_panels=v.NUM_TENSORBOARD, confusion_matrix=v.CONFUSION_MATRIX,
+        )])
 
 
 def setup_cfg(config_file: str, opts=None) -> CfgNode:
@@ -145,6 +170,22 @@ def check_launch_args(args) -> None:
         )
 
 
+@contextlib.contextmanager
+def _project_environment_table():
+    """Makes ``default_setup`` log this project's environment table (``mta_clip.collect_env``)
+    instead of Detectron2's, which reports the unused ``detectron2._C`` as broken."""
+    from detectron2.engine import defaults
+
+    from .collect_env import collect_env_info
+
+    previous = defaults.collect_env_info
+    defaults.collect_env_info = collect_env_info
+    try:
+        yield
+    finally:
+        defaults.collect_env_info = previous
+
+
 def setup(args) -> CfgNode:
     if not args.config_file:
         raise ValueError("--config-file is required (e.g. configs/toy/mtaclip_toy.yaml)")
@@ -160,6 +201,11 @@ def setup(args) -> CfgNode:
             f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}), or add --resume to use the last checkpoint in "
             f"OUTPUT_DIR {cfg.OUTPUT_DIR}"
         )
-    default_setup(cfg, args)
+    if cfg.WANDB.ENABLED:
+        from .wandb_writer import import_wandb
+
+        import_wandb()  # a missing package is an error now, not after the model is built
+    with _project_environment_table():
+        default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mta_clip")
     return cfg
