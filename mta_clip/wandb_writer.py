@@ -34,6 +34,7 @@ class WandbWriter(EventWriter):
                                      config=_plain(cfg))
         self._window = window_size
         self._last_write = -1
+        self._images_done = set()
 
     def write(self):
         storage = get_event_storage()
@@ -42,7 +43,9 @@ class WandbWriter(EventWriter):
             if it > self._last_write:
                 by_iter.setdefault(it, {})[key] = value
         for name, image, it in storage._vis_data:  # (C, H, W) uint8 / float images
-            by_iter.setdefault(it, {})[name] = self._wandb.Image(image.transpose(1, 2, 0))
+            if (name, it) not in self._images_done:
+                self._images_done.add((name, it))
+                by_iter.setdefault(it, {})[name] = self._wandb.Image(image.transpose(1, 2, 0))
         for it in sorted(by_iter):
             self._run.log(by_iter[it], step=it)
         if by_iter:
