@@ -10,9 +10,12 @@ On a machine without CUDA, --num-gpus N runs N CPU processes (gloo).
 import logging
 
 import mta_clip  # noqa: F401  (first: registers models and datasets, quiets third-party import warnings)
+
+# isort: split
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+
 from mta_clip.checkpointer import AtomicCheckpointer
 from mta_clip.engine import Trainer, check_launch_args, setup
 

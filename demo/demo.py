@@ -20,7 +20,7 @@ import glob
 import logging
 import os
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mta_clip  # noqa: E402,F401  (first: quiets third-party import warnings)
+
+# isort: split
 from detectron2.data.catalog import Metadata  # noqa: E402
 
 from mta_clip.atomic_io import atomic_output  # noqa: E402
@@ -154,7 +156,8 @@ def write_image_atomic(path: str, image: np.ndarray) -> None:
         buf.tofile(tmp)
 
 
-def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str, meta: Metadata, args) -> Tuple[int, List[Tuple[str, str]]]:
+def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str, meta: Metadata,
+               args) -> Tuple[int, List[Tuple[str, str]]]:
     """Processes images in batches; returns (written, [(path, reason) skipped])."""
     written, failed = 0, []
     bar = tqdm.tqdm(total=len(items), desc="images", unit="img", disable=len(items) < 2)
@@ -165,7 +168,7 @@ def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str,
         if not batch:
             return
         outs = predictor.predict_batch([b[2] for b in batch], return_probs=False)
-        for (path, key, image), out in zip(batch, outs):
+        for (_path, key, image), out in zip(batch, outs):
             labels = out["labels"]
             save_label_png(os.path.join(out_dir, "labels", key + ".png"), labels, meta.stuff_colors)
             write_image_atomic(os.path.join(out_dir, "overlays", key + ".png"), render(image, labels, meta, args.alpha))

@@ -25,6 +25,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mta_clip  # noqa: E402,F401  (first: registers models, quiets third-party import warnings)
+
+# isort: split
 from mta_clip.predictor import Predictor, to_bgr_uint8  # noqa: E402
 from mta_clip.visualization import legend_entries, save_label_png, short_names  # noqa: E402
 

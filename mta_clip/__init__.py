@@ -9,9 +9,9 @@ import warnings
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace` is deprecated", category=FutureWarning)
 
-from . import data, evaluation, modeling  # noqa: F401  (registration)
-from .config import add_mtaclip_config
-from .data import register_sem_seg_dataset
-from .predictor import Predictor
+from . import data, evaluation, modeling  # noqa: E402,F401  (registration; after the warning filters)
+from .config import add_mtaclip_config  # noqa: E402
+from .data import register_sem_seg_dataset  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
 __all__ = ["add_mtaclip_config", "register_sem_seg_dataset", "Predictor"]

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from mta_clip.engine import setup_cfg
+from mta_clip.config import setup_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "tests", "reference")
@@ -89,7 +89,7 @@ def test_paper_configs_build_the_mask_text_model(path, num_classes):
     import torch
     from detectron2.modeling import build_model
 
-    cfg = setup_cfg(os.path.join(ROOT, path), ["MODEL.CLIP.CHECKPOINT", "", "MODEL.DEVICE", "cpu"])
+    cfg = setup_cfg(os.path.join(ROOT, path), ["MODEL.CLIP.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)
     model = build_model(cfg)
     decoder = model.sem_seg_head.predictor

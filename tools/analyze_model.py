@@ -28,8 +28,11 @@ from tabulate import tabulate
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mta_clip  # noqa: E402,F401  (first: registers models, quiets third-party import warnings)
+
+# isort: split
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
+
 from mta_clip.predictor import load_config  # noqa: E402
 
 logger = logging.getLogger("mta_clip.analyze_model")
@@ -152,9 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     cfg = load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", args.device])
     cfg.MODEL.WEIGHTS = ""
-    for key in ("WEIGHTS", "CHECKPOINT"):  # the CLIP file key (renamed CHECKPOINT -> WEIGHTS)
-        if key in cfg.MODEL.CLIP:
-            cfg.MODEL.CLIP[key] = ""
+    cfg.MODEL.CLIP.WEIGHTS = ""
     cfg.freeze()
     logging.getLogger("mta_clip").setLevel(logging.ERROR)  # "random init" warnings are expected here
     model = build_model(cfg)

@@ -26,6 +26,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import mta_clip  # noqa: E402,F401  (first: registers the built-in datasets, quiets import warnings)
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from mta_clip.data.datasets import tolerate_unreadable_images  # noqa: E402

@@ -19,8 +19,8 @@ import os
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
-import numpy as np
 import cv2
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm

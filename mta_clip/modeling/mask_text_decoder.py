@@ -47,7 +47,7 @@ class MaskTextDecoder(MaskedDecoder):
         text_attention_mask: str = "predicted",
         text_query_pos: str = "learned",
         with_similarity: bool = True,
-        checkpoint_similarity: bool = True,
+        recompute_similarity: bool = True,
         **kwargs,
     ):
         """
@@ -69,7 +69,7 @@ class MaskTextDecoder(MaskedDecoder):
             text_query_pos: "learned" (one embedding per text query) or "zero".
             with_similarity: build the Eq. 5 projections and output ``pred_sim`` (off for the
                 "text-enhanced only" ablation, which has no L_sim).
-            checkpoint_similarity: in training, recompute Eqs. 5-6 during backward instead of
+            recompute_similarity: in training, recompute Eqs. 5-6 during backward instead of
                 keeping their (B, K*C', D) intermediates: same values and gradients, ~150 MiB less
                 per 2 images at the ADE20k shape for ~1% of the step time.
         """
@@ -98,7 +98,7 @@ class MaskTextDecoder(MaskedDecoder):
             self.text_proj = MLP(text_dim, hidden, hidden, 2)
         self.text_query_embed = nn.Embedding(num_text_queries, hidden) if text_query_pos == "learned" else None
         self.with_similarity = with_similarity
-        self.checkpoint_similarity = checkpoint_similarity
+        self.recompute_similarity = recompute_similarity
         if not with_similarity:
             return
         if return_projection == "gamma":
@@ -137,7 +137,7 @@ class MaskTextDecoder(MaskedDecoder):
             text_attention_mask=mc.TEXT_ATTENTION_MASK,
             text_query_pos=mc.TEXT_QUERY_POS,
             with_similarity=mc.USE_SIM_LOSS,
-            checkpoint_similarity=mc.CHECKPOINT_SIMILARITY,
+            recompute_similarity=mc.RECOMPUTE_SIMILARITY,
         )
         return ret
 
@@ -202,7 +202,7 @@ class MaskTextDecoder(MaskedDecoder):
         out = {"pred_logits": self.class_embed(mask_q), "pred_masks": masks, "attn_mask": None}
         if self.with_similarity and self.training and supervised:
             t0 = self._check_text(text_embeddings)
-            if self.checkpoint_similarity and torch.is_grad_enabled():
+            if self.recompute_similarity and torch.is_grad_enabled():
                 out["pred_sim"] = checkpoint(self._similarity, mask_q, text_q, t0, use_reentrant=False)
             else:
                 out["pred_sim"] = self._similarity(mask_q, text_q, t0)

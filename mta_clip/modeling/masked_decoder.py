@@ -11,14 +11,13 @@ the layer loop.
 """
 from typing import Dict, List, Optional, Tuple
 
+import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from detectron2.utils.registry import Registry
 from torch import nn
-
-import fvcore.nn.weight_init as weight_init
 
 from .position_encoding import PositionEmbeddingSine
 

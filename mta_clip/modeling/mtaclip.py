@@ -10,10 +10,10 @@ from typing import List, Optional, Sequence
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_backbone
-from torch import nn
 
+from ..data.class_names import class_names_from_metadata
 from .baseline import SemanticMask2Former
-from .clip import PromptTextEncoder, class_names_from_metadata
+from .clip import PromptTextEncoder
 from .criterion import SetCriterion
 from .mask_text_criterion import MaskTextCriterion
 
@@ -62,7 +62,7 @@ class MTACLIP(SemanticMask2Former):
         ret["text_encoder"] = text_encoder
         return ret
 
-    def predictor_inputs(self):
+    def transformer_decoder_inputs(self):
         if self.text_encoder is None:
             return {}
         return {"text_embeddings": self.text_encoder()}

@@ -17,7 +17,9 @@ from mta_clip.evaluation import PerClassSemSegEvaluator
 
 from .test_prepare_scripts import _reference_names, ade, city, make_fake_ade, make_fake_cityscapes
 
-OURS = ["ade20k_150_sem_seg_train", "ade20k_150_sem_seg_val", "cityscapes_19_sem_seg_train", "cityscapes_19_sem_seg_val"]
+OURS = [
+    "ade20k_150_sem_seg_train", "ade20k_150_sem_seg_val", "cityscapes_19_sem_seg_train", "cityscapes_19_sem_seg_val"
+]
 
 
 @pytest.fixture

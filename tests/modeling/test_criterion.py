@@ -1,4 +1,5 @@
 import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg

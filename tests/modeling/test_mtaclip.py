@@ -1,5 +1,4 @@
 """MTACLIP meta-architecture: gradients, frozen text encoder, baseline equivalence, train/eval."""
-import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
@@ -13,7 +12,7 @@ from tests.conftest import toy_cfg
 
 
 def _cfg(tiny_clip_file, *opts):
-    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.CHECKPOINT", tiny_clip_file, *opts])
+    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.WEIGHTS", tiny_clip_file, *opts])
 
 
 def _batch(cfg, n=2):
@@ -61,7 +60,8 @@ def test_text_encoder_weights_unchanged_and_absent_from_optimizer(tiny_clip_file
         assert torch.equal(p, before[n]), n
     assert not torch.equal(model.text_encoder.prompt_learner.ctx, ctx_before)
     # prompts are trained at the base lr, not the backbone multiplier
-    ctx_group = next(g for g in opt.param_groups if any(p is model.text_encoder.prompt_learner.ctx for p in g["params"]))
+    ctx = model.text_encoder.prompt_learner.ctx
+    ctx_group = next(g for g in opt.param_groups if any(p is ctx for p in g["params"]))
     assert ctx_group["lr"] == cfg.SOLVER.BASE_LR
 
 

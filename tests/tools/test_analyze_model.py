@@ -12,9 +12,9 @@ def test_parameters_and_flops_of_mtaclip_toy_without_weight_files(capsys):
     cfg_file = "configs/toy/mtaclip_toy.yaml"
     # the config names pretrained/tiny_clip_RN50.pt and a missing MODEL.WEIGHTS: neither is read
     tool.main(["--config-file", cfg_file, "--tasks", "parameter", "flop", "--size", "64",
-               "--opts", "MODEL.WEIGHTS", "/nonexistent/model.pth", "MODEL.CLIP.CHECKPOINT", "/nonexistent/clip.pt"])
+               "--opts", "MODEL.WEIGHTS", "/nonexistent/model.pth", "MODEL.CLIP.WEIGHTS", "/nonexistent/clip.pt"])
     out = capsys.readouterr().out
-    model = build_model(toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.CHECKPOINT", ""])).eval()
+    model = build_model(toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.WEIGHTS", ""])).eval()
     total = sum(p.numel() for p in model.parameters())
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert f"{total:,}" in out and f"{frozen:,}" in out
