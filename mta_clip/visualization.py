@@ -166,7 +166,7 @@ def _text_size(font, text: str) -> Tuple[int, int]:
 
 
 def font_size_for(height: int, width: int) -> int:
-    return int(np.clip(round(min(height, width) / 30), 11, 26))
+    return int(np.clip(round(min(height, width) / 24), 12, 28))
 
 
 def _text_color(rgb: Sequence[int]) -> Color:
