@@ -8,22 +8,37 @@ A key that was renamed stays in ``RENAMED_KEYS``: a YAML file or an override tha
 old name is an error naming the new one.
 """
 import logging
-from typing import Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-__all__ = ["RENAMED_KEYS", "add_mtaclip_config", "setup_cfg"]
+__all__ = ["RENAMED_KEYS", "add_mtaclip_config", "choice", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# Old key -> new key. "CHECKPOINT" now means only the trainer's files; CLIP's files are "weights"
-# and activation recomputation is "recompute".
-RENAMED_KEYS = {
+# Old key -> new key, or (key that now holds the choice, what to write instead) for a removed key.
+# "CHECKPOINT" means only the trainer's files: CLIP's files are "weights", activation recomputation
+# is "recompute". One switch per choice: the model is chosen by MODEL.META_ARCHITECTURE alone.
+RENAMED_KEYS: Dict[str, Union[str, Tuple[str, str]]] = {
     "MODEL.CLIP.CHECKPOINT": "MODEL.CLIP.WEIGHTS",
     "MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS": "MODEL.CLIP.TEXT.RECOMPUTE_BLOCKS",
     "MODEL.MTA_CLIP.CHECKPOINT_SIMILARITY": "MODEL.MTA_CLIP.RECOMPUTE_SIMILARITY",
+    "MODEL.MTA_CLIP.ENABLED": (
+        "MODEL.META_ARCHITECTURE",
+        "ENABLED False was the baseline: MODEL.META_ARCHITECTURE SemanticMask2Former with "
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME MaskedDecoder.",
+    ),
+    "MODEL.MTA_CLIP.USE_TEXT_QUERIES": (
+        "MODEL.META_ARCHITECTURE",
+        "MTACLIP always has text queries; the model without them is MODEL.META_ARCHITECTURE SemanticMask2Former.",
+    ),
+    "MODEL.MTA_CLIP.TEXT_DIM": (
+        "MODEL.CLIP.WEIGHTS",
+        "the text width D comes from the CLIP text encoder (MODEL.CLIP.WEIGHTS, or MODEL.CLIP.MODEL_NAME).",
+    ),
 }
 
 
@@ -38,8 +53,21 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_logging_config(cfg)
     for old, new in RENAMED_KEYS.items():
         if not cfg.key_is_renamed(old):
-            cfg.register_renamed_key(old, new)
+            cfg.register_renamed_key(old, *((new,) if isinstance(new, str) else new))
     return cfg
+
+
+def choice(options: Union[Sequence[str], Mapping[str, T]], value: str, key: str) -> Union[str, T]:
+    """The one check of a configured choice: ``value`` looked up case-insensitively in ``options``.
+
+    ``options`` are lowercase names, or a mapping name -> implementation (then the implementation
+    is returned, e.g. a loss function); a name returns its lowercase form. Anything else is a
+    ``ValueError`` naming ``key`` (the config key, or the argument) and the allowed names.
+    """
+    name = str(value).lower()
+    if name not in options:
+        raise ValueError(f"{key}: got {value!r}, expected one of {list(options)}")
+    return options[name] if isinstance(options, Mapping) else name
 
 
 def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
@@ -188,7 +216,7 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CONTEXT_INIT_STD = 1.0  # std of the random truncated-normal (+-2 std) context init
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
-    clip.TEXT.RECOMPUTE_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
+    clip.TEXT.RECOMPUTE_BLOCKS = False  # recompute the text blocks in backward (less memory, ~1 more forward)
     clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 
 
@@ -202,10 +230,7 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.NONE_CLASS = True  # extra "none" class text (C' = C + 1) as the positive of unmatched queries
     mc.NONE_WEIGHT = 0.1  # weight of the unmatched queries' L_sim terms (with NONE_CLASS)
     mc.SIM_NORMALIZATION = "weighted_mean"  # "weighted_mean" (authors) or "mean_over_queries" (paper)
-    mc.ENABLED = True  # run the text branch (False: MTACLIP behaves as the Mask2Former baseline)
-    mc.USE_TEXT_QUERIES = True  # concatenate text queries with the mask queries (Eq. 2); L_sim needs them
     mc.NONE_CLASS_NAME = "none"  # class text of the extra "none" entry (with NONE_CLASS)
-    mc.TEXT_DIM = 0  # D of the text features; 0 = take it from the text encoder
     mc.TEXT_REDUCTION = "linear_ln"  # Eq. 1: "linear_ln" (authors: Linear + LayerNorm on all queries) or "mlp" (paper)
     mc.RETURN_PROJECTION = "gamma"  # Eq. 5: "gamma" (authors: t0 + gamma * LN(Linear(t_hat))) or "mlp" (paper)
     mc.GAMMA_INIT = 1e-4  # initial per-channel gamma of the "gamma" return projection

@@ -27,10 +27,13 @@ class WandbWriter(EventWriter):
     """Writes new scalars and images of the current ``EventStorage`` to a W&B run."""
 
     def __init__(self, cfg, window_size: int = 20):
-        self._wandb = import_wandb()
+        from .config import choice
+
         w = cfg.WANDB
+        mode = choice(("offline", "online", "disabled"), w.MODE, "WANDB.MODE")
+        self._wandb = import_wandb()
         name = w.RUN_NAME or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR))
-        self._run = self._wandb.init(project=w.PROJECT, name=name, dir=cfg.OUTPUT_DIR, mode=w.MODE,
+        self._run = self._wandb.init(project=w.PROJECT, name=name, dir=cfg.OUTPUT_DIR, mode=mode,
                                      config=_plain(cfg))
         self._window = window_size
         self._last_write = -1

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from mta_clip.config import RENAMED_KEYS, setup_cfg
+from mta_clip.config import RENAMED_KEYS, choice, setup_cfg
 from tests.conftest import ROOT
 
 TOY = os.path.join(ROOT, "configs", "toy", "mtaclip_toy.yaml")
@@ -16,7 +16,10 @@ def _yaml_setting(full_key: str, value: str) -> str:
     return "\n".join(lines + [f"{'  ' * (len(parts) - 1)}{parts[-1]}: {value}"]) + "\n"
 
 
-@pytest.mark.parametrize("old,new", sorted(RENAMED_KEYS.items()))
+RENAMED = sorted((old, new if isinstance(new, str) else new[0]) for old, new in RENAMED_KEYS.items())
+
+
+@pytest.mark.parametrize("old,new", RENAMED)
 def test_old_key_in_a_yaml_file_names_the_file_and_the_new_key(tmp_path, old, new):
     path = tmp_path / "old.yaml"
     path.write_text(f"_BASE_: {TOY}\n" + _yaml_setting(old, "True"))
@@ -25,7 +28,7 @@ def test_old_key_in_a_yaml_file_names_the_file_and_the_new_key(tmp_path, old, ne
     assert str(path) in str(e.value) and old in str(e.value) and f"renamed to {new}" in str(e.value)
 
 
-@pytest.mark.parametrize("old,new", sorted(RENAMED_KEYS.items()))
+@pytest.mark.parametrize("old,new", RENAMED)
 def test_old_key_as_an_override_names_the_new_key(old, new):
     with pytest.raises(KeyError, match=f"{old} was renamed to {new}"):
         setup_cfg(TOY, [old, "True"])
@@ -33,7 +36,7 @@ def test_old_key_as_an_override_names_the_new_key(old, new):
 
 def test_new_keys_exist_and_old_ones_are_gone():
     cfg = setup_cfg(TOY)
-    for old, new in RENAMED_KEYS.items():
+    for old, new in RENAMED:
         node = cfg
         for part in new.split("."):
             assert part in node, new
@@ -43,6 +46,18 @@ def test_new_keys_exist_and_old_ones_are_gone():
             parent = parent[part]
         assert old.split(".")[-1] not in parent, old
     assert cfg.clone().key_is_renamed("MODEL.CLIP.CHECKPOINT")  # survives clone()
+
+
+def test_removed_switch_says_what_to_write_instead():
+    with pytest.raises(KeyError, match="renamed to MODEL.META_ARCHITECTURE.*SemanticMask2Former"):
+        setup_cfg(TOY, ["MODEL.MTA_CLIP.ENABLED", "False"])
+
+
+def test_choice_is_case_insensitive_maps_names_and_names_the_key():
+    assert choice(("mixneg", "separateneg"), "MixNeg", "MODEL.MTA_CLIP.NEGATIVES") == "mixneg"
+    assert choice({"a": len, "b": abs}, "B", "K") is abs
+    with pytest.raises(ValueError, match=r"MODEL.X: got 'c', expected one of \['a', 'b'\]"):
+        choice({"a": len, "b": abs}, "c", "MODEL.X")
 
 
 def test_file_then_overrides_and_no_cuda_falls_back_to_cpu(tmp_path):

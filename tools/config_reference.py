@@ -16,7 +16,7 @@ import io
 import os
 import sys
 import tokenize
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -124,7 +124,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render(sections: List[Section], renamed: Dict[str, str], cfg) -> str:
+def render(sections: List[Section], renamed: Dict[str, Union[str, Tuple[str, str]]], cfg) -> str:
     lines = [
         "# Config reference",
         "",
@@ -149,10 +149,12 @@ def render(sections: List[Section], renamed: Dict[str, str], cfg) -> str:
                   "Mask2Former / Detectron2 YAML files set these keys; nothing in this project reads them.", ""]
         lines += header + [row(key) for key in unused] + [""]
     if renamed:
-        lines += ["## Renamed keys", "",
-                  "A YAML file or override that uses the old name is an error naming the new one.", "",
-                  "| Old key | New key |", "|---|---|"]
-        lines += [f"| `{old}` | `{new}` |" for old, new in renamed.items()]
+        lines += ["## Renamed and removed keys", "",
+                  "A YAML file or override that uses an old key is an error naming the key to use.", "",
+                  "| Old key | Use | Note |", "|---|---|---|"]
+        for old, new in renamed.items():
+            new, note = (new, "") if isinstance(new, str) else new
+            lines.append(f"| `{old}` | `{new}` | {_cell(note)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -41,7 +41,7 @@ class MaskedSemSegHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], **transformer_decoder_kwargs):
-        """``transformer_decoder_kwargs`` go to the transformer decoder's ``from_config`` (e.g. text width)."""
+        """``transformer_decoder_kwargs`` go to the transformer decoder's ``from_config`` (e.g. the text shape)."""
         return {
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "predictor": build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, **transformer_decoder_kwargs),
@@ -80,15 +80,21 @@ class SemanticMask2Former(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, backbone: Optional[Backbone] = None, sem_seg_head: Optional[nn.Module] = None,
-                    criterion: Optional[nn.Module] = None):
-        """Subclasses may pass pre-built parts; the rest are built from ``cfg``."""
+                    criterion_class: type = SetCriterion):
+        """Subclasses may pass a pre-built backbone / head and the criterion class; the criterion
+        supervises as many predictions as the head's transformer decoder makes."""
         backbone = backbone if backbone is not None else build_backbone(cfg)
         if sem_seg_head is None:
             sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        if not hasattr(getattr(sem_seg_head, "predictor", None), "num_supervised_predictions"):
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NAME {cfg.MODEL.SEM_SEG_HEAD.NAME!r} has no transformer decoder "
+                "('predictor'); the mask-classification models need 'MaskedSemSegHead'"
+            )
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,
-            "criterion": criterion if criterion is not None else SetCriterion(cfg),
+            "criterion": criterion_class(cfg, sem_seg_head.predictor.num_supervised_predictions),
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),

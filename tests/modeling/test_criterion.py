@@ -269,7 +269,7 @@ def test_deep_supervision_keys_and_weight_dict():
 def test_from_config_and_checkpoint_buffer():
     cfg = add_mtaclip_config(get_cfg())
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
-    crit = SetCriterion(cfg)
+    crit = SetCriterion(cfg, num_supervised_predictions=10)  # as the default decoder makes
     assert crit.num_aux_outputs == 9 and len(crit.weight_dict) == 30
     assert crit.weight_dict["loss_ce_8"] == 2.0 and crit.weight_dict["loss_mask"] == 5.0
     assert crit.losses == ["labels", "masks"]
@@ -277,10 +277,9 @@ def test_from_config_and_checkpoint_buffer():
     state = crit.state_dict()
     assert list(state) == ["empty_weight"] and state["empty_weight"].shape == (151,)
     assert state["empty_weight"][-1].item() == pytest.approx(0.1) and bool((state["empty_weight"][:-1] == 1).all())
-    cfg.MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION = False
-    assert SetCriterion(cfg).num_aux_outputs == 8
+    assert SetCriterion(cfg, num_supervised_predictions=9).num_aux_outputs == 8
     cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = False
-    assert set(SetCriterion(cfg).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
+    assert set(SetCriterion(cfg, num_supervised_predictions=9).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
 
 
 def test_get_loss_dispatch_and_subclass_extension():

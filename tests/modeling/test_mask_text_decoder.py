@@ -182,7 +182,7 @@ def test_wrong_text_shape_is_a_clear_error():
 
 @pytest.mark.parametrize("arg,value", [("similarity", "l2"), ("text_reduction", "conv"), ("return_projection", "x")])
 def test_bad_choice_names_the_option(arg, value):
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(ValueError, match=f"MODEL.MTA_CLIP.{arg.upper()}: got {value!r}"):
         _decoder(**{arg: value})
 
 

@@ -1,4 +1,5 @@
 """Masked-attention decoder: shapes, attention masks from the previous prediction."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -25,9 +26,12 @@ def test_output_shapes_and_deep_supervision():
     out = dec(mem, mf)
     assert out["pred_logits"].shape == (B, N, C + 1)
     assert out["pred_masks"].shape == (B, N, 16, 24)
-    assert len(out["aux_outputs"]) == 4  # 5 predictions, the last is the main output
-    no_init = _decoder(supervise_initial_prediction=False)(mem, mf)
-    assert len(no_init["aux_outputs"]) == 3
+    assert len(out["aux_outputs"]) == 4 == dec.num_supervised_predictions - 1  # 5 predictions, the last is the output
+    no_init_dec = _decoder(supervise_initial_prediction=False)
+    no_init = no_init_dec(mem, mf)
+    assert len(no_init["aux_outputs"]) == 3 == no_init_dec.num_supervised_predictions - 1
+    with pytest.raises(ValueError, match="no prediction to supervise"):
+        _decoder(layers=0, supervise_initial_prediction=False)
     torch.testing.assert_close(no_init["pred_masks"], out["pred_masks"])
 
 

@@ -14,7 +14,8 @@ def test_pixel_decoder_shapes_and_fp32_under_autocast():
         transformer_enc_layers=2, transformer_n_points=4, conv_dim=32, mask_dim=16, norm="GN",
         transformer_in_features=["res3", "res4", "res5"], common_stride=4).eval()
     feats = {k: torch.randn(2, v.channels, 64 // v.stride, 96 // v.stride) for k, v in shapes.items()}
-    mask_features, _, multi = pd.forward_features(feats)
+    mask_features, lowest, multi = pd.forward_features(feats)
+    assert lowest is multi[0]  # the middle value (Mask2Former's transformer output) is the first memory
     assert mask_features.shape == (2, 16, 16, 24)
     assert [tuple(m.shape) for m in multi] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
     with torch.autocast("cpu", dtype=torch.bfloat16):

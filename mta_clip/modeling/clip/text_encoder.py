@@ -80,8 +80,8 @@ class PromptTextEncoder(nn.Module):
             recompute_blocks: when gradients are on, recompute every text block's activations in
                 backward instead of storing them (less memory, about one more forward pass of time).
             compute_dtype: "float32" (autocast off, also inside an AMP region), "bfloat16" or
-                "float16": the text transformer runs under autocast to that dtype (3.3x faster
-                fwd+bwd on an AVX512-BF16 CPU, half the activations); the output has the contexts' dtype.
+                "float16": the text transformer runs under autocast to that dtype (faster, half the
+                activations; figures in docs/benchmarks.md); the output has the contexts' dtype.
                 With ``freeze`` the blocks' weight matrices are also stored in that dtype.
         """
         super().__init__()

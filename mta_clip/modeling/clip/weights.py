@@ -13,12 +13,14 @@ The architecture (:class:`CLIPArch`) is read from the tensor shapes, as OpenAI's
 attention heads are ``width // 64`` everywhere, so widths must be multiples of 64 (ResNet: the
 stage-5 width ``32 * width``). Nothing is downloaded unless the caller asks for it explicitly.
 """
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
 import zipfile
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -38,6 +40,7 @@ __all__ = [
     "resize_grid_pos_embed",
     "image_size_pair",
     "load_clip_weights",
+    "clip_weights_read_once",
 ]
 
 # Architecture name -> OpenAI's released file name.
@@ -297,6 +300,23 @@ def read_clip_weights(
     return state_dict, arch
 
 
+# Set inside ``clip_weights_read_once()``: weights already read in this block, by file and model name.
+_READ_IN_THIS_BUILD: ContextVar[Optional[Dict[tuple, tuple]]] = ContextVar("clip_weights_read_once", default=None)
+
+
+@contextlib.contextmanager
+def clip_weights_read_once():
+    """Within this block (one model build), :func:`clip_weights_and_arch` reads each CLIP file once
+    and gives every caller (CLIP backbone, text encoder) the same state dict; it is dropped at the end.
+    Callers must not modify the returned tensors in place."""
+    token = _READ_IN_THIS_BUILD.set({}) if _READ_IN_THIS_BUILD.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _READ_IN_THIS_BUILD.reset(token)
+
+
 def clip_weights_and_arch(
     weights_file: str, model_name: str, allow_download: bool = False, user: str = "CLIP"
 ) -> Tuple[Optional[Dict[str, torch.Tensor]], CLIPArch]:
@@ -309,7 +329,15 @@ def clip_weights_and_arch(
             user, model_name, OFFICIAL_CLIP_FILES.get(model_name, _official_files_text()),
         )
         return None, CLIPArch.from_official(model_name)
-    return read_clip_weights(weights_file, model_name, allow_download)
+    read = _READ_IN_THIS_BUILD.get()
+    if read is None:
+        return read_clip_weights(weights_file, model_name, allow_download)
+    key = (os.path.abspath(os.path.expanduser(weights_file)), model_name)
+    if key not in read:
+        read[key] = read_clip_weights(weights_file, model_name, allow_download)
+    else:
+        logger.info("%s: using the CLIP weights already read from %s", user, weights_file)
+    return read[key]
 
 
 def sub_state_dict(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
