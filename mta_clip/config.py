@@ -49,6 +49,7 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_solver_config(cfg)
     _add_test_config(cfg)
     _add_clip_config(cfg)
+    _add_imagenet_backbone_config(cfg)
     _add_mta_clip_config(cfg)
     _add_logging_config(cfg)
     for old, new in RENAMED_KEYS.items():
@@ -218,6 +219,36 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
     clip.TEXT.RECOMPUTE_BLOCKS = False  # recompute the text blocks in backward (less memory, ~1 more forward)
     clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
+
+
+def _add_imagenet_backbone_config(cfg: CN) -> None:
+    """ImageNet-pretrained backbones of the paper's Table 3 (left): ViT-S/16 and MiT-B4. With them, the
+    MTA-CLIP text encoder still comes from MODEL.CLIP.MODEL_NAME / WEIGHTS (docs/backbones.md)."""
+    cfg.MODEL.VIT = CN()
+    vit = cfg.MODEL.VIT
+    vit.WEIGHTS = ""  # timm-layout ImageNet ViT state dict (.pth/.bin/.safetensors); "" = random init (warning)
+    vit.EMBED_DIM = 384  # token width (ViT-S: 384)
+    vit.DEPTH = 12  # transformer blocks of the architecture (blocks after the last OUT_INDICES entry are not built)
+    vit.NUM_HEADS = 6  # attention heads (ViT-S: 6)
+    vit.PATCH_SIZE = 16  # patch side in pixels
+    vit.MLP_RATIO = 4.0  # MLP hidden width / EMBED_DIM
+    vit.QKV_BIAS = True  # bias in the fused qkv projection (timm / DeiT / AugReg: True)
+    vit.IMAGE_SIZE = [512, 512]  # (H, W) the positional embedding is resized to when loading (timm: bicubic, antialias)
+    vit.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
+    vit.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # ImageNetViT outputs (strides 4, 8, 16, 32)
+    vit.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the ViT pyramid
+    vit.DROP_PATH_RATE = 0.1  # stochastic depth of the last block, linear from 0 (Segmenter's ViT-S recipe: 0.1)
+
+    cfg.MODEL.MIT = CN()
+    mit = cfg.MODEL.MIT
+    mit.WEIGHTS = ""  # official mit_b*.pth or Hugging Face SegformerModel state dict; "" = random init (warning)
+    mit.EMBED_DIMS = [64, 128, 320, 512]  # channels of res2..res5 (MiT-B4)
+    mit.NUM_HEADS = [1, 2, 5, 8]  # attention heads per stage
+    mit.DEPTHS = [3, 8, 27, 3]  # blocks per stage (MiT-B4)
+    mit.SR_RATIOS = [8, 4, 2, 1]  # spatial reduction of keys / values per stage
+    mit.MLP_RATIO = 4.0  # Mix-FFN hidden width / embed dim
+    mit.DROP_PATH_RATE = 0.1  # stochastic depth of the last block, linear from 0 (SegFormer's MiT-B4: 0.1)
+    mit.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # MixTransformer outputs (strides 4, 8, 16, 32)
 
 
 def _add_mta_clip_config(cfg: CN) -> None:

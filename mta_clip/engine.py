@@ -3,17 +3,17 @@
 No model logic lives here: the model comes from ``cfg.MODEL.META_ARCHITECTURE``.
 """
 import contextlib
+import functools
 import inspect
 import logging
 import os
-import weakref
 from typing import Optional
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
-from detectron2.engine.train_loop import TrainerBase
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import defaults as detectron2_defaults
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -39,6 +39,12 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
     return DistributedDataParallel(model, **kwargs)
 
 
+def _ddp_for_detectron2(model: torch.nn.Module, *, ddp_kwargs: dict, **detectron2_kwargs) -> torch.nn.Module:
+    """:func:`create_ddp_model` with ``ddp_kwargs``, called where ``DefaultTrainer`` calls
+    Detectron2's; its keywords (``broadcast_buffers=False``) are replaced by ``ddp_kwargs``."""
+    return create_ddp_model(model, **ddp_kwargs)
+
+
 def _no_forward_buffer_sync() -> dict:
     """DDP keyword that stops buffer broadcasts at every forward (as Detectron2's trainer does):
     ``forward_sync_buffers=False`` (torch >= 2.13, buffers still synced once at start), else the
@@ -48,28 +54,42 @@ def _no_forward_buffer_sync() -> dict:
     return {"broadcast_buffers": False}
 
 
+@contextlib.contextmanager
+def _replaced(module, **attributes):
+    """Sets ``module``'s attributes for the duration of the block, then restores them."""
+    saved = {name: getattr(module, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with this project's mapper, optimizer, schedule and evaluators."""
+    """``DefaultTrainer`` with this project's mapper, optimizer, schedule, evaluators and checkpointer."""
 
     def __init__(self, cfg: CfgNode):
-        # Same construction order as DefaultTrainer, with a DDP wrapper that handles CPU.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, find_unused_parameters=cfg.MODEL.FIND_UNUSED_PARAMETERS,
-                                 **_no_forward_buffer_sync())
-        use_amp = cfg.SOLVER.AMP.ENABLED and torch.cuda.is_available()
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        """Detectron2's own construction; while it runs, its DDP wrapper is :func:`create_ddp_model`
+        (CPU processes too, DDP keywords from the config) and its checkpointer comes from
+        :meth:`build_checkpointer`. AMP is used where CUDA is."""
+        if cfg.SOLVER.AMP.ENABLED and not torch.cuda.is_available():
+            logger.warning("SOLVER.AMP.ENABLED but CUDA is not available: training in float32")
+            frozen, cfg = cfg.is_frozen(), cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.AMP.ENABLED = False
+            if frozen:
+                cfg.freeze()
+        ddp_kwargs = dict(find_unused_parameters=cfg.MODEL.FIND_UNUSED_PARAMETERS, **_no_forward_buffer_sync())
+        ddp = functools.partial(_ddp_for_detectron2, ddp_kwargs=ddp_kwargs)
+        with _replaced(detectron2_defaults, create_ddp_model=ddp,
+                       DetectionCheckpointer=functools.partial(self.build_checkpointer, cfg)):
+            super().__init__(cfg)
+
+    def build_checkpointer(self, cfg: CfgNode, model: torch.nn.Module, save_dir: str, **kwargs) -> AtomicCheckpointer:
+        """The trainer's checkpointer (``kwargs``: Detectron2's, e.g. ``trainer``); atomic saves."""
+        return AtomicCheckpointer(model, save_dir, **kwargs)
 
     def build_hooks(self):
         """Detectron2's hooks plus, right after evaluation, the best-checkpoint keeper; periodic
@@ -157,22 +177,6 @@ def check_launch_args(args) -> None:
         )
 
 
-@contextlib.contextmanager
-def _project_environment_table():
-    """Makes ``default_setup`` log this project's environment table (``mta_clip.collect_env``)
-    instead of Detectron2's, which reports the unused ``detectron2._C`` as broken."""
-    from detectron2.engine import defaults
-
-    from .collect_env import collect_env_info
-
-    previous = defaults.collect_env_info
-    defaults.collect_env_info = collect_env_info
-    try:
-        yield
-    finally:
-        defaults.collect_env_info = previous
-
-
 def setup(args) -> CfgNode:
     if not args.config_file:
         raise ValueError("--config-file is required (e.g. configs/toy/mtaclip_toy.yaml)")
@@ -192,7 +196,10 @@ def setup(args) -> CfgNode:
         from .wandb_writer import import_wandb
 
         import_wandb()  # a missing package is an error now, not after the model is built
-    with _project_environment_table():
+    from .collect_env import collect_env_info
+
+    # default_setup logs this project's environment table: Detectron2's calls the unused detectron2._C broken
+    with _replaced(detectron2_defaults, collect_env_info=collect_env_info):
         default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mta_clip")
     return cfg

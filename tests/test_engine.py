@@ -129,3 +129,32 @@ def test_train_net_resume_and_eval_only(tmp_path):
     log = run("--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
               "DATALOADER.NUM_WORKERS", "0")
     assert "copypaste: mIoU" in log
+
+
+def test_trainer_is_detectron2s_with_our_ddp_checkpointer_and_amp_only_on_cuda(tmp_path, monkeypatch):
+    import detectron2.engine.defaults as d2
+    from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+
+    import mta_clip.engine as engine
+    from mta_clip.checkpointer import AtomicCheckpointer
+
+    original = (d2.create_ddp_model, d2.DetectionCheckpointer)
+    calls = []
+    monkeypatch.setattr(engine, "create_ddp_model", lambda model, **kw: calls.append(kw) or model)
+    cfg = toy_cfg("mask2former_toy.yaml", [*SMALL, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path),
+                                           "SOLVER.AMP.ENABLED", "True", "MODEL.FIND_UNUSED_PARAMETERS", "True"])
+    made = []
+
+    class Recording(Trainer):
+        def build_checkpointer(self, cfg, model, save_dir, **kwargs):
+            made.append(save_dir)
+            return super().build_checkpointer(cfg, model, save_dir, **kwargs)
+
+    trainer = Recording(cfg)
+    assert (d2.create_ddp_model, d2.DetectionCheckpointer) == original  # Detectron2 left as it was
+    assert calls == [{"find_unused_parameters": True, **engine._no_forward_buffer_sync()}]
+    assert made == [str(tmp_path)] and type(trainer.checkpointer) is AtomicCheckpointer
+    periodic = next(h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer))
+    assert periodic.checkpointer is trainer.checkpointer
+    expected = AMPTrainer if torch.cuda.is_available() else SimpleTrainer
+    assert type(trainer._trainer) is expected and trainer.cfg.SOLVER.AMP.ENABLED == torch.cuda.is_available()
