@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Local web demo (Gradio): upload an image or pick a sample, choose a model file, see the overlay.
 
-    python demo/web_demo.py --config-file configs/ade20k/mtaclip_R50_bs16_160k.yaml \\
-        --weights output/a/model_final.pth output/b/model_best.pth [--samples photos/] [--port 7860]
+    python demo/web_demo.py --weights output/a/model_final.pth output/b/model_final.pth [--samples photos/]
+    python demo/web_demo.py --config-file configs/ade20k/mtaclip_R50_bs16_160k.yaml --weights W.pth [--port 7860]
+
+Model files written by ``train_net.py`` carry their config and class names (no ``--config-file``);
+other weight files (e.g. ``model_best.pth``) need the ``--config-file`` they were trained with.
 
 Opens http://127.0.0.1:7860 (this machine only; ``--host 0.0.0.0`` to serve the local network).
 The page shows the overlay with class names and legend (lossless PNG), the share of every class
 present, and a download of the label PNG (palette PNG: pixel values = class indices). Nothing is
 fetched from the internet; models are loaded on first use and kept. ``--weights ""`` runs a
-randomly initialized model (to try the page without a trained model).
+randomly initialized model of ``--config-file`` (to try the page without a trained model).
 """
 import argparse
 import logging
@@ -38,9 +41,10 @@ RANDOM_WEIGHTS = "random weights (no file)"
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
-    parser.add_argument("--weights", nargs="+", default=[""], metavar="PTH",
-                        help='model files to choose from in the page ("" = random weights)')
+    parser.add_argument("--config-file", default=None, metavar="FILE",
+                        help="model config (not needed for model files written by train_net.py)")
+    parser.add_argument("--weights", nargs="+", default=None, metavar="PTH",
+                        help='model files to choose from in the page ("" = random weights of --config-file)')
     parser.add_argument("--samples", nargs="*", default=None,
                         help="sample images or folders (default: up to 6 toy validation images if present)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
@@ -70,7 +74,7 @@ def find_samples(items: Optional[Sequence[str]], limit: int = 12) -> List[str]:
 class Segmenter:
     """Predictors per model file, built on first use; the function behind the page's button."""
 
-    def __init__(self, config_file: str, weights: Sequence[str], device: str = "cpu",
+    def __init__(self, config_file: Optional[str], weights: Sequence[str], device: str = "cpu",
                  opts: Sequence[str] = (), output_dir: Optional[str] = None):
         self.config_file = config_file
         self.device = device
@@ -80,6 +84,8 @@ class Segmenter:
             label = RANDOM_WEIGHTS if not w else w
             if w and not os.path.isfile(w):
                 raise FileNotFoundError(f"--weights {w!r}: no such file")
+            if not w and not config_file:
+                raise FileNotFoundError('--weights "" (random weights) needs --config-file')
             self.choices[label] = w
         self._predictors: Dict[str, Predictor] = {}
         self._lock = threading.Lock()
@@ -92,8 +98,12 @@ class Segmenter:
         with self._lock:
             if choice not in self._predictors:
                 logger.info("Loading %s", choice)
-                self._predictors[choice] = Predictor(self.config_file, weights=self.choices[choice],
-                                                     device=self.device, opts=self.opts)
+                if self.config_file:
+                    predictor = Predictor(self.config_file, weights=self.choices[choice], device=self.device,
+                                          opts=self.opts)
+                else:  # a model file written by train_net.py: config and class names inside
+                    predictor = Predictor(self.choices[choice], device=self.device, opts=self.opts)
+                self._predictors[choice] = predictor
             return self._predictors[choice]
 
     def __call__(self, image_rgb: Optional[np.ndarray], choice: str, alpha: float = 0.55
@@ -154,9 +164,12 @@ def launch(app, host: str, port: int, block: bool = True):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
+    if not args.weights and not args.config_file:
+        print("error: give --weights MODEL_FILE ... (and/or --config-file)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     try:
-        segmenter = Segmenter(args.config_file, args.weights, args.device, args.opts)
+        segmenter = Segmenter(args.config_file, args.weights or [""], args.device, args.opts)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -71,11 +71,20 @@ def choice(options: Union[Sequence[str], Mapping[str, T]], value: str, key: str)
     return options[name] if isinstance(options, Mapping) else name
 
 
-def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
-    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen).
+def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None, dataset_files: Sequence[str] = (),
+              imports: Sequence[str] = ()) -> CN:
+    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen);
+    then the dataset files (``DATASETS.FILES`` + ``dataset_files``) and ``imports`` are registered
+    and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` follows the training data (``prepare_datasets``).
 
-    A key the config does not have (or a renamed one) is a ``KeyError`` naming the file and the key.
+    A key the config does not have (or a renamed one) is a ``KeyError`` naming the file and the key;
+    a ``!!python/...`` tag in the file or a ``_BASE_`` is a ``ValueError`` naming file and tag.
     """
+    import yaml
+
+    from .data.dataset_file import prepare_datasets
+    from .safe_yaml import unsafe_tag_error
+
     cfg = get_cfg()
     add_mtaclip_config(cfg)
     if config_file:
@@ -83,7 +92,10 @@ def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
             cfg.merge_from_file(config_file, allow_unsafe=False)
         except KeyError as e:
             raise KeyError(f"{config_file}: {e.args[0] if e.args else e}") from e
+        except yaml.constructor.ConstructorError as e:
+            raise unsafe_tag_error(e, "config file") from None
     cfg.merge_from_list(list(opts or []))
+    prepare_datasets(cfg, dataset_files, imports)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -134,7 +146,7 @@ def _add_baseline_config(cfg: CN) -> None:
     sh.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
     sh.COMMON_STRIDE = 4  # stride of mask_features
     sh.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features the head reads
-    sh.NUM_CLASSES = 150  # C
+    sh.NUM_CLASSES = 0  # C; 0 = the class count of the DATASETS.TRAIN datasets (a set value must equal it)
     sh.IGNORE_VALUE = 255  # label value ignored by the loss and the evaluator
     sh.NORM = "GN"  # norm of the pixel decoder convolutions
     sh.CONVS_DIM = 256  # pixel decoder width
@@ -155,6 +167,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
+    cfg.DATASETS.FILES = []  # dataset files (YAML/JSON, see mta_clip/data/dataset_file.py) to register first
+    cfg.DATALOADER.EXACT_RESUME = True  # batches depend on (seed, position) only: --resume sees the same batches
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -187,13 +201,14 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.VISUALIZE.NUM_PANELS = 4  # image|GT|prediction|errors panels per evaluation in inference/<dataset>/panels/
     cfg.TEST.VISUALIZE.NUM_TENSORBOARD = 2  # panels logged as TensorBoard images at every training-time evaluation
     cfg.TEST.VISUALIZE.CONFUSION_MATRIX = True  # write confusion_<dataset>.csv / .png and log the most confused pairs
+    cfg.TEST.STRICT_WEIGHTS = True  # eval/demo/Predictor: weights that do not fit are an error (False: load what fits)
 
 
 def _add_clip_config(cfg: CN) -> None:
     """CLIP image backbones and prompt text encoder."""
     cfg.MODEL.CLIP = CN()
     clip = cfg.MODEL.CLIP
-    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of WEIGHTS
+    clip.MODEL_NAME = "RN50"  # "RN50", "RN101", "ViT-B-16" or "custom:{shapes}" (model files): shapes without WEIGHTS
     clip.WEIGHTS = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
     clip.DOWNLOAD = False  # fetch OpenAI's file to WEIGHTS (named like the official file) when it is missing
     clip.IMAGE_SIZE = [512, 512]  # (H, W) the image positional embeddings are resized to at build time

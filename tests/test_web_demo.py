@@ -108,3 +108,5 @@ def test_missing_weights_file_is_a_clear_error(capsys):
     web = _load_web_demo()
     assert web.main(["--config-file", TOY_BASELINE_CONFIG, "--weights", "/nonexistent/model.pth"]) == 2
     assert "/nonexistent/model.pth" in capsys.readouterr().err
+    assert web.main([]) == 2 and "--weights" in capsys.readouterr().err
+    assert web.main(["--weights", ""]) == 2 and "needs --config-file" in capsys.readouterr().err

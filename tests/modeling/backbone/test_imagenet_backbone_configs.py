@@ -44,7 +44,7 @@ def test_table3_left_config_builds_and_predicts(name, tiny_vit_clip):
 def test_toy_training_step_and_evaluation(tmp_path, tiny_clip_file, backbone):
     cfg = toy_cfg("mtaclip_toy.yaml", [
         "MODEL.BACKBONE.NAME", backbone, *TOY_BACKBONES[backbone], "MODEL.CLIP.WEIGHTS", tiny_clip_file,
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
         "OUTPUT_DIR", str(tmp_path)])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
