@@ -10,7 +10,8 @@ from mta_clip.checkpoint_retention import PeriodicCheckpointHook
 from mta_clip.engine import Trainer
 from tests.conftest import toy_cfg
 
-OPTS = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1",
+OPTS = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "1",
         "SOLVER.CHECKPOINT_MAX_KEEP", "2", "TEST.EVAL_PERIOD", "100", "TEST.VISUALIZE.NUM_TENSORBOARD", "2",
         "TEST.VISUALIZE.NUM_PANELS", "1"]
 
