@@ -9,6 +9,10 @@ ground-truth row) and logs the most confused class pairs.
 Panels image | ground truth | prediction | errors of the first ``num_panels`` images (main
 process) go to ``output_dir/panels/``; during training (inside an ``EventStorage``) the first
 ``tensorboard_panels`` are also put into the storage as images, which the TensorBoard writer logs.
+
+Label files are read by ``load_sem_seg_labels``: Detectron2's default loader asks numpy for an
+array without a copy (``np.array(image, copy=False)``), which numpy 2 refuses ("Unable to avoid
+copy"); this one works on numpy 1.x and 2.x.
 """
 import csv
 import io
@@ -25,6 +29,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 from detectron2.utils import events as d2_events
+from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tabulate import tabulate
 
@@ -32,7 +37,7 @@ from .. import visualization as vis
 from ..atomic_io import write_text_atomic
 from . import confusion_matrix as cm
 
-__all__ = ["PerClassSemSegEvaluator", "format_per_class_table", "per_class_metrics"]
+__all__ = ["PerClassSemSegEvaluator", "format_per_class_table", "load_sem_seg_labels", "per_class_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +80,19 @@ def _json_number(x: float) -> Optional[float]:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def load_sem_seg_labels(filename: str, dtype=None) -> np.ndarray:
+    """(H, W) label array of a label image, a new writable array (numpy 1.x and 2.x)."""
+    with PathManager.open(filename, "rb") as f:
+        return np.array(Image.open(f), dtype=dtype)
+
+
 class PerClassSemSegEvaluator(SemSegEvaluator):
     """Detectron2's semantic-segmentation metrics, plus per-class CSV / JSON and a log table,
     confusion matrix and prediction panels."""
 
     def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, *,
-                 num_panels: int = 0, tensorboard_panels: int = 0, confusion_matrix: bool = True,
-                 most_confused: int = 10, tensorboard_max_width: int = 1600, **kwargs):
+                 sem_seg_loading_fn=load_sem_seg_labels, num_panels: int = 0, tensorboard_panels: int = 0,
+                 confusion_matrix: bool = True, most_confused: int = 10, tensorboard_max_width: int = 1600, **kwargs):
         """
         Args:
             num_panels: panels written to ``output_dir/panels/`` per evaluation.
@@ -89,9 +100,11 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
             confusion_matrix: write the confusion matrix CSV / PNG.
             most_confused: class pairs logged.
             tensorboard_max_width: TensorBoard panels wider than this are shrunk.
+            sem_seg_loading_fn: label file reader (default: numpy 1.x and 2.x safe).
             Other arguments: Detectron2's ``SemSegEvaluator``.
         """
-        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir, **kwargs)
+        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir,
+                         sem_seg_loading_fn=sem_seg_loading_fn, **kwargs)
         if num_panels < 0 or tensorboard_panels < 0:
             raise ValueError(f"num_panels / tensorboard_panels must be >= 0, got {num_panels} / {tensorboard_panels}")
         self._num_panels = int(num_panels)
