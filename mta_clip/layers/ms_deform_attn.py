@@ -7,7 +7,9 @@ inputs and dispatches:
 - CPU tensors -> the C++ CPU kernel of ``mta_clip._C`` (measured about 5x faster than the
   PyTorch path in forward + backward at the ADE20k shapes, see docs/ms_deform_attn.md);
 - otherwise (extension missing, built without CUDA, other devices, more than ``_C.MAX_LEVELS``
-  levels) -> ``ms_deform_attn_pytorch``, the exact ``grid_sample`` implementation.
+  levels) -> ``ms_deform_attn_pytorch``, the exact ``grid_sample`` implementation;
+- while a graph is being recorded (``torch.jit.trace``, ``torch.export`` / ONNX export, see
+  ``graph_capture_active``) -> ``ms_deform_attn_pytorch``, so exported files hold plain operators.
 
 The compiled op computes in float32 or float64. float16 / bfloat16 inputs (e.g. under autocast)
 are computed in float32 on every path and the result is float32.
@@ -34,6 +36,7 @@ __all__ = [
     "ms_deform_attn_compiled",
     "ms_deform_attn_op_available",
     "ms_deform_attn_op_import_error",
+    "graph_capture_active",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,9 +48,14 @@ USE_COMPILED_ON_CPU = True
 _warned_cuda_fallback = False
 
 
+def graph_capture_active() -> bool:
+    """Whether ``torch.jit.trace``, ``torch.export`` or the ONNX exporter is recording a graph."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+
+
 def ms_deform_attn_pytorch(
     value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
+    spatial_shapes,
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
@@ -56,7 +64,8 @@ def ms_deform_attn_pytorch(
 
     Args:
         value: (B, S, H, D) with S = sum_l H_l * W_l.
-        spatial_shapes: (L, 2) int64 (H_l, W_l).
+        spatial_shapes: (L, 2) int64 (H_l, W_l), or a list of L (H_l, W_l) pairs (sizes stay
+            symbolic under ``torch.export``, where reading a tensor's values is not allowed).
         level_start_index: (L,) start of each level in S (unused here; levels are split by shape).
         sampling_locations: (B, Q, H, L, P, 2) normalized (x, y) in [0, 1].
         attention_weights: (B, Q, H, L, P).
@@ -65,13 +74,13 @@ def ms_deform_attn_pytorch(
     """
     b, _, n_heads, d = value.shape
     _, q, _, n_levels, n_points, _ = sampling_locations.shape
-    sizes: List[int] = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
-    value_levels = value.split(sizes, dim=1)
+    levels = spatial_shapes.tolist() if isinstance(spatial_shapes, torch.Tensor) else list(spatial_shapes)
+    value_levels = value.split([h * w for h, w in levels], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]
     sampled = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(levels):
         # (B, H_l*W_l, heads, D) -> (B*heads, D, H_l, W_l)
-        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d, int(h), int(w))
+        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, d, h, w)
         # (B, Q, heads, P, 2) -> (B*heads, Q, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
@@ -255,6 +264,8 @@ def multi_scale_deformable_attention(
     ``spatial_shapes`` / ``level_start_index`` as CPU tensors avoids a device-to-host copy.
     """
     global _warned_cuda_fallback
+    if graph_capture_active():  # the compiled op cannot be recorded; shapes may be a list here
+        return ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     value, shapes, starts, locations, weights, levels = _prepare(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights
     )

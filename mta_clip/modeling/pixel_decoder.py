@@ -5,7 +5,7 @@ feature joins through a lateral FPN path and gives ``mask_features``. Parameter 
 published Mask2Former checkpoints (``sem_seg_head.pixel_decoder.*``).
 """
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -16,6 +16,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from ..layers import multi_scale_deformable_attention
+from ..layers.ms_deform_attn import graph_capture_active
 from .position_encoding import PositionEmbeddingSine
 
 PIXEL_DECODER_REGISTRY = Registry("MTA_CLIP_PIXEL_DECODER")
@@ -58,8 +59,14 @@ class MSDeformAttn(nn.Module):
         nn.init.constant_(self.output_proj.bias, 0.0)
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value_in: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> torch.Tensor:
-        """query: (B, Q, C); reference_points: (B, Q, L, 2) in [0, 1]; value_in: (B, S, C)."""
+                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                level_shapes: Optional[List[Tuple[int, int]]] = None) -> torch.Tensor:
+        """query: (B, Q, C); reference_points: (B, Q, L, 2) in [0, 1]; value_in: (B, S, C).
+
+        ``level_shapes``: the (H_l, W_l) of ``spatial_shapes`` as ints, handed to the attention
+        while a graph is recorded for export (sizes then stay symbolic instead of being read
+        from the tensor).
+        """
         b, q, _ = query.shape
         s = value_in.shape[1]
         value = self.value_proj(value_in).view(b, s, self.n_heads, self.d_model // self.n_heads)
@@ -69,7 +76,8 @@ class MSDeformAttn(nn.Module):
         # offsets are in pixels of each level: normalize by (W_l, H_l)
         normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(offsets.dtype)
         locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        out = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights)
+        shapes = level_shapes if level_shapes is not None and graph_capture_active() else spatial_shapes
+        out = multi_scale_deformable_attention(value, shapes, level_start_index, locations, weights)
         return self.output_proj(out)
 
 
@@ -87,8 +95,8 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, level_shapes=None):
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, level_shapes)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -106,9 +114,11 @@ class DeformableEncoder(nn.Module):
         """Pixel centers of every level, normalized to [0, 1]: (B, S, L, 2) as (x, y)."""
         points = []
         for h, w in spatial_shapes:
+            # (i + 0.5) / size: the values of linspace(0.5, size - 0.5, size) / size, bit for bit;
+            # arange keeps symbolic sizes symbolic under torch.export, linspace does not
             ys, xs = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device) / h,
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device) / w,
+                (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
+                (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
                 indexing="ij",
             )
             points.append(torch.stack((xs.reshape(-1), ys.reshape(-1)), -1))
@@ -119,7 +129,7 @@ class DeformableEncoder(nn.Module):
         ref = self.reference_points(shapes_list, src.shape[0], src.device)
         out = src
         for layer in self.layers:
-            out = layer(out, pos, ref, spatial_shapes, level_start_index)
+            out = layer(out, pos, ref, spatial_shapes, level_start_index, shapes_list)
         return out
 
 
@@ -149,7 +159,11 @@ class DeformableTransformerEncoderOnly(nn.Module):
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1) for i, p in enumerate(pos_embeds)], 1
         )
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=flat.device)
+        if graph_capture_active():  # as_tensor would turn symbolic sizes into constants
+            one = flat.new_ones((), dtype=torch.long)
+            spatial_shapes = torch.stack([one * v for hw in shapes for v in hw]).view(len(shapes), 2)
+        else:
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=flat.device)
         level_start_index = torch.cat(
             (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
         )

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Exports a trained semantic model (baseline or MTA-CLIP) to ONNX or TorchScript and checks it.
+
+    python tools/export_model.py --config-file configs/ade20k/mtaclip_R50_bs16_160k.yaml \
+        --weights model_final.pth --format onnx --dynamic --output mtaclip_r50.onnx
+    python tools/export_model.py --config-file C --weights W.pth --format torchscript --size 512 512 --output m.ts
+
+The file takes a (B, H, W, 3) BGR image (uint8, or float32 with ``--input-dtype float32``; values
+0..255) and returns ``probs`` (B, C, H, W) and ``labels`` (B, H, W); preprocessing and semantic
+inference are inside it, MTA-CLIP's text features are stored as constants, and the class names and
+palette are in its metadata (see docs/export.md). After writing, the tool runs the file (ONNX
+Runtime / torch.jit) and PyTorch on random images and prints the differences; it exits with status
+1 and writes nothing when the labels differ on more than 0.1 % of the pixels.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+import mta_clip  # noqa: E402,F401  (registers models and datasets)
+from mta_clip.checkpointer import check_weights_file  # noqa: E402
+from mta_clip.export import FORMATS, ExportCheckError, export_metadata, export_model  # noqa: E402
+from mta_clip.predictor import _metadata_for, load_config  # noqa: E402
+
+logger = logging.getLogger("mta_clip.export_model")
+
+
+def build_for_export(config_file: str, weights: str, opts: Sequence[str] = ()):
+    """(cfg, model in eval mode with ``weights`` loaded, export metadata) on the CPU."""
+    cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])
+    cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    check_weights_file(cfg)
+    if cfg.TEST.AUG.ENABLED:
+        raise ValueError(
+            "TEST.AUG.ENABLED is True: multi-scale / flip test-time augmentation is not part of the exported "
+            "graph; export with --opts TEST.AUG.ENABLED False (the file is single-scale)"
+        )
+    model = build_model(cfg).eval()
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    else:
+        logger.warning("no --weights: exporting a randomly initialized model")
+    meta = _metadata_for(cfg)
+    metadata = export_metadata(cfg, meta.stuff_classes, meta.stuff_colors, getattr(meta, "ignore_label", 255),
+                               config_file=os.path.basename(config_file), weights=os.path.basename(weights))
+    return cfg, model, metadata
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, help="YAML config of the model")
+    parser.add_argument("--weights", required=True, help="checkpoint (.pth / .pkl); '' = random weights")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--output", required=True, help="file to write (.onnx / .ts)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                       help="fixed image size (the only size the file serves)")
+    group.add_argument("--dynamic", action="store_true", help="ONNX: any H, W from the minimum size up")
+    parser.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="with --dynamic: size of the tracing / check image (default 512 512)")
+    parser.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
+    parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.dynamic and args.size is None:
+        parser.error("give --size H W (fixed size) or --dynamic (ONNX only)")
+    if args.dynamic and args.format == "torchscript":
+        parser.error("--dynamic needs --format onnx: a TorchScript trace serves one size (use --size H W)")
+    size = args.size if args.size is not None else (args.sample_size or (512, 512))
+    try:
+        cfg, model, metadata = build_for_export(args.config_file, args.weights, args.opts)
+        with torch.no_grad():
+            report = export_model(model, args.output, fmt=args.format, input_format=cfg.INPUT.FORMAT, size=size,
+                                  dynamic=args.dynamic, metadata=metadata, input_dtype=args.input_dtype,
+                                  check=not args.no_check)
+    except ExportCheckError as exc:
+        logger.error("check failed, nothing written: %s", exc)
+        return 1
+    for check in report["checks"]:
+        print(f"check at {check['size'][0]}x{check['size'][1]}: max |probs - PyTorch| = "
+              f"{check['max_abs_prob_diff']:.3g}, labels differ on {100 * check['label_mismatch']:.4f}% of pixels")
+    print(json.dumps({"output": report["output"], "format": report["format"], "dynamic": report["dynamic"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
