@@ -7,8 +7,6 @@
 Multi-machine runs use Detectron2's launcher (--num-machines, --machine-rank, --dist-url).
 On a machine without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
-import logging
-
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -34,7 +32,6 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    check_launch_args(args)
-    logging.getLogger("mta_clip").info("Command line arguments: %s", args)
+    check_launch_args(args)  # the arguments are logged by default_setup, once the loggers exist
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

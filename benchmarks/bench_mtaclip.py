@@ -4,7 +4,7 @@ Shape of ADE20k-150: C = 150 classes, K = 3 prompts, C' = 151 class texts ("none
 MTA-CLIP's decoder runs 3 * 151 = 453 text queries + 100 mask queries = 553 queries; the baseline
 runs 100. Both models are built with ``build_model(cfg)`` from ``configs/ade20k/`` (the
 ``mtaclip_<backbone>`` and ``maskformer2_clip_<backbone>`` recipes) at full size with random
-weights (``MODEL.CLIP.CHECKPOINT ""``: nothing is read or downloaded; speed and memory do not
+weights (``MODEL.CLIP.WEIGHTS ""``: nothing is read or downloaded; speed and memory do not
 depend on the weight values). The class names are ADE20k's prompt names
 (``mta_clip.data.class_names.ADE20K_PROMPT_CLASSES``), registered in ``MetadataCatalog`` under a
 benchmark dataset name used as ``DATASETS.TRAIN``.
@@ -265,8 +265,8 @@ def _build(args, key: str):
     from detectron2.data import MetadataCatalog
     from detectron2.modeling import build_model
 
+    from mta_clip.config import setup_cfg
     from mta_clip.data.class_names import ADE20K_CLASSES, ADE20K_PROMPT_CLASSES
-    from mta_clip.engine import setup_cfg
 
     meta = MetadataCatalog.get(DATASET_NAME)
     if not hasattr(meta, "prompt_classes"):
@@ -276,7 +276,7 @@ def _build(args, key: str):
     opts = [
         "MODEL.DEVICE", args.device,
         "MODEL.WEIGHTS", "",
-        "MODEL.CLIP.CHECKPOINT", "",
+        "MODEL.CLIP.WEIGHTS", "",
         "MODEL.CLIP.DOWNLOAD", "False",
         "MODEL.CLIP.IMAGE_SIZE", f"[{args.size}, {args.size}]",
         "DATASETS.TRAIN", f"('{DATASET_NAME}',)",
@@ -353,9 +353,9 @@ def _make_train_step(model, optimizer, batch, device, use_amp: bool):
 
 
 def _worker(args) -> dict:
+    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
     import torch
 
-    import open_clip  # noqa: F401 (imported before the memory floor is read, as MTA-CLIP needs it)
     from mta_clip.solver import build_optimizer
 
     cuda = args.device == "cuda"

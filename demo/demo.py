@@ -18,7 +18,7 @@ import glob
 import logging
 import os
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -207,7 +207,7 @@ def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str,
         if not batch:
             return
         outs = predictor.predict_batch([b[2] for b in batch], return_probs=False)
-        for (path, key, image), out in zip(batch, outs):
+        for (_path, key, image), out in zip(batch, outs):
             labels = out["labels"]
             write_image_atomic(os.path.join(out_dir, "labels", key + ".png"), label_png(labels, predictor.num_classes))
             write_image_atomic(

@@ -2,8 +2,44 @@
 
 YAML files only override these. Keys shared with the Mask2Former project keep Mask2Former's names
 (``MODEL.MASK_FORMER.*``, ``MODEL.SEM_SEG_HEAD.*``), so its recipes read the same here.
+
+Keys kept only so that Mask2Former / Detectron2 YAML files load say "not used" in their comment.
+A key that was renamed stays in ``RENAMED_KEYS``: a YAML file or an override that still uses the
+old name is an error naming the new one.
 """
+import logging
+from typing import Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+__all__ = ["RENAMED_KEYS", "add_mtaclip_config", "choice", "setup_cfg"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Old key -> new key, or (key that now holds the choice, what to write instead) for a removed key.
+# "CHECKPOINT" means only the trainer's files: CLIP's files are "weights", activation recomputation
+# is "recompute". One switch per choice: the model is chosen by MODEL.META_ARCHITECTURE alone.
+RENAMED_KEYS: Dict[str, Union[str, Tuple[str, str]]] = {
+    "MODEL.CLIP.CHECKPOINT": "MODEL.CLIP.WEIGHTS",
+    "MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS": "MODEL.CLIP.TEXT.RECOMPUTE_BLOCKS",
+    "MODEL.MTA_CLIP.CHECKPOINT_SIMILARITY": "MODEL.MTA_CLIP.RECOMPUTE_SIMILARITY",
+    "MODEL.MTA_CLIP.ENABLED": (
+        "MODEL.META_ARCHITECTURE",
+        "ENABLED False was the baseline: MODEL.META_ARCHITECTURE SemanticMask2Former with "
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME MaskedDecoder.",
+    ),
+    "MODEL.MTA_CLIP.USE_TEXT_QUERIES": (
+        "MODEL.META_ARCHITECTURE",
+        "MTACLIP always has text queries; the model without them is MODEL.META_ARCHITECTURE SemanticMask2Former.",
+    ),
+    "MODEL.MTA_CLIP.TEXT_DIM": (
+        "MODEL.CLIP.WEIGHTS",
+        "the text width D comes from the CLIP text encoder (MODEL.CLIP.WEIGHTS, or MODEL.CLIP.MODEL_NAME).",
+    ),
+}
 
 
 def add_mtaclip_config(cfg: CN) -> CN:
@@ -14,6 +50,41 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_test_config(cfg)
     _add_clip_config(cfg)
     _add_mta_clip_config(cfg)
+    for old, new in RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            cfg.register_renamed_key(old, *((new,) if isinstance(new, str) else new))
+    return cfg
+
+
+def choice(options: Union[Sequence[str], Mapping[str, T]], value: str, key: str) -> Union[str, T]:
+    """The one check of a configured choice: ``value`` looked up case-insensitively in ``options``.
+
+    ``options`` are lowercase names, or a mapping name -> implementation (then the implementation
+    is returned, e.g. a loss function); a name returns its lowercase form. Anything else is a
+    ``ValueError`` naming ``key`` (the config key, or the argument) and the allowed names.
+    """
+    name = str(value).lower()
+    if name not in options:
+        raise ValueError(f"{key}: got {value!r}, expected one of {list(options)}")
+    return options[name] if isinstance(options, Mapping) else name
+
+
+def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
+    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen).
+
+    A key the config does not have (or a renamed one) is a ``KeyError`` naming the file and the key.
+    """
+    cfg = get_cfg()
+    add_mtaclip_config(cfg)
+    if config_file:
+        try:
+            cfg.merge_from_file(config_file, allow_unsafe=False)
+        except KeyError as e:
+            raise KeyError(f"{config_file}: {e.args[0] if e.args else e}") from e
+    cfg.merge_from_list(list(opts or []))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
@@ -31,7 +102,7 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.NHEADS = 8  # attention heads in the transformer decoder
     mf.DROPOUT = 0.0  # dropout in the transformer decoder
     mf.DIM_FEEDFORWARD = 2048  # FFN width of the transformer decoder
-    mf.ENC_LAYERS = 0  # unused by the masked decoder (kept for Mask2Former YAML compatibility)
+    mf.ENC_LAYERS = 0  # not used: the masked decoder has no encoder layers (Mask2Former YAML compatibility)
     mf.DEC_LAYERS = 10  # predictions = decoder layers + 1 (the one made before the first layer)
     mf.PRE_NORM = False  # pre-norm instead of post-norm decoder layers
     mf.ENFORCE_INPUT_PROJ = False  # always project memories to hidden dim, even if sizes match
@@ -41,13 +112,13 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for the mask losses and costs
     mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
-    mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction made before the first decoder layer (MTA-CLIP authors: False)
+    mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction before the first layer (MTA-CLIP authors: False)
     mf.TEST = CN()
-    mf.TEST.SEMANTIC_ON = True  # produce "sem_seg" outputs
-    mf.TEST.INSTANCE_ON = False  # not supported (semantic project); kept for YAML compatibility
-    mf.TEST.PANOPTIC_ON = False  # not supported (semantic project); kept for YAML compatibility
-    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8  # unused for semantic inference (compatibility)
-    mf.TEST.OVERLAP_THRESHOLD = 0.8  # unused for semantic inference (compatibility)
+    mf.TEST.SEMANTIC_ON = True  # not used: the output is always "sem_seg" (Mask2Former YAML compatibility)
+    mf.TEST.INSTANCE_ON = False  # not used: semantic segmentation only (Mask2Former YAML compatibility)
+    mf.TEST.PANOPTIC_ON = False  # not used: semantic segmentation only (Mask2Former YAML compatibility)
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8  # not used: instance / panoptic inference (Mask2Former YAML compatibility)
+    mf.TEST.OVERLAP_THRESHOLD = 0.8  # not used: instance / panoptic inference (Mask2Former YAML compatibility)
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False  # resize masks to image before combining
 
     sh = cfg.MODEL.SEM_SEG_HEAD
@@ -65,11 +136,11 @@ def _add_baseline_config(cfg: CN) -> None:
     sh.IGNORE_VALUE = 255  # label value ignored by the loss and the evaluator
     sh.NORM = "GN"  # norm of the pixel decoder convolutions
     sh.CONVS_DIM = 256  # pixel decoder width
-    sh.LOSS_WEIGHT = 1.0  # unused (compatibility with Detectron2 semantic heads)
+    sh.LOSS_WEIGHT = 1.0  # not used: loss weights are MASK_FORMER.*_WEIGHT (Detectron2 semantic-head key)
 
     cfg.MODEL.FIND_UNUSED_PARAMETERS = False  # DDP find_unused_parameters (needed if a branch is skipped)
-    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # "basic" (7x7 stem) or "deeplab" (3x 3x3 stem)
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # dilation multipliers of res5 blocks
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # not used: DeepLab stem type (Mask2Former YAML compatibility)
+    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]  # not used: DeepLab res5 dilations (Mask2Former YAML compatibility)
 
 
 def _add_data_config(cfg: CN) -> None:
@@ -79,9 +150,9 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # reject crops where one class exceeds this ratio
     cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (PAD_VALUE) and label (ignore) to a multiple of this; -1 = off
     cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
-    cfg.INPUT.IMAGE_SIZE = 1024  # unused by the semantic recipes (compatibility)
-    cfg.INPUT.MIN_SCALE = 0.1  # unused by the semantic recipes (compatibility)
-    cfg.INPUT.MAX_SCALE = 2.0  # unused by the semantic recipes (compatibility)
+    cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
+    cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
+    cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -96,7 +167,8 @@ def _add_solver_config(cfg: CN) -> None:
 def _add_test_config(cfg: CN) -> None:
     """Evaluation and test-time augmentation."""
     # Detectron2 defines TEST.AUG.ENABLED (multi-scale + flip on/off) and TEST.AUG.FLIP (add the
-    # horizontally flipped views); our wrapper ignores its absolute TEST.AUG.MIN_SIZES / MAX_SIZE.
+    # horizontally flipped views); its absolute TEST.AUG.MIN_SIZES / MAX_SIZE are not used (our
+    # test-time augmentation scales the test size by TEST.AUG.SCALES).
     cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale factors of the test size
     cfg.TEST.AUG.NORMALIZE = "softmax"  # per-view scores -> probabilities: "softmax"|"sum"|"none"
     cfg.TEST.SLIDE = CN()
@@ -114,9 +186,9 @@ def _add_clip_config(cfg: CN) -> None:
     """CLIP image backbones and prompt text encoder."""
     cfg.MODEL.CLIP = CN()
     clip = cfg.MODEL.CLIP
-    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of CHECKPOINT
-    clip.CHECKPOINT = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
-    clip.DOWNLOAD = False  # fetch OpenAI's file to CHECKPOINT (named like the official file) when it is missing
+    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of WEIGHTS
+    clip.WEIGHTS = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
+    clip.DOWNLOAD = False  # fetch OpenAI's file to WEIGHTS (named like the official file) when it is missing
     clip.IMAGE_SIZE = [512, 512]  # (H, W) the image positional embeddings are resized to at build time
 
     clip.RESNET = CN()
@@ -138,8 +210,8 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CONTEXT_INIT_STD = 1.0  # std of the random truncated-normal (+-2 std) context init
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
-    clip.TEXT.CHECKPOINT_BLOCKS = False  # activation checkpointing of the text blocks (less memory, ~1 more forward)
-    clip.TEXT.COMPUTE_DTYPE = "float32"  # frozen text tower's compute: float32 (also under AMP), bfloat16 or float16 (autocast)
+    clip.TEXT.RECOMPUTE_BLOCKS = False  # recompute the text blocks in backward (less memory, ~1 more forward)
+    clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 
 
 def _add_mta_clip_config(cfg: CN) -> None:
@@ -152,10 +224,7 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.NONE_CLASS = True  # extra "none" class text (C' = C + 1) as the positive of unmatched queries
     mc.NONE_WEIGHT = 0.1  # weight of the unmatched queries' L_sim terms (with NONE_CLASS)
     mc.SIM_NORMALIZATION = "weighted_mean"  # "weighted_mean" (authors) or "mean_over_queries" (paper)
-    mc.ENABLED = True  # run the text branch (False: MTACLIP behaves as the Mask2Former baseline)
-    mc.USE_TEXT_QUERIES = True  # concatenate text queries with the mask queries (Eq. 2); L_sim needs them
     mc.NONE_CLASS_NAME = "none"  # class text of the extra "none" entry (with NONE_CLASS)
-    mc.TEXT_DIM = 0  # D of the text features; 0 = take it from the text encoder
     mc.TEXT_REDUCTION = "linear_ln"  # Eq. 1: "linear_ln" (authors: Linear + LayerNorm on all queries) or "mlp" (paper)
     mc.RETURN_PROJECTION = "gamma"  # Eq. 5: "gamma" (authors: t0 + gamma * LN(Linear(t_hat))) or "mlp" (paper)
     mc.GAMMA_INIT = 1e-4  # initial per-channel gamma of the "gamma" return projection
@@ -165,4 +234,4 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.JOINT_SELF_ATTENTION = True  # text and mask queries attend to each other (False: separate, Tab. 4)
     mc.TEXT_ATTENTION_MASK = "predicted"  # text queries' cross-attention masks: "predicted" (authors) or "none"
     mc.TEXT_QUERY_POS = "learned"  # positional embedding of text queries: "learned" (authors) or "zero"
-    mc.CHECKPOINT_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)
+    mc.RECOMPUTE_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)

@@ -9,7 +9,7 @@ import weakref
 from typing import Optional
 
 import torch
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
 from detectron2.engine.train_loop import TrainerBase
@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpointer import AtomicCheckpointer, check_weights_file
-from .config import add_mtaclip_config
+from .config import setup_cfg
 from .evaluation import PerClassSemSegEvaluator
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -116,19 +116,6 @@ class Trainer(DefaultTrainer):
         if evaluator_type != "sem_seg":
             raise ValueError(f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; expected 'sem_seg'")
         return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
-
-
-def setup_cfg(config_file: str, opts=None) -> CfgNode:
-    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides."""
-    cfg = get_cfg()
-    add_mtaclip_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts or []))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
-    return cfg
 
 
 def check_launch_args(args) -> None:

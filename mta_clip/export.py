@@ -87,13 +87,19 @@ class SegmentationGraph(nn.Module):
         self.size_divisibility = int(model.size_divisibility)
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().float().view(1, -1, 1, 1))
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().float().view(1, -1, 1, 1))
-        text_encoder = getattr(model, "text_encoder", None)
-        if text_encoder is not None:
-            with torch.no_grad():
-                text = text_encoder().detach().clone().float()
-            self.register_buffer("text_embeddings", text)  # (K, C', D), a constant of the graph
-        else:
-            self.text_embeddings = None
+        # the transformer decoder's extra inputs depend on no image (MTA-CLIP: the text features
+        # (K, C', D)): computed once here, they become constants of the exported graph
+        with torch.no_grad():
+            extra = model.transformer_decoder_inputs() if hasattr(model, "transformer_decoder_inputs") else {}
+        self._decoder_input_names = []
+        for name, value in extra.items():
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(
+                    f"{type(model).__name__}.transformer_decoder_inputs()[{name!r}] is a {type(value).__name__}; "
+                    f"only tensors can be stored in the exported graph"
+                )
+            self.register_buffer(name, value.detach().clone())
+            self._decoder_input_names.append(name)
 
     def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = image.permute(0, 3, 1, 2).float()
@@ -105,7 +111,7 @@ class SegmentationGraph(nn.Module):
         if d > 1:
             x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
         features = self.backbone(x)
-        inputs = {} if self.text_embeddings is None else {"text_embeddings": self.text_embeddings}
+        inputs = {name: getattr(self, name) for name in self._decoder_input_names}
         outputs = self.sem_seg_head(features, **inputs)
         masks = F.interpolate(outputs["pred_masks"], size=x.shape[-2:], mode="bilinear", align_corners=False)
         cls = F.softmax(outputs["pred_logits"], dim=-1)[..., :-1]

@@ -21,6 +21,7 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
 from .checkpointer import check_weights_file
+from .config import setup_cfg
 from .evaluation.test_time_augmentation import build_test_model, normalize_scores
 
 __all__ = ["Predictor", "to_bgr_uint8", "load_config"]
@@ -53,8 +54,6 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
 def load_config(config_file: str, opts: Optional[Sequence[str]] = None):
     """Detectron2 defaults + this project's keys + ``config_file`` + ``opts`` (not frozen)."""
-    from .engine import setup_cfg
-
     return setup_cfg(config_file, list(opts or []))
 
 

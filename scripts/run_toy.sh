@@ -10,7 +10,7 @@ PY=.venv/bin/python
 CONFIG=${CONFIG:-configs/toy/mtaclip_toy.yaml}
 OUT=$($PY - "$CONFIG" <<'PYEOF'
 import sys
-from mta_clip.engine import setup_cfg
+from mta_clip.config import setup_cfg
 print(setup_cfg(sys.argv[1]).OUTPUT_DIR)
 PYEOF
 )

@@ -51,7 +51,7 @@ def _datasets_root(tmp_path_factory):
 
 def toy_cfg(name: str = "mtaclip_toy.yaml", opts=()):
     """A config from ``configs/toy`` on the CPU, with extra ``opts``."""
-    from mta_clip.engine import setup_cfg
+    from mta_clip.config import setup_cfg
 
     return setup_cfg(os.path.join(ROOT, "configs", "toy", name), ["MODEL.DEVICE", "cpu", *opts])
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from mta_clip.engine import setup_cfg
+from mta_clip.config import setup_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(ROOT, "tests", "reference")
@@ -13,6 +13,11 @@ ALL_YAML = sorted(
     glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
     + glob.glob(os.path.join(ROOT, "projects", "**", "*.yaml"), recursive=True)
 )
+# Files that mirror Mask2Former's published ones, values equal to the defaults included.
+PUBLISHED_MIRRORS = {
+    "configs/ade20k/Base-ADE20K-150.yaml",
+    "configs/cityscapes/Base-Cityscapes-SemanticSegmentation.yaml",
+}
 
 # Keys where this project deliberately differs from the published config files:
 # our registered names (no collision with the Mask2Former project / Detectron2's builtin datasets,
@@ -89,7 +94,7 @@ def test_paper_configs_build_the_mask_text_model(path, num_classes):
     import torch
     from detectron2.modeling import build_model
 
-    cfg = setup_cfg(os.path.join(ROOT, path), ["MODEL.CLIP.CHECKPOINT", "", "MODEL.DEVICE", "cpu"])
+    cfg = setup_cfg(os.path.join(ROOT, path), ["MODEL.CLIP.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)
     model = build_model(cfg)
     decoder = model.sem_seg_head.predictor
@@ -97,3 +102,40 @@ def test_paper_configs_build_the_mask_text_model(path, num_classes):
     assert model.text_encoder.num_classes == num_classes + 1
     assert decoder.class_embed.out_features == num_classes + 1
     assert model.criterion.num_aux_outputs == 8  # 9 supervised layer outputs
+
+
+def _restated(path):
+    """Keys ``path`` sets to the value it would inherit anyway (from its _BASE_ or the defaults)."""
+    from detectron2.config import CfgNode
+
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    base = raw.pop("_BASE_", None)
+    inherited = setup_cfg(os.path.join(os.path.dirname(path), base) if base else "")
+    found = []
+    for key, value in _leaves(raw):
+        if key == "VERSION":  # the file format's version, not a setting
+            continue
+        node = inherited
+        for part in key.split("."):
+            node = node[part]
+        value = CfgNode._decode_cfg_value(value) if isinstance(value, str) else value
+        if _norm(node) == _norm(value):
+            found.append(key)
+    return found
+
+
+BASE_YAML = [p for p in ALL_YAML if (os.path.basename(p).startswith("Base-") or os.sep + "toy" + os.sep in p)
+             and os.path.relpath(p, ROOT) not in PUBLISHED_MIRRORS]
+
+
+@pytest.mark.parametrize("path", BASE_YAML, ids=lambda p: os.path.relpath(p, ROOT))
+def test_base_yamls_do_not_restate_inherited_values(path):
+    assert _restated(path) == []
+
+
+def test_restated_values_are_found(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"_BASE_: {os.path.join(ROOT, RECIPES['ade20k'])}\nMODEL:\n  MASK_FORMER:\n    DEC_LAYERS: 10\n"
+                    "    HIDDEN_DIM: 128\nSOLVER:\n  IMS_PER_BATCH: 16\n")
+    assert _restated(str(path)) == ["MODEL.MASK_FORMER.DEC_LAYERS", "SOLVER.IMS_PER_BATCH"]

@@ -32,7 +32,7 @@ def _metrics(out_dir):
 @pytest.mark.parametrize("config", ["mask2former_toy.yaml", "mtaclip_toy.yaml"])
 def test_train_steps_then_evaluate(tmp_path, tiny_clip_file, config):
     cfg = toy_cfg(config, [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
-                           "MODEL.CLIP.CHECKPOINT", tiny_clip_file])
+                           "MODEL.CLIP.WEIGHTS", tiny_clip_file])
     results, _ = _train(cfg)
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
     assert os.path.isfile(tmp_path / "model_final.pth")

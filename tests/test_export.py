@@ -37,11 +37,11 @@ def _model(kind, clip_files):
     if kind == "baseline":
         cfg = toy_cfg("mask2former_toy.yaml", SMALL)
     elif kind == "mtaclip":
-        cfg = toy_cfg("mtaclip_toy.yaml", SMALL + ["MODEL.CLIP.CHECKPOINT", clip_files["RN50"],
+        cfg = toy_cfg("mtaclip_toy.yaml", SMALL + ["MODEL.CLIP.WEIGHTS", clip_files["RN50"],
                                                   "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"])
     else:
         cfg = toy_cfg("mtaclip_toy.yaml", SMALL + [
-            "MODEL.CLIP.CHECKPOINT", clip_files["ViT-B-16"], "MODEL.CLIP.MODEL_NAME", "ViT-B-16",
+            "MODEL.CLIP.WEIGHTS", clip_files["ViT-B-16"], "MODEL.CLIP.MODEL_NAME", "ViT-B-16",
             "MODEL.BACKBONE.NAME", "CLIPViT", "MODEL.CLIP.VIT.OUT_INDICES", "[0, 1, 2, 3]",
             "MODEL.CLIP.VIT.PYRAMID_NORM", "BN", "MODEL.CLIP.TEXT.NUM_PROMPTS", "2",
         ])

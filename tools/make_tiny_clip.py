@@ -139,7 +139,7 @@ def _as_module(state_dict: Dict[str, torch.Tensor]) -> nn.Module:
     return root
 
 
-def write_clip_checkpoint(
+def write_clip_weights(
     state_dict: Dict[str, torch.Tensor], output: str, fmt: str = "torchscript", half: Optional[bool] = None
 ) -> str:
     """Writes ``state_dict`` (OpenAI keys) as a TorchScript archive or a plain state dict.
@@ -180,7 +180,7 @@ def make_tiny_clip(
 ) -> str:
     """Writes a tiny random CLIP to ``output``; returns the path. See the module docstring."""
     state_dict = make_tiny_clip_state_dict(arch, seed=seed, **dims)
-    write_clip_checkpoint(state_dict, output, fmt, half)
+    write_clip_weights(state_dict, output, fmt, half)
     logger.info("wrote tiny %s CLIP (%s) to %s", arch, fmt, output)
     return output
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 import mta_clip  # noqa: E402,F401  (registers the built-in datasets)
-from mta_clip.data.datasets import tolerate_unreadable_images  # noqa: E402
+from mta_clip.data.datasets import load_dataset_dicts  # noqa: E402
 
 MAX_EXAMPLES = 5
 
@@ -51,8 +51,7 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
     classes = list(meta.stuff_classes)
     ignore = int(meta.ignore_label)
     num = len(classes)
-    with tolerate_unreadable_images():  # report unreadable images instead of stopping
-        records = DatasetCatalog.get(name)
+    records = load_dataset_dicts(name, tolerate_unreadable=True)  # report unreadable images instead of stopping
     if limit:
         records = records[:limit]
     pixels = np.zeros(num, np.int64)

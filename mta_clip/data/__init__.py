@@ -1,8 +1,7 @@
 """Data: the training mapper and dataset registration (importing this registers the datasets)."""
-from . import toy  # registers toy_sem_seg_{train,val}
-from . import datasets  # noqa: F401  (registers ade20k_150_* / cityscapes_19_*)
-from .datasets import register_sem_seg_dataset
+from . import datasets, toy  # noqa: F401  (register ade20k_150_* / cityscapes_19_* and toy_sem_seg_{train,val})
 from .dataset_mapper import ColorAugSSD, PhotometricDistortTransform, SemanticMaskFormerMapper
+from .datasets import register_sem_seg_dataset
 
 __all__ = [
     "ColorAugSSD",

@@ -4,10 +4,14 @@
 the synonym lists of the official objectInfo150 table (the same strings as Detectron2's list).
 ``*_PROMPT_CLASSES`` are the short names that fit the CLIP prompt slot (``prompt_classes``).
 ``*_COLORS`` are RGB palettes: the standard ADE20k and Cityscapes colors.
+:func:`class_names_from_metadata` reads the prompt class names of the datasets a config names.
 """
-from typing import Tuple
+from typing import List, Tuple
+
+from detectron2.data import MetadataCatalog
 
 __all__ = [
+    "class_names_from_metadata",
     "ADE20K_CLASSES",
     "ADE20K_PROMPT_CLASSES",
     "ADE20K_COLORS",
@@ -526,3 +530,27 @@ CITYSCAPES_COLORS = (
     (0, 0, 230),  # 17
     (119, 11, 32),  # 18
 )
+
+
+def class_names_from_metadata(cfg) -> List[str]:
+    """Prompt class names of the training datasets: metadata ``MODEL.CLIP.TEXT.CLASS_NAMES_KEY``
+    (default ``prompt_classes``), falling back to ``stuff_classes``."""
+    key = cfg.MODEL.CLIP.TEXT.CLASS_NAMES_KEY
+    datasets = list(cfg.DATASETS.TRAIN) or list(cfg.DATASETS.TEST)
+    if not datasets:
+        raise ValueError("no dataset in DATASETS.TRAIN / DATASETS.TEST to read prompt class names from")
+    found = None
+    for name in datasets:
+        meta = MetadataCatalog.get(name)
+        names = meta.get(key, None)
+        if names is None:
+            names = meta.get("stuff_classes", None)
+        if names is None:
+            raise ValueError(
+                f"dataset '{name}' metadata has neither '{key}' (MODEL.CLIP.TEXT.CLASS_NAMES_KEY) nor "
+                f"'stuff_classes': cannot build the CLIP prompts"
+            )
+        if found is not None and list(names) != found:
+            raise ValueError(f"datasets {datasets} have different prompt class names; the text encoder needs one list")
+        found = list(names)
+    return found

@@ -22,7 +22,7 @@ Dataset dicts: ``file_name``, ``sem_seg_file_name``, ``height``, ``width``. Meta
 ``sem_seg_root``.
 """
 import colorsys
-import contextlib
+import inspect
 import logging
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -44,9 +44,9 @@ __all__ = [
     "CITYSCAPES_SPLITS",
     "datasets_root",
     "default_palette",
+    "load_dataset_dicts",
     "load_sem_seg_pairs",
     "register_sem_seg_dataset",
-    "tolerate_unreadable_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,20 +64,14 @@ CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
 CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelTrainIds.png"
 
 
-# Set by ``tolerate_unreadable_images()``: unreadable images give records without height/width.
-_TOLERATE_UNREADABLE = [False]
-
-
-@contextlib.contextmanager
-def tolerate_unreadable_images():
-    """Within this context, dataset loading keeps images whose header cannot be read (their
-    records lack ``height`` / ``width``) instead of raising; used by tools/validate_dataset.py."""
-    previous = _TOLERATE_UNREADABLE[0]
-    _TOLERATE_UNREADABLE[0] = True
-    try:
-        yield
-    finally:
-        _TOLERATE_UNREADABLE[0] = previous
+def load_dataset_dicts(name: str, tolerate_unreadable: bool = False) -> List[Dict]:
+    """``DatasetCatalog.get(name)``; with ``tolerate_unreadable``, a dataset registered by this
+    module keeps images whose header cannot be read (records without ``height`` / ``width``)
+    instead of raising. Datasets registered elsewhere load as Detectron2 loads them."""
+    loader = DatasetCatalog[name] if name in DatasetCatalog.list() else None
+    if tolerate_unreadable and loader is not None and "tolerate_unreadable" in inspect.signature(loader).parameters:
+        return loader(tolerate_unreadable=True)
+    return DatasetCatalog.get(name)
 
 
 def datasets_root() -> str:
@@ -125,13 +119,15 @@ def load_sem_seg_pairs(
     *,
     dataset_name: str = "",
     hint: str = "",
+    tolerate_unreadable: bool = False,
 ) -> List[Dict]:
     """Pairs images and label maps by their path relative to the root, minus the suffix.
 
     Files are searched recursively; ``<image_root>/a/b_leftImg8bit.png`` pairs with
     ``<label_root>/a/b_gtFine_labelTrainIds.png`` for those suffixes. Images without a label (and
     labels without an image) are left out with a warning. ``height`` / ``width`` come from the
-    image header (an unreadable header raises OSError, see ``tolerate_unreadable_images``).
+    image header; an unreadable header raises OSError, or with ``tolerate_unreadable`` leaves the
+    record without them (tools/validate_dataset.py reports such images instead of stopping).
 
     Returns:
         list of dicts with ``file_name``, ``sem_seg_file_name``, ``height``, ``width``, sorted.
@@ -173,7 +169,7 @@ def load_sem_seg_pairs(
                 width, height = im.size
             record.update(height=int(height), width=int(width))
         except (OSError, ValueError) as e:
-            if not _TOLERATE_UNREADABLE[0]:
+            if not tolerate_unreadable:
                 raise OSError(
                     f"{what}cannot read the header of image '{images[key]}': {e} "
                     "(tools/validate_dataset.py lists every problem of a dataset)"
@@ -264,11 +260,12 @@ def _register(
         evaluator_type=evaluator_type,
     )
 
-    def load() -> List[Dict]:
+    def load(tolerate_unreadable: bool = False) -> List[Dict]:
         image_root, label_root = roots()  # resolved now, so $DETECTRON2_DATASETS may change
         _set_metadata(name, image_root, label_root, fields)
         return load_sem_seg_pairs(
-            image_root, label_root, image_suffix, label_suffix, dataset_name=name, hint=hint()
+            image_root, label_root, image_suffix, label_suffix, dataset_name=name, hint=hint(),
+            tolerate_unreadable=tolerate_unreadable,
         )
 
     DatasetCatalog.register(name, load)

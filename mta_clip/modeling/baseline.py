@@ -40,17 +40,17 @@ class MaskedSemSegHead(nn.Module):
             )
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], **predictor_kwargs):
-        """``predictor_kwargs`` go to the transformer decoder's ``from_config`` (e.g. text width)."""
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec], **transformer_decoder_kwargs):
+        """``transformer_decoder_kwargs`` go to the transformer decoder's ``from_config`` (e.g. the text shape)."""
         return {
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
-            "predictor": build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, **predictor_kwargs),
+            "predictor": build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, **transformer_decoder_kwargs),
             "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
         }
 
-    def forward(self, features: Dict[str, torch.Tensor], **predictor_inputs) -> Dict:
+    def forward(self, features: Dict[str, torch.Tensor], **transformer_decoder_inputs) -> Dict:
         mask_features, _, multi_scale = self.pixel_decoder.forward_features(features)
-        return self.predictor(multi_scale, mask_features, **predictor_inputs)
+        return self.predictor(multi_scale, mask_features, **transformer_decoder_inputs)
 
 
 @META_ARCH_REGISTRY.register()
@@ -80,13 +80,21 @@ class SemanticMask2Former(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, backbone: Optional[Backbone] = None, sem_seg_head: Optional[nn.Module] = None,
-                    criterion: Optional[nn.Module] = None):
-        """Subclasses may pass pre-built parts; the rest are built from ``cfg``."""
+                    criterion_class: type = SetCriterion):
+        """Subclasses may pass a pre-built backbone / head and the criterion class; the criterion
+        supervises as many predictions as the head's transformer decoder makes."""
         backbone = backbone if backbone is not None else build_backbone(cfg)
+        if sem_seg_head is None:
+            sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        if not hasattr(getattr(sem_seg_head, "predictor", None), "num_supervised_predictions"):
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NAME {cfg.MODEL.SEM_SEG_HEAD.NAME!r} has no transformer decoder "
+                "('predictor'); the mask-classification models need 'MaskedSemSegHead'"
+            )
         return {
             "backbone": backbone,
-            "sem_seg_head": sem_seg_head if sem_seg_head is not None else build_sem_seg_head(cfg, backbone.output_shape()),
-            "criterion": criterion if criterion is not None else SetCriterion(cfg),
+            "sem_seg_head": sem_seg_head,
+            "criterion": criterion_class(cfg, sem_seg_head.predictor.num_supervised_predictions),
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
@@ -98,7 +106,7 @@ class SemanticMask2Former(nn.Module):
         return self.pixel_mean.device
 
     # ----------------------------------------------------------------- hooks for subclasses
-    def predictor_inputs(self) -> Dict:
+    def transformer_decoder_inputs(self) -> Dict:
         """Extra keyword inputs of the transformer decoder (none for the baseline)."""
         return {}
 
@@ -111,7 +119,7 @@ class SemanticMask2Former(nn.Module):
         """Training: dict of weighted losses. Eval: ``[{"sem_seg": (C, height, width)}]``."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features, **self.predictor_inputs())
+        outputs = self.sem_seg_head(features, **self.transformer_decoder_inputs())
         if self.training:
             if any("instances" not in x for x in batched_inputs):
                 raise ValueError("training inputs need 'instances' (use the semantic dataset mapper)")

@@ -12,59 +12,84 @@ text for unmatched queries when enabled), with similarity logits ``S[k, r] = sim
   (exp S[k~, j] + sum_{r != j} sum_k exp S[k, r]) )``: the K*(C'-1) entries of the other classes are
   negatives; the other prompts of class j take no part.
 
-Both are evaluated with log-sum-exp in fp32.
+Both are evaluated with log-sum-exp in fp32. The strategies and the normalizations are functions,
+chosen by name through ``NEGATIVES`` / ``NORMALIZATIONS`` where the config is read.
 """
-from typing import Tuple
+from typing import Callable, Dict, Tuple
 
 import torch
 
-__all__ = ["mask_text_contrastive_loss", "per_query_contrastive_terms", "STRATEGIES", "NORMALIZATIONS"]
-
-STRATEGIES = ("mixneg", "separateneg")
-NORMALIZATIONS = ("weighted_mean", "mean_over_queries")
-
-
-def _check_choice(value: str, choices: Tuple[str, ...], what: str) -> str:
-    key = value.lower()
-    if key not in choices:
-        raise ValueError(f"mask_text_contrastive_loss: unknown {what} {value!r}; expected one of {choices}")
-    return key
+__all__ = [
+    "NEGATIVES",
+    "NORMALIZATIONS",
+    "mask_text_contrastive_loss",
+    "mean_over_queries",
+    "mixneg_terms",
+    "separateneg_terms",
+    "weighted_mean",
+]
 
 
-def per_query_contrastive_terms(sim: torch.Tensor, classes: torch.Tensor, strategy: str = "mixneg") -> torch.Tensor:
-    """Per-query terms ``l_i`` of ``L_sim``.
-
-    Args:
-        sim: (P, K, C') similarity logits of P queries.
-        classes: (P,) int64 positive class of each query in [0, C').
-        strategy: ``"mixneg"`` or ``"separateneg"`` (case-insensitive, e.g. ``"MixNeg"``).
-
-    Returns:
-        (P,) fp32 losses ``-log(softmax)`` of the positive.
-    """
-    strategy = _check_choice(strategy, STRATEGIES, "strategy")
+def _positive(sim: torch.Tensor, classes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """fp32 ``sim`` (P, K, C') and the logit of every query's positive ``S[k~, j]`` (P,)."""
     sim = sim.float()
-    num_queries = sim.shape[0]
-    rows = torch.arange(num_queries, device=sim.device)
+    rows = torch.arange(sim.shape[0], device=sim.device)
     class_sim = sim[rows, :, classes]  # (P, K): every prompt of the positive class
     best_prompt = class_sim.detach().argmax(dim=1)  # k~, no gradient through the choice
-    positive = class_sim[rows, best_prompt]  # (P,)
-    if strategy == "mixneg":
-        log_denominator = torch.logsumexp(sim.flatten(1), dim=1)
-    else:
-        is_class = torch.zeros(sim.shape[0], sim.shape[2], dtype=torch.bool, device=sim.device)
-        is_class[rows, classes] = True
-        negatives = sim.masked_fill(is_class[:, None, :], float("-inf")).flatten(1)  # (P, K*C')
-        log_denominator = torch.logsumexp(torch.cat([positive[:, None], negatives], dim=1), dim=1)
-    return log_denominator - positive
+    return sim, class_sim[rows, best_prompt]
+
+
+def mixneg_terms(sim: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 per query: sim (P, K, C') logits, classes (P,) positives in [0, C') -> (P,) fp32
+    ``-log(exp S[k~, j] / sum_{r, k} exp S[k, r])``."""
+    sim, positive = _positive(sim, classes)
+    return torch.logsumexp(sim.flatten(1), dim=1) - positive
+
+
+def separateneg_terms(sim: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 per query: as :func:`mixneg_terms`, but the negatives are the K*(C'-1) entries of the
+    other classes only."""
+    sim, positive = _positive(sim, classes)
+    is_class = torch.zeros(sim.shape[0], sim.shape[2], dtype=torch.bool, device=sim.device)
+    is_class[torch.arange(sim.shape[0], device=sim.device), classes] = True
+    negatives = sim.masked_fill(is_class[:, None, :], float("-inf")).flatten(1)  # (P, K*C')
+    return torch.logsumexp(torch.cat([positive[:, None], negatives], dim=1), dim=1) - positive
+
+
+def weighted_mean(weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch.Tensor, batch: int,
+                  num_queries: int) -> torch.Tensor:
+    """Authors' implementation: ``sum_i w_i l_i / sum_i w_i`` over all participating queries of the
+    batch (``zero`` when that weight sum is 0)."""
+    weight_total = weights.sum()
+    if not bool(weight_total > 0):
+        return zero
+    return weighted_sum / weight_total
+
+
+def mean_over_queries(weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch.Tensor, batch: int,
+                      num_queries: int) -> torch.Tensor:
+    """Paper, Eqs. 7-9: ``1/(B N) sum_{b, i} w_i l_i``: each image's sum divided by its number of
+    queries N (whether or not they take part), averaged over the B images."""
+    return weighted_sum / (batch * num_queries)
+
+
+# MODEL.MTA_CLIP.NEGATIVES / SIM_NORMALIZATION (lowercase) -> function
+NEGATIVES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mixneg": mixneg_terms,
+    "separateneg": separateneg_terms,
+}
+NORMALIZATIONS: Dict[str, Callable[..., torch.Tensor]] = {
+    "weighted_mean": weighted_mean,
+    "mean_over_queries": mean_over_queries,
+}
 
 
 def mask_text_contrastive_loss(
     sim: torch.Tensor,
     query_classes: torch.Tensor,
     query_weights: torch.Tensor,
-    strategy: str = "mixneg",
-    normalization: str = "weighted_mean",
+    per_query_terms: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mixneg_terms,
+    normalization: Callable[..., torch.Tensor] = weighted_mean,
 ) -> torch.Tensor:
     """``L_sim`` of a batch.
 
@@ -74,22 +99,16 @@ def mask_text_contrastive_loss(
         query_classes: (B, N) int64 positive class of each query in [0, C'), or -1 for a query that
             takes no part.
         query_weights: (B, N) weight ``w_i`` of each query's term (ignored where the class is -1).
-        strategy: ``"mixneg"`` (Eq. 8) or ``"separateneg"`` (Eq. 9); case-insensitive.
-        normalization:
-            ``"weighted_mean"`` (authors' implementation): ``sum_i w_i l_i / sum_i w_i`` over all
-            participating queries of the batch (0 when that weight sum is 0).
-            ``"mean_over_queries"`` (paper, Eqs. 7-9): ``1/(B N) sum_{b, i} w_i l_i`` over the
-            participating queries, i.e. each image's sum divided by its number of queries N (whether
-            or not they take part), averaged over the B images. With weight 1 for matched queries
-            and no "none" text this is the paper's ``-1/N sum_i sum_j y_ij log(...)``; ``w_i``
-            generalizes ``y_ij`` (so a "none" weight still applies).
+        per_query_terms: :func:`mixneg_terms` (Eq. 8) or :func:`separateneg_terms` (Eq. 9).
+        normalization: :func:`weighted_mean` (authors) or :func:`mean_over_queries` (paper). With
+            weight 1 for matched queries and no "none" text the latter is the paper's
+            ``-1/N sum_i sum_j y_ij log(...)``; ``w_i`` generalizes ``y_ij`` (so a "none" weight
+            still applies).
 
     Returns:
         Scalar fp32 loss. With no participating query it is a zero that still depends on ``sim``
         (so every parameter behind ``sim`` gets a gradient, as DDP expects).
     """
-    strategy = _check_choice(strategy, STRATEGIES, "strategy")
-    normalization = _check_choice(normalization, NORMALIZATIONS, "normalization")
     if sim.dim() != 4:
         raise ValueError(f"mask_text_contrastive_loss: sim must be (B, N, K, C'), got {tuple(sim.shape)}")
     batch, num_queries, _, num_texts = sim.shape
@@ -107,12 +126,6 @@ def mask_text_contrastive_loss(
     participating = query_classes >= 0
     if not bool(participating.any()):
         return zero
-    terms = per_query_contrastive_terms(sim[participating], query_classes[participating], strategy)
+    terms = per_query_terms(sim[participating], query_classes[participating])
     weights = query_weights[participating].to(terms)
-    weighted_sum = (weights * terms).sum()
-    if normalization == "weighted_mean":
-        weight_total = weights.sum()
-        if not bool(weight_total > 0):
-            return zero
-        return weighted_sum / weight_total
-    return weighted_sum / (batch * num_queries)
+    return normalization((weights * terms).sum(), weights, zero, batch, num_queries)

@@ -30,7 +30,7 @@ from torch import nn
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["SetCriterion", "sigmoid_bce_loss", "dice_loss", "num_aux_outputs_from_config"]
+__all__ = ["SetCriterion", "sigmoid_bce_loss", "dice_loss"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,27 +62,6 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
     denominator = probs.sum(-1) + targets.sum(-1)
     loss = 1 - (numerator + 1) / (denominator + 1)
     return loss.sum() / num_masks
-
-
-def num_aux_outputs_from_config(cfg) -> int:
-    """Number of ``aux_outputs`` the decoder emits and the criterion supervises.
-
-    ``DEC_LAYERS`` counts the predictions of Mask2Former's decoder (one before the first layer, then
-    one per layer). With deep supervision all but the final one are auxiliary (``DEC_LAYERS - 1``);
-    one fewer when the prediction made before the first layer is not supervised
-    (``MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION = False``, the MTA-CLIP authors' setting).
-    Without deep supervision: 0.
-    """
-    mf = cfg.MODEL.MASK_FORMER
-    if not mf.DEEP_SUPERVISION:
-        return 0
-    num_aux = mf.DEC_LAYERS - 1 - (0 if mf.SUPERVISE_INITIAL_PREDICTION else 1)
-    if num_aux < 0:
-        raise ValueError(
-            f"MODEL.MASK_FORMER.DEC_LAYERS={mf.DEC_LAYERS} is too small with "
-            f"SUPERVISE_INITIAL_PREDICTION={mf.SUPERVISE_INITIAL_PREDICTION}"
-        )
-    return num_aux
 
 
 class SetCriterion(nn.Module):
@@ -144,7 +123,9 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
+    def from_config(cls, cfg, num_supervised_predictions: int) -> dict:
+        """``num_supervised_predictions`` comes from the decoder (its ``num_supervised_predictions``):
+        with ``MODEL.MASK_FORMER.DEEP_SUPERVISION`` all but the final one are ``aux_outputs``."""
         mf = cfg.MODEL.MASK_FORMER
         return {
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
@@ -155,7 +136,7 @@ class SetCriterion(nn.Module):
             "num_points": mf.TRAIN_NUM_POINTS,
             "oversample_ratio": mf.OVERSAMPLE_RATIO,
             "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
-            "num_aux_outputs": num_aux_outputs_from_config(cfg),
+            "num_aux_outputs": num_supervised_predictions - 1 if mf.DEEP_SUPERVISION else 0,
         }
 
     # ------------------------------------------------------------------ helpers

@@ -9,7 +9,8 @@ from typing import Dict, List
 import torch
 from detectron2.config import configurable
 
-from .contrastive_loss import NORMALIZATIONS, STRATEGIES, mask_text_contrastive_loss
+from ..config import choice
+from .contrastive_loss import NEGATIVES, NORMALIZATIONS, mask_text_contrastive_loss
 from .criterion import Indices, SetCriterion
 
 __all__ = ["MaskTextCriterion"]
@@ -32,28 +33,25 @@ class MaskTextCriterion(SetCriterion):
     ):
         """
         Args (``kwargs`` are ``SetCriterion``'s):
-            sim_negatives: ``"MixNeg"`` (Eq. 8) or ``"SeparateNeg"`` (Eq. 9), case-insensitive.
+            sim_negatives: ``"MixNeg"`` (Eq. 8) or ``"SeparateNeg"`` (Eq. 9), case-insensitive
+                (``MODEL.MTA_CLIP.NEGATIVES``).
             none_class: ``pred_sim`` has a "none" text at class index C (C' = C + 1) that unmatched
                 queries take as positive.
             none_weight: weight of the unmatched queries' terms.
-            sim_normalization: ``"weighted_mean"`` or ``"mean_over_queries"`` (see
-                ``mask_text_contrastive_loss``).
+            sim_normalization: ``"weighted_mean"`` or ``"mean_over_queries"``
+                (``MODEL.MTA_CLIP.SIM_NORMALIZATION``, see ``contrastive_loss.py``).
         """
         super().__init__(**kwargs)
-        if sim_negatives.lower() not in STRATEGIES:
-            raise ValueError(f"MODEL.MTA_CLIP.NEGATIVES: got {sim_negatives!r}, expected 'MixNeg' or 'SeparateNeg'")
-        if sim_normalization.lower() not in NORMALIZATIONS:
-            raise ValueError(
-                f"MODEL.MTA_CLIP.SIM_NORMALIZATION: got {sim_normalization!r}, expected one of {NORMALIZATIONS}"
-            )
-        self.sim_negatives = sim_negatives.lower()
+        self.sim_negatives = choice(tuple(NEGATIVES), sim_negatives, "MODEL.MTA_CLIP.NEGATIVES")
+        self.sim_normalization = choice(tuple(NORMALIZATIONS), sim_normalization, "MODEL.MTA_CLIP.SIM_NORMALIZATION")
+        self.per_query_terms = NEGATIVES[self.sim_negatives]  # Eq. 8 or Eq. 9
+        self.normalization = NORMALIZATIONS[self.sim_normalization]
         self.none_class = none_class
         self.none_weight = none_weight
-        self.sim_normalization = sim_normalization.lower()
 
     @classmethod
-    def from_config(cls, cfg) -> dict:
-        ret = super().from_config(cfg)
+    def from_config(cls, cfg, num_supervised_predictions: int) -> dict:
+        ret = super().from_config(cfg, num_supervised_predictions)
         mc = cfg.MODEL.MTA_CLIP
         if mc.USE_SIM_LOSS:
             ret["losses"] = ret["losses"] + ["sim"]
@@ -93,7 +91,7 @@ class MaskTextCriterion(SetCriterion):
                 f"MODEL.MTA_CLIP.NONE_CLASS={self.none_class} and {self.num_classes} classes, got {tuple(sim.shape)}"
             )
         classes, weights = self.query_classes_and_weights(indices, targets, sim.shape[0], sim.shape[1], sim.device)
-        loss = mask_text_contrastive_loss(sim, classes, weights, self.sim_negatives, self.sim_normalization)
+        loss = mask_text_contrastive_loss(sim, classes, weights, self.per_query_terms, self.normalization)
         return {"loss_sim": loss}
 
     def extra_repr(self) -> str:

@@ -10,7 +10,7 @@ Inference reads only the mask queries' last prediction, so it skips the text que
 last layer's self-attention and FFN, Eqs. 5-6, and, with separate self-attention (where the mask
 queries never see them), the text queries altogether.
 """
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from detectron2.config import configurable
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import choice
 from ..layers.ms_deform_attn import graph_capture_active
 from .masked_decoder import MLP, TRANSFORMER_DECODER_REGISTRY, MaskedDecoder
 
@@ -48,7 +49,7 @@ class MaskTextDecoder(MaskedDecoder):
         text_attention_mask: str = "predicted",
         text_query_pos: str = "learned",
         with_similarity: bool = True,
-        checkpoint_similarity: bool = True,
+        recompute_similarity: bool = True,
         **kwargs,
     ):
         """
@@ -70,24 +71,23 @@ class MaskTextDecoder(MaskedDecoder):
             text_query_pos: "learned" (one embedding per text query) or "zero".
             with_similarity: build the Eq. 5 projections and output ``pred_sim`` (off for the
                 "text-enhanced only" ablation, which has no L_sim).
-            checkpoint_similarity: in training, recompute Eqs. 5-6 during backward instead of
-                keeping their (B, K*C', D) intermediates: same values and gradients, ~150 MiB less
-                per 2 images at the ADE20k shape for ~1% of the step time.
+            recompute_similarity: in training, recompute Eqs. 5-6 during backward instead of
+                keeping their (B, K*C', D) intermediates: same values and gradients, less memory
+                for a little more time (figures in docs/benchmarks.md).
         """
         super().__init__(in_channels, **kwargs)
         hidden = self.query_feat.weight.shape[1]
         self.num_text_queries = num_text_queries
         self.num_prompts = num_prompts
         self.joint_self_attention = joint_self_attention
-        self.text_reduction = text_reduction
-        self.return_projection = return_projection
-        self.similarity = similarity
-        self.text_attention_mask = text_attention_mask
-        _check_choice("text_reduction", text_reduction, ("linear_ln", "mlp"))
-        _check_choice("return_projection", return_projection, ("gamma", "mlp"))
-        _check_choice("similarity", similarity, ("cosine", "dot"))
-        _check_choice("text_attention_mask", text_attention_mask, ("predicted", "none"))
-        _check_choice("text_query_pos", text_query_pos, ("learned", "zero"))
+        self.text_reduction = choice(("linear_ln", "mlp"), text_reduction, "MODEL.MTA_CLIP.TEXT_REDUCTION")
+        self.return_projection = choice(("gamma", "mlp"), return_projection, "MODEL.MTA_CLIP.RETURN_PROJECTION")
+        self.similarity = choice(("cosine", "dot"), similarity, "MODEL.MTA_CLIP.SIMILARITY")
+        self.text_attention_mask = choice(("predicted", "none"), text_attention_mask,
+                                          "MODEL.MTA_CLIP.TEXT_ATTENTION_MASK")
+        text_query_pos = choice(("learned", "zero"), text_query_pos, "MODEL.MTA_CLIP.TEXT_QUERY_POS")
+        self.with_similarity = with_similarity and num_text_queries > 0
+        self.recompute_similarity = recompute_similarity
         if num_text_queries == 0:
             return
         if num_text_queries % num_prompts != 0:
@@ -98,8 +98,6 @@ class MaskTextDecoder(MaskedDecoder):
         else:
             self.text_proj = MLP(text_dim, hidden, hidden, 2)
         self.text_query_embed = nn.Embedding(num_text_queries, hidden) if text_query_pos == "learned" else None
-        self.with_similarity = with_similarity
-        self.checkpoint_similarity = checkpoint_similarity
         if not with_similarity:
             return
         if return_projection == "gamma":
@@ -117,17 +115,22 @@ class MaskTextDecoder(MaskedDecoder):
             self.register_buffer("log_temperature", log_tau, persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, in_channels: int, text_dim: Optional[int] = None, num_text_classes: Optional[int] = None):
-        """``text_dim`` / ``num_text_classes`` (C') come from the meta-architecture's text encoder."""
+    def from_config(cls, cfg, in_channels: int, text_shape: Optional[Tuple[int, int, int]] = None):
+        """``text_shape`` (K, C', D) is the shape of the text features, given by the meta-architecture
+        that owns the text encoder (``MTACLIP``)."""
+        if text_shape is None:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME {cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME!r} "
+                "needs text features: use it with MODEL.META_ARCHITECTURE 'MTACLIP' (the baseline "
+                f"{cfg.MODEL.META_ARCHITECTURE!r} uses 'MaskedDecoder')"
+            )
         ret = super().from_config(cfg, in_channels)
         mc = cfg.MODEL.MTA_CLIP
-        k = cfg.MODEL.CLIP.TEXT.NUM_PROMPTS
-        if num_text_classes is None:
-            num_text_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES + int(mc.NONE_CLASS)
+        num_prompts, num_text_classes, text_dim = text_shape
         ret.update(
-            num_text_queries=k * num_text_classes if (mc.ENABLED and mc.USE_TEXT_QUERIES) else 0,
-            num_prompts=k,
-            text_dim=text_dim if text_dim is not None else mc.TEXT_DIM,
+            num_text_queries=num_prompts * num_text_classes,
+            num_prompts=num_prompts,
+            text_dim=text_dim,
             text_reduction=mc.TEXT_REDUCTION,
             return_projection=mc.RETURN_PROJECTION,
             gamma_init=mc.GAMMA_INIT,
@@ -138,7 +141,7 @@ class MaskTextDecoder(MaskedDecoder):
             text_attention_mask=mc.TEXT_ATTENTION_MASK,
             text_query_pos=mc.TEXT_QUERY_POS,
             with_similarity=mc.USE_SIM_LOSS,
-            checkpoint_similarity=mc.CHECKPOINT_SIMILARITY,
+            recompute_similarity=mc.RECOMPUTE_SIMILARITY,
         )
         return ret
 
@@ -203,7 +206,7 @@ class MaskTextDecoder(MaskedDecoder):
         out = {"pred_logits": self.class_embed(mask_q), "pred_masks": masks, "attn_mask": None}
         if self.with_similarity and self.training and supervised:
             t0 = self._check_text(text_embeddings)
-            if self.checkpoint_similarity and torch.is_grad_enabled():
+            if self.recompute_similarity and torch.is_grad_enabled():
                 out["pred_sim"] = checkpoint(self._similarity, mask_q, text_q, t0, use_reentrant=False)
             else:
                 out["pred_sim"] = self._similarity(mask_q, text_q, t0)
@@ -257,8 +260,3 @@ class MaskTextDecoder(MaskedDecoder):
 def _size_key(size) -> tuple:
     """(h, w) as plain ints (sizes are tensors while tracing, e.g. for FLOP counting)."""
     return tuple(int(v) for v in size)
-
-
-def _check_choice(name: str, value: str, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -11,14 +11,13 @@ the layer loop.
 """
 from typing import Dict, List, Optional, Tuple
 
+import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from detectron2.utils.registry import Registry
 from torch import nn
-
-import fvcore.nn.weight_init as weight_init
 
 from .position_encoding import PositionEmbeddingSine
 
@@ -37,7 +36,7 @@ def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: to
 
     query: (Q, B, C); key, value: (S, B, C); blocked: bool, True = may not attend, (Q, S) or
     (B, Q, S), broadcast over the heads instead of copied per head as ``nn.MultiheadAttention``
-    needs (half the peak memory and 1.5x faster for 553 queries over a 64x64 memory on CPU).
+    needs (less memory and time; figures in docs/benchmarks.md).
     Returns (Q, B, C).
     """
     q_len, batch, channels = query.shape
@@ -200,6 +199,17 @@ class MaskedDecoder(nn.Module):
                 self.input_proj.append(nn.Sequential())
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        if self.num_supervised_predictions < 1:
+            raise ValueError(
+                f"no prediction to supervise: {dec_layers} decoder layers (MODEL.MASK_FORMER.DEC_LAYERS - 1) and "
+                f"SUPERVISE_INITIAL_PREDICTION {supervise_initial_prediction}"
+            )
+
+    @property
+    def num_supervised_predictions(self) -> int:
+        """Predictions a loss reads: one per layer, plus the one before the first layer if it is
+        supervised; the last is the output, the others are ``aux_outputs``."""
+        return self.num_layers + int(self.supervise_initial_prediction)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int):

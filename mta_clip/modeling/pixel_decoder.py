@@ -199,7 +199,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [k for k, _ in shapes]
         feature_channels = [v.channels for _, v in shapes]
-        feature_strides = [v.stride for _, v in shapes]
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
             raise ValueError(
@@ -246,7 +245,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.lateral_convs = self.lateral_convs[::-1]
         self.output_convs = self.output_convs[::-1]
         self._fpn_features = self.in_features[:num_fpn][::-1]
-        self._feature_strides = feature_strides
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -266,9 +264,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         }
 
     def forward_features(self, features: Dict[str, torch.Tensor]):
-        """Returns (mask_features (B, mask_dim, H/4, W/4), None, [memories (B, C, H_l, W_l)] x 3).
+        """Returns (mask_features (B, mask_dim, H/4, W/4), the lowest-resolution encoder output
+        (B, C, H_0, W_0), [memories (B, C, H_l, W_l)] x 3, lowest resolution first).
 
-        The middle element is kept for interface parity with Mask2Former (its transformer output).
+        The middle element is kept for interface parity with Mask2Former (it is ``memories[0]``).
         Runs in fp32 even under autocast (deformable attention sampling is precision-sensitive).
         """
         device_type = next(iter(features.values())).device.type

@@ -17,7 +17,9 @@ from mta_clip.evaluation import PerClassSemSegEvaluator
 
 from .test_prepare_scripts import _reference_names, ade, city, make_fake_ade, make_fake_cityscapes
 
-OURS = ["ade20k_150_sem_seg_train", "ade20k_150_sem_seg_val", "cityscapes_19_sem_seg_train", "cityscapes_19_sem_seg_val"]
+OURS = [
+    "ade20k_150_sem_seg_train", "ade20k_150_sem_seg_val", "cityscapes_19_sem_seg_train", "cityscapes_19_sem_seg_val"
+]
 
 
 @pytest.fixture
@@ -210,7 +212,7 @@ def test_register_missing_folder_and_no_pairs(tmp_path, registered):
 
 
 def test_unreadable_image_header(tmp_path, registered):
-    from mta_clip.data.datasets import tolerate_unreadable_images
+    from mta_clip.data.datasets import load_dataset_dicts
 
     _write_pair(str(tmp_path), "ok", (4, 5))
     img, lab = _write_pair(str(tmp_path), "bad", (4, 5))
@@ -220,6 +222,12 @@ def test_unreadable_image_header(tmp_path, registered):
     register_sem_seg_dataset("broken_data", str(tmp_path / "img"), str(tmp_path / "lab"), ["a"])
     with pytest.raises(OSError, match="bad.jpg"):
         DatasetCatalog.get("broken_data")
-    with tolerate_unreadable_images():
-        records = DatasetCatalog.get("broken_data")
+    with pytest.raises(OSError, match="bad.jpg"):
+        load_dataset_dicts("broken_data")  # tolerance is asked for explicitly, per call
+    records = load_dataset_dicts("broken_data", tolerate_unreadable=True)
     assert [("height" in r) for r in records] == [False, True]  # sorted: bad, ok
+    with pytest.raises(OSError, match="bad.jpg"):
+        DatasetCatalog.get("broken_data")  # and nothing is left switched on
+    DatasetCatalog.register("_other_loader", lambda: [{"file_name": "x"}])
+    registered.append("_other_loader")
+    assert load_dataset_dicts("_other_loader", tolerate_unreadable=True) == [{"file_name": "x"}]

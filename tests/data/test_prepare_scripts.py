@@ -81,7 +81,8 @@ def make_fake_cityscapes(root, cities=("aachen", "bonn"), per_city=2, size=(10, 
             for i in range(per_city):
                 stem = f"{city_name}_{i:06d}_000019"
                 image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
-                _png(os.path.join(root, "cityscapes", "leftImg8bit", split, city_name, stem + "_leftImg8bit.png"), image)
+                images = os.path.join(root, "cityscapes", "leftImg8bit", split, city_name)
+                _png(os.path.join(images, stem + "_leftImg8bit.png"), image)
                 ids = rng.integers(0, 36, size, dtype=np.uint8)  # 34, 35: not in the table
                 path = os.path.join(root, "cityscapes", "gtFine", split, city_name, stem + "_gtFine_labelIds.png")
                 _png(path, ids)

@@ -58,7 +58,8 @@ def _image(h, w, seed=0):
 
 @pytest.mark.parametrize(
     "h, w, crop, stride",
-    [(100, 130, (40, 50), (27, 33)), (40, 50, (40, 50), (27, 33)), (30, 70, (64, 64), (43, 43)), (65, 64, (32, 32), (32, 32))],
+    [(100, 130, (40, 50), (27, 33)), (40, 50, (40, 50), (27, 33)), (30, 70, (64, 64), (43, 43)),
+     (65, 64, (32, 32), (32, 32))],
 )
 def test_sliding_windows_cover_the_image(h, w, crop, stride):
     windows = sliding_windows(h, w, crop, stride)
@@ -88,7 +89,8 @@ def test_constant_model_gives_single_scale_result(kwargs, normalize):
     v = torch.tensor([0.3, 2.0, 0.1, 1.2, 0.7])
     single = ConstantModel(v)([{"image": _image(24, 30), "height": 37, "width": 41}])[0]["sem_seg"]
     tta = SemSegTTA(ConstantModel(v), normalize=normalize, **kwargs)
-    out = tta([{"image": _image(24, 30), "height": 37, "width": 41}, {"image": _image(20, 20), "height": 20, "width": 20}])
+    out = tta([{"image": _image(24, 30), "height": 37, "width": 41},
+               {"image": _image(20, 20), "height": 20, "width": 20}])
     assert out[0]["sem_seg"].shape == (C, 37, 41) and out[1]["sem_seg"].shape == (C, 20, 20)
     expected = {"softmax": v.softmax(0), "sum": v / v.sum(), "none": v}[normalize]
     torch.testing.assert_close(out[0]["sem_seg"], expected[:, None, None].expand(C, 37, 41))
@@ -100,7 +102,8 @@ def test_views_have_the_right_sizes():
     SemSegTTA(model, scales=[0.5, 1.0, 1.5], flip=True)([{"image": _image(20, 30), "height": 20, "width": 30}])
     assert model.sizes == [(10, 15), (10, 15), (20, 30), (20, 30), (30, 45), (30, 45)]
     model.sizes.clear()
-    SemSegTTA(model, slide=True, crop_size=(16, 16), stride=(10, 12))([{"image": _image(20, 30), "height": 9, "width": 9}])
+    tta = SemSegTTA(model, slide=True, crop_size=(16, 16), stride=(10, 12))
+    tta([{"image": _image(20, 30), "height": 9, "width": 9}])
     assert model.sizes == [(16, 16)] * 6  # 2 rows (y 0, 4) x 3 columns (x 0, 12, 14)
 
 

@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from mta_clip.modeling.contrastive_loss import mask_text_contrastive_loss
+from mta_clip.config import choice
+from mta_clip.modeling.contrastive_loss import NEGATIVES, NORMALIZATIONS, mask_text_contrastive_loss
+
+
+def _loss(sim, classes, weights, strategy="mixneg", normalization="weighted_mean"):
+    return mask_text_contrastive_loss(sim, classes, weights, NEGATIVES[strategy], NORMALIZATIONS[normalization])
 
 
 def _reference(sim, classes, weights, strategy, normalization):
@@ -63,7 +68,7 @@ def test_matches_direct_loop_value_and_gradient(strategy, none_class, normalizat
     seed = len(strategy) * 100 + len(normalization) * 2 + int(none_class)
     sim, classes, weights = _inputs(seed=seed, none_class=none_class)
     sim_a = sim.clone().requires_grad_()
-    loss = mask_text_contrastive_loss(sim_a, classes, weights, strategy=strategy, normalization=normalization)
+    loss = _loss(sim_a, classes, weights, strategy=strategy, normalization=normalization)
     loss.backward()
     sim_b = sim.clone().double().requires_grad_()
     expected = _reference(sim_b, classes, weights, strategy, normalization)
@@ -73,12 +78,15 @@ def test_matches_direct_loop_value_and_gradient(strategy, none_class, normalizat
     torch.testing.assert_close(sim_a.grad.double(), sim_b.grad, atol=1e-6, rtol=1e-4)
 
 
-def test_strategy_names_are_case_insensitive_and_strategies_differ():
+def test_config_names_map_to_the_functions_and_strategies_differ():
     sim, classes, weights = _inputs(seed=11, none_class=True)
-    mix = mask_text_contrastive_loss(sim, classes, weights, strategy="MixNeg")
-    sep = mask_text_contrastive_loss(sim, classes, weights, strategy="SeparateNeg")
-    assert mix.item() == pytest.approx(mask_text_contrastive_loss(sim, classes, weights, "mixneg").item())
+    mix_terms = choice(NEGATIVES, "MixNeg", "MODEL.MTA_CLIP.NEGATIVES")
+    sep_terms = choice(NEGATIVES, "SeparateNeg", "MODEL.MTA_CLIP.NEGATIVES")
+    mix = mask_text_contrastive_loss(sim, classes, weights, mix_terms)
+    sep = mask_text_contrastive_loss(sim, classes, weights, sep_terms)
+    assert mix.item() == pytest.approx(_loss(sim, classes, weights, "mixneg").item())
     assert sep.item() < mix.item()  # fewer negatives in the denominator
+    assert mask_text_contrastive_loss(sim, classes, weights).item() == mix.item()  # defaults: MixNeg, weighted
 
 
 def test_positive_is_argmax_prompt_without_gradient_through_the_choice():
@@ -86,7 +94,7 @@ def test_positive_is_argmax_prompt_without_gradient_through_the_choice():
     sim = torch.tensor([[[[0.0, 0.5, 0.2], [0.1, 2.0, -0.3], [0.3, 1.0, 0.4]]]], requires_grad=True)
     classes = torch.tensor([[1]])
     weights = torch.ones(1, 1)
-    loss = mask_text_contrastive_loss(sim, classes, weights, strategy="separateneg")
+    loss = _loss(sim, classes, weights, "separateneg")
     loss.backward()
     grad = sim.grad[0, 0]
     # the argmax prompt (k = 1) of class 1 is the positive: pushed up; the other prompts of class 1 are
@@ -99,14 +107,14 @@ def test_positive_is_argmax_prompt_without_gradient_through_the_choice():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     # MixNeg: the other prompts of class 1 are negatives
     sim.grad = None
-    mask_text_contrastive_loss(sim, classes, weights, strategy="mixneg").backward()
+    _loss(sim, classes, weights, "mixneg").backward()
     assert sim.grad[0, 0, 1, 1] < 0 and sim.grad[0, 0, 0, 1] > 0 and sim.grad[0, 0, 2, 1] > 0
 
 
 def test_normalizations():
     sim, classes, weights = _inputs(seed=12, none_class=True, batch=2, num_queries=4)
-    weighted = mask_text_contrastive_loss(sim, classes, weights, normalization="weighted_mean")
-    over_queries = mask_text_contrastive_loss(sim, classes, weights, normalization="mean_over_queries")
+    weighted = _loss(sim, classes, weights, normalization="weighted_mean")
+    over_queries = _loss(sim, classes, weights, normalization="mean_over_queries")
     # same weighted sum, different denominators
     assert (weighted * weights.sum()).item() == pytest.approx((over_queries * 8).item(), rel=1e-5)
 
@@ -115,7 +123,7 @@ def test_no_participating_query_gives_connected_zero():
     sim = torch.randn(2, 3, 2, 4, requires_grad=True)
     classes = torch.full((2, 3), -1)
     for normalization in ("weighted_mean", "mean_over_queries"):
-        loss = mask_text_contrastive_loss(sim, classes, torch.zeros(2, 3), normalization=normalization)
+        loss = _loss(sim, classes, torch.zeros(2, 3), normalization=normalization)
         assert loss.item() == 0 and loss.grad_fn is not None
         loss.backward()
         assert sim.grad is not None and sim.grad.abs().sum() == 0
@@ -128,16 +136,14 @@ def test_no_participating_query_gives_connected_zero():
 def test_large_logits_are_stable():
     sim, classes, weights = _inputs(seed=13, none_class=False)
     for strategy in ("mixneg", "separateneg"):
-        loss = mask_text_contrastive_loss(sim * 1000, classes, weights, strategy=strategy)
+        loss = _loss(sim * 1000, classes, weights, strategy)
         assert math.isfinite(loss.item())
 
 
 def test_bad_inputs_raise():
     sim, classes, weights = _inputs(seed=14, none_class=False)
-    with pytest.raises(ValueError, match="strategy"):
-        mask_text_contrastive_loss(sim, classes, weights, strategy="hardneg")
-    with pytest.raises(ValueError, match="normalization"):
-        mask_text_contrastive_loss(sim, classes, weights, normalization="sum")
+    with pytest.raises(ValueError, match="NEGATIVES: got 'hardneg'"):
+        choice(NEGATIVES, "hardneg", "MODEL.MTA_CLIP.NEGATIVES")
     with pytest.raises(ValueError, match="query_classes must be in"):
         mask_text_contrastive_loss(sim, torch.full_like(classes, sim.shape[-1]), weights)
     with pytest.raises(ValueError, match=r"\(B, N\)"):

@@ -1,4 +1,5 @@
 import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -6,27 +7,11 @@ from detectron2.config import get_cfg
 import mta_clip.modeling.criterion as criterion_mod
 from mta_clip.config import add_mtaclip_config
 from mta_clip.modeling.criterion import SetCriterion
-from mta_clip.modeling.point_sampling import (
-    calculate_uncertainty,
-    get_uncertain_point_coords_with_randomness,
-    point_sample,
-)
+from mta_clip.modeling.point_sampling import get_uncertain_point_coords_with_randomness
+from tests.modeling.conftest import bilinear_reference as _bilinear
 
 
 # ---------------------------------------------------------------- independent references
-def _bilinear(img, x, y):
-    """Value of the (H, W) map at normalized (x, y), pixel centers at (j + 0.5) / W, zeros outside."""
-    h, w = img.shape
-    px, py = x * w - 0.5, y * h - 0.5
-    x0, y0 = math.floor(px), math.floor(py)
-    total = 0.0
-    for yy, wy in ((y0, 1 - (py - y0)), (y0 + 1, py - y0)):
-        for xx, wx in ((x0, 1 - (px - x0)), (x0 + 1, px - x0)):
-            if 0 <= yy < h and 0 <= xx < w:
-                total += wy * wx * float(img[yy, xx])
-    return total
-
-
 def _pixel_centers(h, w):
     ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], dim=1)
@@ -98,57 +83,6 @@ def _batch(seed=0, h=3, w=4, up=4, num_classes=3, n=5):
     ]
     indices = [([1, 3], [1, 0]), ([4], [0])]
     return outputs, targets, small, indices
-
-
-# ---------------------------------------------------------------- point sampling
-def test_point_sample_is_bilinear_with_zero_padding():
-    torch.manual_seed(0)
-    img = torch.randn(2, 3, 5, 7)
-    coords = torch.rand(2, 9, 2) * 1.2 - 0.1  # a few points outside [0, 1]
-    out = point_sample(img, coords, align_corners=False)
-    assert out.shape == (2, 3, 9)
-    for n in range(2):
-        for c in range(3):
-            for p in range(9):
-                x, y = coords[n, p].tolist()
-                assert out[n, c, p].item() == pytest.approx(_bilinear(img[n, c], x, y), abs=1e-5)
-
-
-def test_point_sample_grid_shape():
-    img = torch.randn(1, 2, 4, 4)
-    assert point_sample(img, torch.rand(1, 3, 5, 2), align_corners=False).shape == (1, 2, 3, 5)
-
-
-def test_uncertain_points_are_the_most_uncertain_candidates():
-    logits = torch.randn(3, 1, 6, 6) * 3
-    num_points, k, beta = 20, 3.0, 0.75
-    torch.manual_seed(7)
-    coords = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, num_points, k, beta)
-    assert coords.shape == (3, num_points, 2)
-    assert bool(((coords >= 0) & (coords <= 1)).all())
-    torch.manual_seed(7)
-    candidates = torch.rand(3, int(num_points * k), 2)
-    fresh = torch.rand(3, num_points - int(beta * num_points), 2)
-    n_unc = int(beta * num_points)
-    for r in range(3):
-        unc = [-abs(_bilinear(logits[r, 0], x, y)) for x, y in candidates[r].tolist()]
-        order = sorted(range(len(unc)), key=lambda i: -unc[i])
-        expected = candidates[r][order[:n_unc]]
-        got = coords[r, :n_unc]
-        # the same set of points (topk order may differ for near-ties only)
-        assert sorted(map(tuple, got.tolist())) == sorted(map(tuple, expected.tolist()))
-        torch.testing.assert_close(coords[r, n_unc:], fresh[r])
-
-
-def test_importance_ratio_extremes():
-    logits = torch.randn(2, 1, 5, 5)
-    torch.manual_seed(3)
-    all_random = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, 10, 2.0, 0.0)
-    torch.manual_seed(3)
-    torch.rand(2, 20, 2)
-    torch.testing.assert_close(all_random, torch.rand(2, 10, 2))
-    all_unc = get_uncertain_point_coords_with_randomness(logits, calculate_uncertainty, 10, 2.0, 1.0)
-    assert all_unc.shape == (2, 10, 2)
 
 
 # ---------------------------------------------------------------- losses
@@ -268,7 +202,7 @@ def test_deep_supervision_keys_and_weight_dict():
 def test_from_config_and_checkpoint_buffer():
     cfg = add_mtaclip_config(get_cfg())
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 150
-    crit = SetCriterion(cfg)
+    crit = SetCriterion(cfg, num_supervised_predictions=10)  # as the default decoder makes
     assert crit.num_aux_outputs == 9 and len(crit.weight_dict) == 30
     assert crit.weight_dict["loss_ce_8"] == 2.0 and crit.weight_dict["loss_mask"] == 5.0
     assert crit.losses == ["labels", "masks"]
@@ -276,10 +210,9 @@ def test_from_config_and_checkpoint_buffer():
     state = crit.state_dict()
     assert list(state) == ["empty_weight"] and state["empty_weight"].shape == (151,)
     assert state["empty_weight"][-1].item() == pytest.approx(0.1) and bool((state["empty_weight"][:-1] == 1).all())
-    cfg.MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION = False
-    assert SetCriterion(cfg).num_aux_outputs == 8
+    assert SetCriterion(cfg, num_supervised_predictions=9).num_aux_outputs == 8
     cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = False
-    assert set(SetCriterion(cfg).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
+    assert set(SetCriterion(cfg, num_supervised_predictions=9).weight_dict) == {"loss_ce", "loss_mask", "loss_dice"}
 
 
 def test_get_loss_dispatch_and_subclass_extension():

@@ -159,21 +159,20 @@ def test_from_config():
     mc = cfg.MODEL.MTA_CLIP
     assert (mc.USE_SIM_LOSS, mc.SIM_WEIGHT, mc.NEGATIVES, mc.NONE_CLASS, mc.NONE_WEIGHT, mc.SIM_NORMALIZATION) == (
         True, 1.0, "MixNeg", True, 0.1, "weighted_mean")
-    crit = MaskTextCriterion(cfg)
+    crit = MaskTextCriterion(cfg, num_supervised_predictions=10)
     assert crit.losses == ["labels", "masks", "sim"]
     assert crit.num_aux_outputs == 9 and crit.weight_dict["loss_sim_8"] == 1.0 and len(crit.weight_dict) == 40
     assert (crit.sim_negatives, crit.none_class, crit.none_weight, crit.sim_normalization) == (
         "mixneg", True, 0.1, "weighted_mean")
     assert list(crit.state_dict()) == ["empty_weight"]
 
-    cfg.MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION = False  # the authors' MTA-CLIP setting
     cfg.MODEL.MTA_CLIP.NEGATIVES = "SeparateNeg"
     cfg.MODEL.MTA_CLIP.SIM_WEIGHT = 0.5
-    crit = MaskTextCriterion(cfg)
+    crit = MaskTextCriterion(cfg, num_supervised_predictions=9)  # the authors' 9 layer outputs
     assert crit.num_aux_outputs == 8 and len(crit.weight_dict) == 36
     assert crit.weight_dict["loss_sim"] == 0.5 and "loss_sim_8" not in crit.weight_dict
     assert crit.sim_negatives == "separateneg"
 
     cfg.MODEL.MTA_CLIP.USE_SIM_LOSS = False  # "text-enhanced only" ablation
-    crit = MaskTextCriterion(cfg)
+    crit = MaskTextCriterion(cfg, num_supervised_predictions=9)
     assert crit.losses == ["labels", "masks"] and not any(k.startswith("loss_sim") for k in crit.weight_dict)

@@ -182,7 +182,7 @@ def test_wrong_text_shape_is_a_clear_error():
 
 @pytest.mark.parametrize("arg,value", [("similarity", "l2"), ("text_reduction", "conv"), ("return_projection", "x")])
 def test_bad_choice_names_the_option(arg, value):
-    with pytest.raises(ValueError, match=arg):
+    with pytest.raises(ValueError, match=f"MODEL.MTA_CLIP.{arg.upper()}: got {value!r}"):
         _decoder(**{arg: value})
 
 
@@ -229,8 +229,8 @@ def _saved_bytes_and_grads(dec, mem, mf, text):
 
 def test_checkpointed_similarity_same_values_and_gradients_less_memory():
     mem, mf, text = _inputs()
-    plain = _decoder(checkpoint_similarity=False).train()
-    ckpt = _decoder(checkpoint_similarity=True).train()
+    plain = _decoder(recompute_similarity=False).train()
+    ckpt = _decoder(recompute_similarity=True).train()
     ckpt.load_state_dict(plain.state_dict())
     bytes_plain, sim_plain, grads_plain = _saved_bytes_and_grads(plain, mem, mf, text)
     bytes_ckpt, sim_ckpt, grads_ckpt = _saved_bytes_and_grads(ckpt, mem, mf, text)

@@ -1,10 +1,9 @@
-"""Masked-attention decoder and pixel decoder: shapes, attention masks from the previous prediction."""
+"""Masked-attention decoder: shapes, attention masks from the previous prediction."""
+import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.layers import ShapeSpec
 
 from mta_clip.modeling.masked_decoder import MaskedDecoder
-from mta_clip.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 B, HID, N, C, HEADS = 2, 32, 6, 5, 4
 
@@ -27,9 +26,12 @@ def test_output_shapes_and_deep_supervision():
     out = dec(mem, mf)
     assert out["pred_logits"].shape == (B, N, C + 1)
     assert out["pred_masks"].shape == (B, N, 16, 24)
-    assert len(out["aux_outputs"]) == 4  # 5 predictions, the last is the main output
-    no_init = _decoder(supervise_initial_prediction=False)(mem, mf)
-    assert len(no_init["aux_outputs"]) == 3
+    assert len(out["aux_outputs"]) == 4 == dec.num_supervised_predictions - 1  # 5 predictions, the last is the output
+    no_init_dec = _decoder(supervise_initial_prediction=False)
+    no_init = no_init_dec(mem, mf)
+    assert len(no_init["aux_outputs"]) == 3 == no_init_dec.num_supervised_predictions - 1
+    with pytest.raises(ValueError, match="no prediction to supervise"):
+        _decoder(layers=0, supervise_initial_prediction=False)
     torch.testing.assert_close(no_init["pred_masks"], out["pred_masks"])
 
 
@@ -66,24 +68,6 @@ def test_fully_masked_queries_are_unmasked():
     out = dec(mem, mf.abs() + 1)  # every mask logit < 0: sigmoid < 0.5 everywhere
     assert not seen[0].any()
     assert torch.isfinite(out["pred_logits"]).all()
-
-
-def test_pixel_decoder_shapes_and_fp32_under_autocast():
-    shapes = {"res2": ShapeSpec(channels=8, stride=4), "res3": ShapeSpec(channels=16, stride=8),
-              "res4": ShapeSpec(channels=24, stride=16), "res5": ShapeSpec(channels=32, stride=32)}
-    torch.manual_seed(0)
-    pd = MSDeformAttnPixelDecoder(
-        shapes, transformer_dropout=0.0, transformer_nheads=4, transformer_dim_feedforward=64,
-        transformer_enc_layers=2, transformer_n_points=4, conv_dim=32, mask_dim=16, norm="GN",
-        transformer_in_features=["res3", "res4", "res5"], common_stride=4).eval()
-    feats = {k: torch.randn(2, v.channels, 64 // v.stride, 96 // v.stride) for k, v in shapes.items()}
-    mask_features, _, multi = pd.forward_features(feats)
-    assert mask_features.shape == (2, 16, 16, 24)
-    assert [tuple(m.shape) for m in multi] == [(2, 32, 2, 3), (2, 32, 4, 6), (2, 32, 8, 12)]
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        mf2, _, _ = pd.forward_features(feats)
-    assert mf2.dtype == torch.float32
-    torch.testing.assert_close(mf2, mask_features)
 
 
 def test_attention_equals_torch_multihead_attention_with_per_head_masks():

@@ -1,5 +1,4 @@
 """MTACLIP meta-architecture: gradients, frozen text encoder, baseline equivalence, train/eval."""
-import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
@@ -13,7 +12,7 @@ from tests.conftest import toy_cfg
 
 
 def _cfg(tiny_clip_file, *opts):
-    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.CHECKPOINT", tiny_clip_file, *opts])
+    return toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.WEIGHTS", tiny_clip_file, *opts])
 
 
 def _batch(cfg, n=2):
@@ -61,20 +60,38 @@ def test_text_encoder_weights_unchanged_and_absent_from_optimizer(tiny_clip_file
         assert torch.equal(p, before[n]), n
     assert not torch.equal(model.text_encoder.prompt_learner.ctx, ctx_before)
     # prompts are trained at the base lr, not the backbone multiplier
-    ctx_group = next(g for g in opt.param_groups if any(p is model.text_encoder.prompt_learner.ctx for p in g["params"]))
+    ctx = model.text_encoder.prompt_learner.ctx
+    ctx_group = next(g for g in opt.param_groups if any(p is ctx for p in g["params"]))
     assert ctx_group["lr"] == cfg.SOLVER.BASE_LR
 
 
-def test_text_branch_off_equals_baseline_with_same_weights(tiny_clip_file):
-    base_cfg = toy_cfg("mask2former_toy.yaml")
-    base = _model(base_cfg).eval()
-    assert type(base) is SemanticMask2Former
-    off = _model(_cfg(tiny_clip_file, "MODEL.MTA_CLIP.ENABLED", "False")).eval()
-    off.load_state_dict(base.state_dict(), strict=True)
-    inputs = [{"image": torch.randint(0, 255, (3, 96, 80), dtype=torch.uint8), "height": 96, "width": 80}]
-    with torch.no_grad():
-        a, b = base(inputs)[0]["sem_seg"], off(inputs)[0]["sem_seg"]
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+def test_meta_architecture_and_decoder_must_match(tiny_clip_file):
+    """One switch (MODEL.META_ARCHITECTURE); a decoder that does not fit it fails at build, naming the keys."""
+    with pytest.raises(ValueError, match="TRANSFORMER_DECODER_NAME 'MaskTextDecoder'.*got 'MaskedDecoder'"):
+        build_model(_cfg(tiny_clip_file, "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", "MaskedDecoder"))
+    base_cfg = toy_cfg("mask2former_toy.yaml", ["MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME", "MaskTextDecoder"])
+    with pytest.raises(ValueError, match="'MaskTextDecoder' needs text features.*'MTACLIP'"):
+        build_model(base_cfg)
+    assert type(_model(toy_cfg("mask2former_toy.yaml"))) is SemanticMask2Former
+
+
+@pytest.mark.parametrize("supervise_initial", [True, False])
+def test_shapes_reach_decoder_and_criterion_from_their_producers(tiny_clip_file, supervise_initial):
+    """K and C' come from the text encoder, the supervised predictions from the decoder."""
+    cfg = _cfg(tiny_clip_file, "MODEL.CLIP.TEXT.NUM_PROMPTS", "2",
+               "MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION", str(supervise_initial))
+    model = _model(cfg)
+    decoder, encoder = model.sem_seg_head.predictor, model.text_encoder
+    assert (decoder.num_prompts, decoder.num_text_queries) == (2, 2 * 7)
+    assert (encoder.num_prompts, encoder.num_classes) == (2, 7)
+    assert decoder.text_proj.in_features == encoder.embed_dim
+    layers = cfg.MODEL.MASK_FORMER.DEC_LAYERS - 1
+    assert model.criterion.num_aux_outputs == layers + int(supervise_initial) - 1
+    model.train()
+    outputs = model.sem_seg_head(model.backbone(model.preprocess_image(_batch(cfg, 1)).tensor),
+                                 **model.transformer_decoder_inputs())
+    assert len(outputs["aux_outputs"]) == model.criterion.num_aux_outputs
+    assert outputs["pred_sim"].shape[-2:] == (2, 7)
 
 
 def test_eval_caches_text_features(tiny_clip_file, monkeypatch):
@@ -115,14 +132,10 @@ def test_wrong_number_of_class_names_is_a_clear_error(tiny_clip_file):
         build_model(cfg)
 
 
-@pytest.mark.parametrize("opts,match", [
-    (["MODEL.MTA_CLIP.USE_TEXT_QUERIES", "False"], "USE_SIM_LOSS True needs USE_TEXT_QUERIES True"),
-    (["MODEL.MTA_CLIP.USE_TEXT_QUERIES", "False", "MODEL.MTA_CLIP.USE_SIM_LOSS", "False"], "ENABLED False"),
-    (["MODEL.MTA_CLIP.JOINT_SELF_ATTENTION", "False", "MODEL.MTA_CLIP.USE_SIM_LOSS", "False"], "ENABLED False"),
-])
-def test_switch_combinations_without_a_text_effect_are_rejected(tiny_clip_file, opts, match):
-    """Combinations where the prompts would get no gradient (or L_sim has no text queries) fail at build."""
-    with pytest.raises(ValueError, match=match):
+def test_switch_combination_without_a_text_effect_is_rejected(tiny_clip_file):
+    """Without L_sim and with separate attention the prompts would get no gradient: fails at build."""
+    opts = ["MODEL.MTA_CLIP.JOINT_SELF_ATTENTION", "False", "MODEL.MTA_CLIP.USE_SIM_LOSS", "False"]
+    with pytest.raises(ValueError, match="META_ARCHITECTURE 'SemanticMask2Former'"):
         build_model(_cfg(tiny_clip_file, *opts))
 
 
@@ -142,3 +155,20 @@ def test_ablation_switches_train(tiny_clip_file, opts):
     sum(losses.values()).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, unused
+
+
+def test_clip_file_is_read_once_per_model_build(tiny_clip_file, monkeypatch):
+    """A CLIP backbone and the text encoder share one read of MODEL.CLIP.WEIGHTS."""
+    import mta_clip.modeling.clip.weights as weights_module
+
+    reads = []
+    read = weights_module._read_raw
+    monkeypatch.setattr(weights_module, "_read_raw", lambda path: reads.append(path) or read(path))
+    cfg = _cfg(tiny_clip_file, "MODEL.BACKBONE.NAME", "CLIPResNet", "MODEL.CLIP.IMAGE_SIZE", "[96, 96]")
+    model = _model(cfg)
+    assert reads == [tiny_clip_file]
+    state, _ = weights_module.read_clip_weights(tiny_clip_file)  # a second, independent read
+    assert torch.equal(model.backbone.conv1.weight, state["visual.conv1.weight"])
+    assert torch.equal(model.text_encoder.token_embedding.weight, state["token_embedding.weight"])
+    _model(cfg)
+    assert len(reads) == 3  # nothing is kept between builds

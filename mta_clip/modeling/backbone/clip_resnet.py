@@ -2,7 +2,7 @@
 
 The modules are open_clip's ``ModifiedResNet`` parts (3-conv stem + avg-pool, bottlenecks with
 anti-aliased avg-pool downsampling), held directly under the backbone so parameter names equal the
-checkpoint's ``visual.*`` names without the prefix (``conv1.weight``, ``layer3.5.bn2.running_var``,
+CLIP weight file's ``visual.*`` names without the prefix (``conv1.weight``, ``layer3.5.bn2.running_var``,
 ``attnpool.q_proj.weight``...).
 """
 import logging
@@ -15,23 +15,16 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from ..clip.checkpoint import (
+from ..clip.weights import (
     clip_weights_and_arch,
     image_size_pair,
     load_clip_weights,
     resize_grid_pos_embed,
     sub_state_dict,
 )
+from .freeze import warn_unused_freeze_at
 
 logger = logging.getLogger(__name__)
-
-
-def warn_unused_freeze_at(cfg, backbone: str, instead: str) -> None:
-    """Detectron2's ``MODEL.BACKBONE.FREEZE_AT`` (default 2) does not apply to the CLIP backbones:
-    a user who sets it to freeze the trunk would otherwise get no freezing and no word about it."""
-    if cfg.MODEL.BACKBONE.FREEZE_AT != 0:
-        logger.warning("MODEL.BACKBONE.FREEZE_AT = %d is not used by %s (nothing is frozen by it): %s",
-                       cfg.MODEL.BACKBONE.FREEZE_AT, backbone, instead)
 
 __all__ = ["CLIPResNet"]
 
@@ -146,7 +139,7 @@ class CLIPResNet(Backbone):
             keep += ("attnpool.",)
         unused = sorted({k.split(".")[0] for k in weights if not k.startswith(keep)})
         if unused:
-            logger.info("CLIPResNet: not using checkpoint parts %s (not requested)", unused)
+            logger.info("CLIPResNet: not using CLIP weights %s (not requested)", unused)
         weights = {k: v for k, v in weights.items() if k.startswith(keep)}
         key = "attnpool.positional_embedding"
         if key in weights:
@@ -171,10 +164,10 @@ class CLIPResNet(Backbone):
             raise ValueError(f"CLIPResNet takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
         clip = cfg.MODEL.CLIP
         warn_unused_freeze_at(cfg, "CLIPResNet", f"use MODEL.CLIP.RESNET.FREEZE_AT (now {clip.RESNET.FREEZE_AT})")
-        weights, arch = clip_weights_and_arch(clip.CHECKPOINT, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPResNet backbone")
+        weights, arch = clip_weights_and_arch(clip.WEIGHTS, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPResNet backbone")
         if arch.is_vit:
             raise ValueError(
-                f"MODEL.BACKBONE.NAME is CLIPResNet but the CLIP model ({clip.CHECKPOINT or clip.MODEL_NAME}) "
+                f"MODEL.BACKBONE.NAME is CLIPResNet but the CLIP model ({clip.WEIGHTS or clip.MODEL_NAME}) "
                 f"is a ViT: use CLIPViT"
             )
         return dict(
@@ -187,7 +180,7 @@ class CLIPResNet(Backbone):
             norm=clip.RESNET.NORM,
             freeze_at=clip.RESNET.FREEZE_AT,
             weights=sub_state_dict(weights, "visual.") if weights is not None else None,
-            weights_source=clip.CHECKPOINT,
+            weights_source=clip.WEIGHTS,
         )
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """CLIP's ViT (ViT-B/16) as a Detectron2 backbone with a simple feature pyramid.
 
 Trunk modules are open_clip's ``VisionTransformer`` parts held directly under the backbone, so
-names equal the checkpoint's ``visual.*`` names without the prefix (``conv1.weight``,
+names equal the CLIP weight file's ``visual.*`` names without the prefix (``conv1.weight``,
 ``class_embedding``, ``positional_embedding``, ``ln_pre.*``, ``transformer.resblocks.N.*``).
 Blocks after the last one used, ``ln_post`` and ``proj`` are not built.
 """
@@ -10,40 +10,22 @@ from typing import Dict, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from torch import nn
 
-from .clip_resnet import warn_unused_freeze_at
-from ..clip.checkpoint import (
+from ..clip.weights import (
     clip_weights_and_arch,
     image_size_pair,
     load_clip_weights,
     resize_grid_pos_embed,
     sub_state_dict,
 )
+from .freeze import warn_unused_freeze_at
+from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CLIPViT"]
-
-_LEVELS = ("res2", "res3", "res4", "res5")
-
-
-def _pyramid_layer(level: str, width: int, norm: str) -> nn.Module:
-    """Stride-16 tokens -> stride 4 (x4 up), 8 (x2 up), 16 (identity), 32 (x2 down)."""
-    if level == "res2":
-        return nn.Sequential(
-            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
-            get_norm(norm, width),
-            nn.GELU(),
-            nn.ConvTranspose2d(width, width, kernel_size=2, stride=2),
-        )
-    if level == "res3":
-        return nn.ConvTranspose2d(width, width, kernel_size=2, stride=2)
-    if level == "res4":
-        return nn.Identity()
-    return nn.MaxPool2d(kernel_size=2, stride=2)
 
 
 @BACKBONE_REGISTRY.register()
@@ -64,7 +46,7 @@ class CLIPViT(Backbone):
         patch_size: int = 16,
         image_size: Sequence[int] = (512, 512),
         out_indices: Sequence[int] = (3, 5, 7, 11),
-        out_features: Sequence[str] = _LEVELS,
+        out_features: Sequence[str] = LEVELS,
         pyramid_norm: str = "SyncBN",
         weights: Optional[Dict[str, torch.Tensor]] = None,
         weights_source: str = "",
@@ -83,19 +65,9 @@ class CLIPViT(Backbone):
         super().__init__()
         from open_clip.transformer import QuickGELU, VisionTransformer
 
-        out_indices = [int(i) for i in out_indices]
-        if len(out_indices) != 4 or not all(0 <= i < layers for i in out_indices):
-            raise ValueError(
-                f"CLIPViT out_indices {out_indices} (MODEL.CLIP.VIT.OUT_INDICES): expected 4 block "
-                f"indices in [0, {layers})"
-            )
-        unknown = [f for f in out_features if f not in _LEVELS]
-        if unknown or not out_features:
-            raise ValueError(f"CLIPViT out_features {list(out_features)}: expected a subset of {_LEVELS}")
-        try:
-            get_norm(pyramid_norm, width)
-        except KeyError as e:
-            raise ValueError(f"CLIPViT pyramid norm '{pyramid_norm}' (MODEL.CLIP.VIT.PYRAMID_NORM) is unknown") from e
+        level_index = check_pyramid_args(
+            "CLIPViT", out_indices, layers, out_features, pyramid_norm, width,
+            "MODEL.CLIP.VIT.OUT_INDICES", "MODEL.CLIP.VIT.PYRAMID_NORM")
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
             raise ValueError(
@@ -117,7 +89,7 @@ class CLIPViT(Backbone):
         self.patch_size = patch_size
         self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         self._out_features = list(out_features)
-        self.level_index = {f: out_indices[_LEVELS.index(f)] for f in self._out_features}
+        self.level_index = level_index
         depth = 1 + max(self.level_index.values())
         self.conv1 = trunk.conv1
         self.class_embedding = trunk.class_embedding
@@ -126,13 +98,13 @@ class CLIPViT(Backbone):
         self.transformer = trunk.transformer
         self.transformer.resblocks = self.transformer.resblocks[:depth]
         del trunk
-        self.pyramid = nn.ModuleDict({f: _pyramid_layer(f, width, pyramid_norm) for f in self._out_features})
+        self.pyramid = ViTPyramid(self._out_features, width, pyramid_norm)
 
         if weights is not None:
             self._load_clip(weights, weights_source or "CLIP weights", depth)
 
-        self._out_feature_strides = {f: 4 * 2 ** i for i, f in enumerate(_LEVELS)}
-        self._out_feature_channels = {f: width for f in _LEVELS}
+        self._out_feature_strides = dict(LEVEL_STRIDES)
+        self._out_feature_channels = {f: width for f in LEVELS}
 
     def _load_clip(self, weights: Dict[str, torch.Tensor], source: str, depth: int) -> None:
         def used(key: str) -> bool:
@@ -143,7 +115,7 @@ class CLIPViT(Backbone):
         unused = sorted({k.split(".")[0] if not k.startswith("transformer.") else "transformer.resblocks.>=%d" % depth
                          for k in weights if not used(k)})
         if unused:
-            logger.info("CLIPViT: not using checkpoint parts %s", unused)
+            logger.info("CLIPViT: not using CLIP weights %s", unused)
         weights = {k: v for k, v in weights.items() if used(k)}
         key = "positional_embedding"
         if key in weights:
@@ -157,10 +129,10 @@ class CLIPViT(Backbone):
             raise ValueError(f"CLIPViT takes 3-channel images, got {input_shape.channels} (MODEL.PIXEL_MEAN)")
         clip = cfg.MODEL.CLIP
         warn_unused_freeze_at(cfg, "CLIPViT", "the ViT trains all its blocks; set it to 0")
-        weights, arch = clip_weights_and_arch(clip.CHECKPOINT, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPViT backbone")
+        weights, arch = clip_weights_and_arch(clip.WEIGHTS, clip.MODEL_NAME, clip.DOWNLOAD, "CLIPViT backbone")
         if not arch.is_vit:
             raise ValueError(
-                f"MODEL.BACKBONE.NAME is CLIPViT but the CLIP model ({clip.CHECKPOINT or clip.MODEL_NAME}) "
+                f"MODEL.BACKBONE.NAME is CLIPViT but the CLIP model ({clip.WEIGHTS or clip.MODEL_NAME}) "
                 f"is a ResNet: use CLIPResNet"
             )
         return dict(
@@ -173,7 +145,7 @@ class CLIPViT(Backbone):
             out_features=tuple(clip.VIT.OUT_FEATURES),
             pyramid_norm=clip.VIT.PYRAMID_NORM,
             weights=sub_state_dict(weights, "visual.") if weights is not None else None,
-            weights_source=clip.CHECKPOINT,
+            weights_source=clip.WEIGHTS,
         )
 
     @property
@@ -205,4 +177,4 @@ class CLIPViT(Backbone):
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         """x: (B, 3, H, W) normalized images -> {res2..res5: (B, width, H/stride, W/stride)}."""
         feats = self.block_features(x)
-        return {f: self.pyramid[f](feats[self.level_index[f]]) for f in self._out_features}
+        return self.pyramid({f: feats[i] for f, i in self.level_index.items()})

@@ -1,16 +1,17 @@
-"""CLIP for MTA-CLIP: checkpoint reading, prompt learner, prompt text encoder."""
-from .checkpoint import (
+"""CLIP for MTA-CLIP: weight-file reading, prompt learner, prompt text encoder (with its
+shared-prefix speed-up)."""
+from .prompt_learner import PromptLearner, clip_tokenizer, tokenize_class_slot, tokenize_template
+from .text_encoder import PromptTextEncoder
+from .weights import (
     OFFICIAL_CLIP_FILES,
     CLIPArch,
     clip_weights_and_arch,
     image_size_pair,
     load_clip_weights,
-    read_clip_checkpoint,
+    read_clip_weights,
     resize_grid_pos_embed,
     sub_state_dict,
 )
-from .prompt_learner import PromptLearner, clip_tokenizer, tokenize_class_slot, tokenize_template
-from .text_encoder import PromptTextEncoder, class_names_from_metadata
 
 __all__ = [
     "OFFICIAL_CLIP_FILES",
@@ -18,7 +19,7 @@ __all__ = [
     "clip_weights_and_arch",
     "image_size_pair",
     "load_clip_weights",
-    "read_clip_checkpoint",
+    "read_clip_weights",
     "resize_grid_pos_embed",
     "sub_state_dict",
     "PromptLearner",
@@ -26,5 +27,4 @@ __all__ = [
     "tokenize_class_slot",
     "tokenize_template",
     "PromptTextEncoder",
-    "class_names_from_metadata",
 ]

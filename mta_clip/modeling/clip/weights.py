@@ -1,7 +1,7 @@
-"""Reading OpenAI's CLIP checkpoint files: the one place shared by the image backbones and the
+"""Reading OpenAI's CLIP weight files: the one place shared by the image backbones and the
 prompt text encoder.
 
-Accepted files (``MODEL.CLIP.CHECKPOINT``):
+Accepted files (``MODEL.CLIP.WEIGHTS``):
 
 - OpenAI's released TorchScript archives ``RN50.pt``, ``RN101.pt``, ``ViT-B-16.pt`` (most weights
   stored in fp16); read with ``torch.jit.load(f).state_dict()`` and cast to fp32.
@@ -13,12 +13,14 @@ The architecture (:class:`CLIPArch`) is read from the tensor shapes, as OpenAI's
 attention heads are ``width // 64`` everywhere, so widths must be multiples of 64 (ResNet: the
 stage-5 width ``32 * width``). Nothing is downloaded unless the caller asks for it explicitly.
 """
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 import warnings
 import zipfile
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -31,13 +33,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OFFICIAL_CLIP_FILES",
     "CLIPArch",
-    "read_clip_checkpoint",
+    "read_clip_weights",
     "clip_weights_and_arch",
     "download_official_clip",
     "sub_state_dict",
     "resize_grid_pos_embed",
     "image_size_pair",
     "load_clip_weights",
+    "clip_weights_read_once",
 ]
 
 # Architecture name -> OpenAI's released file name.
@@ -156,7 +159,7 @@ class CLIPArch:
             missing.append("visual.proj or visual.layer1.0.conv1.weight")
         if missing:
             raise ValueError(
-                f"{source} is not a full CLIP checkpoint with OpenAI's key names: missing {missing}. "
+                f"{source} is not a full CLIP weights file with OpenAI's key names: missing {missing}. "
                 f"Expected OpenAI's {_official_files_text()} (or a state dict with the same keys)."
             )
 
@@ -214,11 +217,11 @@ def _read_raw(path: str) -> Dict[str, object]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any reader failure (corrupt zip, pickle, truncated file) -> one clear error
         raise ValueError(
-            f"Cannot read CLIP checkpoint '{path}' ({type(e).__name__}: {e}). Expected OpenAI's "
+            f"Cannot read CLIP weights file '{path}' ({type(e).__name__}: {e}). Expected OpenAI's "
             f"TorchScript archive ({_official_files_text()}) or a plain state dict with the same keys."
         ) from e
     if not isinstance(obj, dict):
-        raise ValueError(f"CLIP checkpoint '{path}' holds a {type(obj).__name__}, expected a state dict")
+        raise ValueError(f"CLIP weights file '{path}' holds a {type(obj).__name__}, expected a state dict")
     return obj
 
 
@@ -230,7 +233,7 @@ def _normalize_state_dict(obj: Dict[str, object], path: str) -> Dict[str, torch.
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     if not tensors:
-        raise ValueError(f"CLIP checkpoint '{path}' contains no tensors")
+        raise ValueError(f"CLIP weights file '{path}' contains no tensors")
     return {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
 
 
@@ -244,7 +247,7 @@ def download_official_clip(model_name: str, path: str) -> str:
         raise ValueError(f"Cannot download CLIP model '{model_name}': expected one of {list(OFFICIAL_CLIP_FILES)}")
     if os.path.basename(path) != OFFICIAL_CLIP_FILES[model_name]:
         raise ValueError(
-            f"Downloading {model_name} needs MODEL.CLIP.CHECKPOINT to end in "
+            f"Downloading {model_name} needs MODEL.CLIP.WEIGHTS to end in "
             f"'{OFFICIAL_CLIP_FILES[model_name]}', got '{path}'"
         )
     from open_clip import download_pretrained_from_url, get_pretrained_url
@@ -262,10 +265,10 @@ def download_official_clip(model_name: str, path: str) -> str:
     return path
 
 
-def read_clip_checkpoint(
+def read_clip_weights(
     path: str, model_name: str = "", allow_download: bool = False
 ) -> Tuple[Dict[str, torch.Tensor], CLIPArch]:
-    """Reads a CLIP checkpoint into ``(fp32 state dict with OpenAI's keys, CLIPArch)``.
+    """Reads a CLIP weights file into ``(fp32 state dict with OpenAI's keys, CLIPArch)``.
 
     ``model_name`` (optional) is checked against the file's shapes: a different official model is
     a warning. A missing file is an error naming the path and the official file names, unless
@@ -277,13 +280,13 @@ def read_clip_checkpoint(
             download_official_clip(model_name, path)
         else:
             raise FileNotFoundError(
-                f"CLIP checkpoint '{path}' (MODEL.CLIP.CHECKPOINT, resolved to {os.path.abspath(path)}) does not "
+                f"CLIP weights file '{path}' (MODEL.CLIP.WEIGHTS, resolved to {os.path.abspath(path)}) does not "
                 f"exist. Place OpenAI's released file there ({_official_files_text()}, e.g. under pretrained/)"
                 f"{_official_url_text(model_name)}; docs/clip.md lists them. Nothing is downloaded unless "
                 f"MODEL.CLIP.DOWNLOAD is True."
             )
     state_dict = _normalize_state_dict(_read_raw(path), path)
-    arch = CLIPArch.from_state_dict(state_dict, f"CLIP checkpoint '{path}'")
+    arch = CLIPArch.from_state_dict(state_dict, f"CLIP weights file '{path}'")
     found = arch.official_name
     if model_name and found != model_name:
         if found is not None:
@@ -293,23 +296,48 @@ def read_clip_checkpoint(
             )
         else:
             logger.info("%s holds a custom CLIP architecture (not %s): %s", path, model_name, arch)
-    logger.info("Read CLIP checkpoint %s (%d tensors, %s)", path, len(state_dict), found or "custom")
+    logger.info("Read CLIP weights %s (%d tensors, %s)", path, len(state_dict), found or "custom")
     return state_dict, arch
 
 
+# Set inside ``clip_weights_read_once()``: weights already read in this block, by file and model name.
+_READ_IN_THIS_BUILD: ContextVar[Optional[Dict[tuple, tuple]]] = ContextVar("clip_weights_read_once", default=None)
+
+
+@contextlib.contextmanager
+def clip_weights_read_once():
+    """Within this block (one model build), :func:`clip_weights_and_arch` reads each CLIP file once
+    and gives every caller (CLIP backbone, text encoder) the same state dict; it is dropped at the end.
+    Callers must not modify the returned tensors in place."""
+    token = _READ_IN_THIS_BUILD.set({}) if _READ_IN_THIS_BUILD.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _READ_IN_THIS_BUILD.reset(token)
+
+
 def clip_weights_and_arch(
-    checkpoint: str, model_name: str, allow_download: bool = False, user: str = "CLIP"
+    weights_file: str, model_name: str, allow_download: bool = False, user: str = "CLIP"
 ) -> Tuple[Optional[Dict[str, torch.Tensor]], CLIPArch]:
-    """``(state dict, arch)`` for the config keys; an empty ``checkpoint`` means random weights
+    """``(state dict, arch)`` for the config keys; an empty ``weights_file`` means random weights
     with ``model_name``'s official shapes (logged as a warning naming ``user``)."""
-    if not checkpoint:
+    if not weights_file:
         logger.warning(
-            "MODEL.CLIP.CHECKPOINT is empty: %s is randomly initialized with the %s architecture. "
+            "MODEL.CLIP.WEIGHTS is empty: %s is randomly initialized with the %s architecture. "
             "Set it to OpenAI's %s for the paper's setting.",
             user, model_name, OFFICIAL_CLIP_FILES.get(model_name, _official_files_text()),
         )
         return None, CLIPArch.from_official(model_name)
-    return read_clip_checkpoint(checkpoint, model_name, allow_download)
+    read = _READ_IN_THIS_BUILD.get()
+    if read is None:
+        return read_clip_weights(weights_file, model_name, allow_download)
+    key = (os.path.abspath(os.path.expanduser(weights_file)), model_name)
+    if key not in read:
+        read[key] = read_clip_weights(weights_file, model_name, allow_download)
+    else:
+        logger.info("%s: using the CLIP weights already read from %s", user, weights_file)
+    return read[key]
 
 
 def sub_state_dict(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

@@ -1,44 +1,14 @@
-"""PromptTextEncoder / PromptLearner: exactness against open_clip's encode_text, layout, caching,
-prefix sharing against the full computation."""
-import logging
-import os
-
+"""PromptTextEncoder: exactness against open_clip's encode_text, gradients, caching, config,
+recomputation and compute precision."""
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
 from mta_clip.config import add_mtaclip_config
-from mta_clip.modeling.clip.checkpoint import read_clip_checkpoint
-from mta_clip.modeling.clip.prompt_learner import clip_tokenizer, tokenize_class_slot
-from mta_clip.modeling.clip.text_encoder import PromptTextEncoder, class_names_from_metadata
-from tests.conftest import load_tool, open_clip_reference
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLASSES = ["cat", "traffic light", "sky", "potted plant", "person"]
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    # 2 text heads, 3 blocks: RN50 depth kept at tiny width (only the text tower is used here)
-    d = tmp_path_factory.mktemp("clip_text")
-    return load_tool("make_tiny_clip").make_tiny_clip(str(d / "RN50.pt"), "RN50", "torchscript", text_width=128, text_layers=3,
-                                      vision_layers=(1, 1, 1, 1))
-
-
-@pytest.fixture(scope="module")
-def reference(ckpt):
-    return open_clip_reference(ckpt)
-
-
-@pytest.fixture(scope="module")
-def clip(ckpt):
-    return read_clip_checkpoint(ckpt)
-
-
-def make_encoder(clip, class_names=CLASSES, **kwargs):
-    weights, arch = clip
-    return PromptTextEncoder(class_names=class_names, arch=arch, weights=weights, **kwargs)
+from mta_clip.modeling.clip.prompt_learner import clip_tokenizer
+from mta_clip.modeling.clip.text_encoder import PromptTextEncoder
+from tests.modeling.clip.conftest import CLASSES, MIXED, make_encoder, tokens_per_block
 
 
 @pytest.mark.parametrize("template", ["a photo of a", "a bad photo of the"])
@@ -58,24 +28,6 @@ def test_equals_open_clip_encode_text(clip, reference, template):
     assert (enc()[0] - expected).abs().max() > 1e-3
 
 
-def test_prompt_layout(clip):
-    enc = make_encoder(clip, num_prompts=2, n_ctx=3, class_slot=5)
-    prompts, eot = enc.prompt_learner(enc.token_embedding)
-    tok = clip_tokenizer()
-    emb = enc.token_embedding.weight
-    assert prompts.shape == (2 * len(CLASSES), 8, 128)
-    for k in range(2):
-        for c, name in enumerate(CLASSES):
-            row = prompts[k * len(CLASSES) + c]
-            ids = tok.encode(name)
-            assert torch.equal(row[0], emb[tok.sot_token_id])
-            assert torch.equal(row[1:4], enc.prompt_learner.ctx[k])
-            assert torch.equal(row[4:4 + len(ids)], emb[ids])
-            assert torch.equal(row[4 + len(ids)], emb[tok.eot_token_id])
-            assert torch.equal(row[5 + len(ids):], emb[[0] * (3 - len(ids))])
-            assert eot[k * len(CLASSES) + c] == 4 + len(ids)
-
-
 def test_k_prompts_train_gradients_reach_contexts_only(clip):
     enc = make_encoder(clip, num_prompts=3, n_ctx=8).train()
     assert enc.num_prompts == 3 and enc.embed_dim == 32 and enc.num_classes == len(CLASSES)
@@ -87,7 +39,7 @@ def test_k_prompts_train_gradients_reach_contexts_only(clip):
     frozen = [p for n, p in enc.named_parameters() if not n.startswith("prompt_learner.")]
     assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
     assert [n for n, p in enc.named_parameters() if p.requires_grad] == ["prompt_learner.ctx"]
-    # frozen weights equal the checkpoint's; names are OpenAI's text keys
+    # frozen weights equal the CLIP file's; names are OpenAI's text keys
     weights, _ = clip
     for name, value in enc.state_dict().items():
         if name != "prompt_learner.ctx":
@@ -145,27 +97,6 @@ def test_eval_cache_and_invalidation(clip):
     assert (enc() - names_out).abs().max() > 1e-4 and len(calls) == 8
 
 
-def test_names_that_do_not_fit_are_named():
-    with pytest.raises(ValueError) as e:
-        tokenize_class_slot(["wall", "windowpane, window", "chest of drawers", "sky"], class_slot=5)
-    msg = str(e.value)
-    assert "windowpane, window" in msg and "'wall'" not in msg and "'sky'" not in msg
-    assert "chest of drawers" not in msg  # exactly 3 BPE tokens: fits
-    with pytest.raises(ValueError, match="chest of drawers."):
-        tokenize_class_slot(["chest of drawers"], class_slot=5, suffix=".")
-    tokens, lengths = tokenize_class_slot(["chest of drawers"], class_slot=6, suffix=".")
-    assert lengths.tolist() == [4] and tokens[0, 5].item() == clip_tokenizer().eot_token_id
-
-
-def test_reference_short_names_fit_default_slot():
-    for fname in ("ade20k_150_short_class_names.txt", "cityscapes_19_class_names.txt"):
-        with open(os.path.join(ROOT, "tests", "reference", fname)) as f:
-            names = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        assert len(names) in (150, 19)
-        tokens, lengths = tokenize_class_slot(names, class_slot=5)
-        assert tokens.shape == (len(names), 5) and lengths.max() <= 3
-
-
 def test_config_build_metadata_and_errors(ckpt, reference):
     cfg = get_cfg()
     add_mtaclip_config(cfg)
@@ -173,9 +104,8 @@ def test_config_build_metadata_and_errors(ckpt, reference):
     MetadataCatalog.get("_clip_test_prompt").set(
         stuff_classes=["potted plants", "cats"], prompt_classes=["plant", "cat"]
     )
-    MetadataCatalog.get("_clip_test_stuff").set(stuff_classes=["cat", "sky"])
     cfg.DATASETS.TRAIN = ("_clip_test_prompt",)
-    cfg.MODEL.CLIP.CHECKPOINT = ckpt
+    cfg.MODEL.CLIP.WEIGHTS = ckpt
     cfg.MODEL.CLIP.TEXT.NUM_PROMPTS = 1
     cfg.MODEL.CLIP.TEXT.N_CTX = 4
     cfg.MODEL.CLIP.TEXT.CONTEXT_INIT = "a photo of a"
@@ -185,13 +115,7 @@ def test_config_build_metadata_and_errors(ckpt, reference):
         expected = reference.encode_text(clip_tokenizer()(["a photo of a plant", "a photo of a cat"]))
     torch.testing.assert_close(enc()[0], expected, rtol=0, atol=1e-5)
 
-    cfg.DATASETS.TRAIN = ("_clip_test_stuff",)
-    assert class_names_from_metadata(cfg) == ["cat", "sky"]
     assert PromptTextEncoder(cfg, ["sky"]).class_names == ["sky"]
-    MetadataCatalog.get("_clip_test_none").set(thing_classes=["x"])
-    cfg.DATASETS.TRAIN = ("_clip_test_none",)
-    with pytest.raises(ValueError, match="prompt_classes"):
-        class_names_from_metadata(cfg)
 
     cfg.DATASETS.TRAIN = ("_clip_test_prompt",)
     cfg.MODEL.CLIP.TEXT.N_CTX = 8
@@ -203,107 +127,18 @@ def test_config_build_metadata_and_errors(ckpt, reference):
         PromptTextEncoder(cfg)
 
 
-# 1, 2 and 3 BPE tokens mixed (4 with a period for "chest of drawers" / "fire hydrant")
-MIXED = ["cat", "traffic light", "chest of drawers", "sky", "potted plant", "fire hydrant", "person", "wall"]
-
-
-def _tokens_per_block(enc):
-    """Hooks counting the token positions fed to every block's ln_1 and mlp: returns the list."""
-    counts = []
-    width = enc.positional_embedding.shape[1]
-    for block in enc.transformer.resblocks:
-        for module in (block.ln_1, block.mlp):
-            module.register_forward_hook(lambda m, args, out: counts.append(args[0].numel() // width))
-    return counts
-
-
-@pytest.mark.parametrize("num_prompts,n_ctx,suffix", [(1, 4, "."), (3, 8, ""), (3, 8, "."), (2, 0, "")])
-def test_shared_prefix_equals_full(clip, num_prompts, n_ctx, suffix):
-    torch.manual_seed(0)
-    enc = make_encoder(clip, class_names=MIXED, num_prompts=num_prompts, n_ctx=n_ctx, class_slot=6,
-                       class_suffix=suffix).train()
-    assert set(enc.prompt_learner.class_lengths.tolist()) == ({1, 2, 3} if suffix == "" else {2, 3, 4})
-    ctx = enc.prompt_learner.ctx
-    full, shared = enc.encode(shared_prefix=False), enc.encode()
-    assert shared.shape == full.shape == (num_prompts, len(MIXED), 32)
-    torch.testing.assert_close(shared, full, rtol=0, atol=1e-5)
-    assert full.abs().max() > 0.5  # not a trivially small output
-    g = torch.randn_like(full)
-    if n_ctx:
-        (grad_full,) = torch.autograd.grad((full * g).sum(), ctx)
-        (grad_shared,) = torch.autograd.grad((shared * g).sum(), ctx)
-        assert grad_full.abs().max() > 0.1
-        torch.testing.assert_close(grad_shared, grad_full, rtol=0, atol=1e-5)
-    # another class list (one length only) rebuilds the packed layout
-    enc.set_class_names(["sky", "wall", "cat"])
-    torch.testing.assert_close(enc.encode(), enc.encode(shared_prefix=False), rtol=0, atol=1e-5)
-
-
-def test_shared_prefix_exact_in_float64_and_weight_gradients(clip):
-    """In float64 the two paths agree to rounding (~1e-14): the same function, not an approximation;
-    with trainable text weights their gradients agree too."""
-    torch.manual_seed(1)
-    enc = make_encoder(clip, class_names=MIXED, num_prompts=3, n_ctx=8, freeze=False).train()
-    enc.encode()  # packed layout built before the dtype change
-    enc.double()
-    full, shared = enc.encode(shared_prefix=False), enc.encode()
-    assert shared.dtype == torch.float64
-    torch.testing.assert_close(shared, full, rtol=0, atol=1e-10)
-    g = torch.randn_like(full)
-    params = [enc.prompt_learner.ctx, enc.transformer.resblocks[0].attn.in_proj_weight,
-              enc.transformer.resblocks[0].attn.out_proj.bias, enc.transformer.resblocks[-1].mlp.c_fc.weight,
-              enc.positional_embedding, enc.token_embedding.weight]
-    for a, b in zip(torch.autograd.grad((full * g).sum(), params), torch.autograd.grad((shared * g).sum(), params)):
-        assert a.abs().max() > 1e-3
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
-
-
-def test_shared_prefix_processes_fewer_positions(clip):
-    """Every block sees K * (1 + n_ctx + sum_c (m_c + 1)) positions instead of K * C * L; the last
-    block's MLP only the K * C end tokens, the rows read after it."""
-    enc = make_encoder(clip, class_names=MIXED, num_prompts=3, n_ctx=8, class_slot=5).train()
-    counts = _tokens_per_block(enc)
-    enc()  # the default (training) path
-    lengths = enc.prompt_learner.class_lengths.tolist()
-    shared = 3 * (1 + 8 + sum(m + 1 for m in lengths))
-    full = 3 * len(MIXED) * 13
-    expected = [shared] * (2 * 3 - 1) + [3 * len(MIXED)]  # ln_1 / mlp of 3 blocks
-    assert counts == expected and shared < 0.45 * full
-    counts.clear()
-    enc.eval()
-    enc()  # the cached eval computation too
-    assert counts == expected
-    counts.clear()
-    enc.encode(shared_prefix=False)
-    assert counts == [full] * (2 * 3)  # the count can tell the paths apart
-
-
-def test_shared_prefix_falls_back_for_other_blocks(clip, caplog):
-    enc = make_encoder(clip, num_prompts=2, n_ctx=4).train()
-    counts = _tokens_per_block(enc)
-    enc.transformer.resblocks[1].ls_2 = torch.nn.Dropout(0.0)  # not a block structure the shared path knows
-    with caplog.at_level(logging.WARNING, logger="mta_clip.modeling.clip.text_encoder"):
-        out = enc.encode()
-        enc.encode()
-    assert [r.getMessage() for r in caplog.records if "prefix sharing off" in r.getMessage()] == [
-        "PromptTextEncoder: prefix sharing off, running full prompts: block 1.ls_2 is Dropout, not Identity / LayerScale"
-    ]  # logged once
-    assert counts[0] == 2 * len(CLASSES) * 9
-    assert torch.equal(out, enc.encode(shared_prefix=False))
-
-
-def test_checkpoint_blocks(ckpt, clip):
+def test_recompute_blocks(ckpt, clip):
     cfg = get_cfg()
     add_mtaclip_config(cfg)
-    assert cfg.MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS is False
-    cfg.MODEL.CLIP.CHECKPOINT = ckpt
-    cfg.MODEL.CLIP.TEXT.CHECKPOINT_BLOCKS = True
+    assert cfg.MODEL.CLIP.TEXT.RECOMPUTE_BLOCKS is False
+    cfg.MODEL.CLIP.WEIGHTS = ckpt
+    cfg.MODEL.CLIP.TEXT.RECOMPUTE_BLOCKS = True
     enc = PromptTextEncoder(cfg, MIXED).train()
     assert enc.transformer.grad_checkpointing
     plain = make_encoder(clip, class_names=MIXED).train()
     plain.load_state_dict(enc.state_dict())
     assert not plain.transformer.grad_checkpointing
-    counts = _tokens_per_block(enc)
+    counts = tokens_per_block(enc)
     g = torch.randn(3, len(MIXED), 32)
     for shared_prefix in (True, False):
         counts.clear()
@@ -361,7 +196,7 @@ def test_compute_dtype_config_and_bad_value(ckpt, clip):
     cfg = get_cfg()
     add_mtaclip_config(cfg)
     assert cfg.MODEL.CLIP.TEXT.COMPUTE_DTYPE == "float32"
-    cfg.MODEL.CLIP.CHECKPOINT = ckpt
+    cfg.MODEL.CLIP.WEIGHTS = ckpt
     cfg.MODEL.CLIP.TEXT.COMPUTE_DTYPE = "bfloat16"
     assert PromptTextEncoder(cfg, MIXED).compute_dtype == "bfloat16"
     with pytest.raises(ValueError, match=r"MODEL.CLIP.TEXT.COMPUTE_DTYPE must be one of .*'fp16'"):
@@ -390,7 +225,7 @@ def test_frozen_low_precision_stores_block_matrices_with_the_same_results(clip, 
     torch.testing.assert_close(grads[0], grads[2], rtol=0, atol=1e-6)
     with torch.no_grad():  # eval (cached) path too
         torch.testing.assert_close(frozen.eval()(), trainable.eval()(), rtol=0, atol=1e-6)
-    # a float32 checkpoint loads into the bfloat16 matrices
+    # float32 CLIP weights load into the bfloat16 matrices
     ref = make_encoder(clip, class_names=MIXED)
     frozen.load_state_dict(ref.state_dict())
     assert block.mlp.c_fc.weight.dtype == torch.bfloat16

@@ -1,4 +1,4 @@
-"""CLIP checkpoint reading (mta_clip.modeling.clip.checkpoint) and tools/make_tiny_clip.py."""
+"""CLIP weight-file reading (mta_clip.modeling.clip.weights) and tools/make_tiny_clip.py."""
 import importlib.util
 import logging
 import os
@@ -8,15 +8,15 @@ import zipfile
 import pytest
 import torch
 
-from mta_clip.modeling.clip.checkpoint import (
+from mta_clip.modeling.clip.weights import (
     CLIPArch,
     clip_weights_and_arch,
     load_clip_weights,
-    read_clip_checkpoint,
+    read_clip_weights,
     resize_grid_pos_embed,
 )
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "make_tiny_clip.py")
 
 
@@ -70,7 +70,7 @@ def test_read_torchscript_matches_open_clip_reader(files):
     """Our reader and open_clip's OpenAI loader see the same fp32 weights in the archive."""
     import open_clip
 
-    sd, arch = read_clip_checkpoint(files["ts"])
+    sd, arch = read_clip_weights(files["ts"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         ref = open_clip.load_openai_model(files["ts"], precision="fp32", device="cpu").state_dict()
@@ -88,7 +88,7 @@ def test_read_torchscript_matches_open_clip_reader(files):
 
 def test_read_plain_state_dict_is_exact(files, tmp_path):
     exp = files["expected"]
-    sd, arch = read_clip_checkpoint(files["sd"])
+    sd, arch = read_clip_weights(files["sd"])
     assert set(sd) == set(exp)
     assert all(torch.equal(sd[k], exp[k]) for k in exp)
     # wrapped {"state_dict": {"module.<key>": ...}} and fp16 tensors are read the same way
@@ -96,21 +96,21 @@ def test_read_plain_state_dict_is_exact(files, tmp_path):
                "epoch": 3}
     path = str(tmp_path / "wrapped.pt")
     torch.save(wrapped, path)
-    sd2, arch2 = read_clip_checkpoint(path)
+    sd2, arch2 = read_clip_weights(path)
     assert arch2 == arch
     assert sd2["text_projection"].dtype == torch.float32
     assert torch.equal(sd2["text_projection"], exp["text_projection"].half().float())
 
 
 def test_arch_from_files_and_official_configs(files, tool, tmp_path):
-    _, rn50 = read_clip_checkpoint(files["ts"])
+    _, rn50 = read_clip_weights(files["ts"])
     assert rn50 == CLIPArch(32, (3, 4, 6, 3), 8, None, 224, 77, 49408, 64, 1, 2)
     assert not rn50.is_vit and rn50.vision_heads == 4 and rn50.official_name is None
-    _, vit = read_clip_checkpoint(files["vit"])
+    _, vit = read_clip_weights(files["vit"])
     assert vit.is_vit and vit.vision_layers == 12 and vit.vision_patch_size == 16 and vit.vision_width == 64
     assert vit.vision_image_size == 224 and vit.vision_heads == 1
     rn101 = tool.make_tiny_clip(str(tmp_path / "rn101.pt"), "RN101", "state_dict", text_width=128, text_layers=1)
-    _, a = read_clip_checkpoint(rn101)
+    _, a = read_clip_weights(rn101)
     assert a.vision_layers == (3, 4, 23, 3) and a.text_heads == 2 and a.text_layers == 1
 
     off = CLIPArch.from_official("RN50")
@@ -133,7 +133,7 @@ def test_missing_file_names_path_and_official_files_without_download(tmp_path, m
     monkeypatch.setattr(open_clip, "download_pretrained_from_url", no_network)
     path = str(tmp_path / "nowhere" / "RN50.pt")
     with pytest.raises(FileNotFoundError) as e:
-        read_clip_checkpoint(path, "RN50")
+        read_clip_weights(path, "RN50")
     msg = str(e.value)
     assert path in msg and "RN50.pt" in msg and "RN101.pt" in msg and "ViT-B-16.pt" in msg
     assert "https://openaipublic.azureedge.net/clip/models/" in msg and msg.count("https://") == 1
@@ -141,7 +141,7 @@ def test_missing_file_names_path_and_official_files_without_download(tmp_path, m
         clip_weights_and_arch(path, "RN50")
     monkeypatch.chdir(tmp_path)  # a relative path is shown resolved
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "pretrained" / "RN50.pt")):
-        read_clip_checkpoint("pretrained/RN50.pt", "RN50")
+        read_clip_weights("pretrained/RN50.pt", "RN50")
 
 
 def test_download_only_when_asked(tmp_path, monkeypatch, tool):
@@ -157,32 +157,32 @@ def test_download_only_when_asked(tmp_path, monkeypatch, tool):
 
     monkeypatch.setattr(open_clip, "download_pretrained_from_url", fake_download)
     path = str(tmp_path / "pretrained" / "RN50.pt")
-    sd, arch = read_clip_checkpoint(path, "RN50", allow_download=True)
+    sd, arch = read_clip_weights(path, "RN50", allow_download=True)
     assert len(calls) == 1 and calls[0].endswith("/RN50.pt") and os.path.isfile(path)
     assert os.listdir(tmp_path / "pretrained") == ["RN50.pt"]  # temporary folder removed
-    read_clip_checkpoint(path, "RN50", allow_download=True)  # present: no second download
+    read_clip_weights(path, "RN50", allow_download=True)  # present: no second download
     assert len(calls) == 1
     with pytest.raises(ValueError, match="RN50.pt"):
-        read_clip_checkpoint(str(tmp_path / "mine.pt"), "RN50", allow_download=True)
+        read_clip_weights(str(tmp_path / "mine.pt"), "RN50", allow_download=True)
 
 
 def test_unreadable_and_foreign_files(tmp_path):
     bad = tmp_path / "RN50.pt"
-    bad.write_bytes(b"not a checkpoint at all")
+    bad.write_bytes(b"not a weights file at all")
     with pytest.raises(ValueError) as e:
-        read_clip_checkpoint(str(bad))
+        read_clip_weights(str(bad))
     assert str(bad) in str(e.value) and "ViT-B-16.pt" in str(e.value)
     foreign = str(tmp_path / "foreign.pt")
     torch.save({"backbone.weight": torch.zeros(2)}, foreign)
     with pytest.raises(ValueError, match="token_embedding.weight"):
-        read_clip_checkpoint(foreign)
+        read_clip_weights(foreign)
 
 
-def test_empty_checkpoint_is_random_with_warning(caplog):
+def test_empty_weights_file_is_random_with_warning(caplog):
     with caplog.at_level(logging.WARNING):
         weights, arch = clip_weights_and_arch("", "RN101", user="test backbone")
     assert weights is None and arch == CLIPArch.from_official("RN101")
-    assert any("MODEL.CLIP.CHECKPOINT is empty" in r.message and "test backbone" in r.message for r in caplog.records)
+    assert any("MODEL.CLIP.WEIGHTS is empty" in r.message and "test backbone" in r.message for r in caplog.records)
 
 
 def test_resize_grid_pos_embed():
@@ -221,7 +221,7 @@ def test_tool_cli(tmp_path, tool):
     path = tool.main(["--arch", "ViT-B-16", "--format", "state_dict", "--output", out,
                       "--vision-layers", "4", "--embed-dim", "16"])
     assert path == out
-    sd, arch = read_clip_checkpoint(out)
+    sd, arch = read_clip_weights(out)
     assert arch.is_vit and arch.vision_layers == 4 and arch.embed_dim == 16
     assert sd["visual.conv1.weight"].dtype == torch.float32
     assert os.listdir(tmp_path / "sub") == ["tiny_vit.pt"]

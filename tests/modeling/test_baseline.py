@@ -1,12 +1,16 @@
-"""The baseline built from the published recipes has exactly Mask2Former's parameter names/shapes."""
+"""SemanticMask2Former (the baseline): built from the published recipes it has exactly Mask2Former's
+parameter names/shapes and reproduces outputs of a model-zoo style checkpoint; semantic inference."""
+import math
 import os
 
 import pytest
+import torch
 from detectron2.modeling import build_model
 
-from mta_clip.engine import setup_cfg
+from mta_clip.config import setup_cfg
+from mta_clip.modeling.baseline import semantic_inference
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CASES = {
     "ade20k": "configs/ade20k/maskformer2_R50_bs16_160k.yaml",
     "cityscapes": "configs/cityscapes/maskformer2_R50_bs16_90k.yaml",
@@ -63,3 +67,18 @@ def test_model_zoo_pkl_checkpoint_loads_and_reproduces_outputs(tmp_path):
         torch.testing.assert_close(target(inputs)[0]["sem_seg"], source(inputs)[0]["sem_seg"], rtol=0, atol=0)
     for k, v in source.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
+
+
+def test_semantic_inference_equals_a_loop_over_queries_classes_and_pixels():
+    g = torch.Generator().manual_seed(0)
+    mask_cls, mask_pred = torch.randn(4, 3 + 1, generator=g), torch.randn(4, 2, 3, generator=g)
+    out = semantic_inference(mask_cls, mask_pred)
+    assert out.shape == (3, 2, 3)
+    for c in range(3):
+        for y in range(2):
+            for x in range(3):
+                expected = 0.0
+                for q in range(4):
+                    exps = [math.exp(v) for v in mask_cls[q].tolist()]
+                    expected += exps[c] / sum(exps) / (1.0 + math.exp(-mask_pred[q, y, x].item()))
+                assert abs(out[c, y, x].item() - expected) < 1e-6
