@@ -69,7 +69,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     warnings.simplefilter("ignore")
 
-    import numpy as np
     import torch
     from tabulate import tabulate
 
@@ -90,7 +89,7 @@ def main(argv=None) -> int:
             export_torchscript(graph, os.path.join(tmp, "m.ts"), image)
             ts_export_s = time.perf_counter() - t0
             runners = {
-                "eager": lambda x: graph(x),
+                "eager": graph,
                 "onnxruntime": ExportedModel(os.path.join(tmp, "m.onnx"), threads=args.threads),
                 "torchscript": ExportedModel(os.path.join(tmp, "m.ts")),
             }
@@ -105,18 +104,18 @@ def main(argv=None) -> int:
                             times[name].append(time.perf_counter() - t0)
                 ref = graph(image)[1].numpy()
                 agree = {n: float((runners[n](image)[1] == ref).mean()) for n in ("onnxruntime", "torchscript")}
+        export_s = {"eager": "", "onnxruntime": f"{onnx_export_s:.0f}", "torchscript": f"{ts_export_s:.0f}"}
         for name in RUNTIMES:
             ratio = statistics.median(t / e for t, e in zip(times[name], times["eager"]))
             rows.append([MODELS[key][0], name, f"{1000 * statistics.median(times[name]):.0f}",
                          f"{1000 * min(times[name]):.0f}", f"{ratio:.2f}",
                          "" if name == "eager" else f"{100 * agree[name]:.3f}",
-                         {"eager": "", "onnxruntime": f"{onnx_export_s:.0f}", "torchscript": f"{ts_export_s:.0f}"}[name]])
+                         export_s[name]])
         del runners, graph, model
     print(f"CPU latency, {args.size}x{args.size}, batch 1, {args.threads} thread(s), {args.repeats} rounds in turns "
           f"(torch {torch.__version__}, ONNX {'fixed' if args.fixed_onnx else 'dynamic'} size)")
     print(tabulate(rows, headers=["model", "runtime", "median ms", "min ms", "ratio to eager (median)",
                                   "labels = eager (%)", "export s"]))
-    np.set_printoptions()
     return 0
 
 

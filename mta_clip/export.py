@@ -268,7 +268,9 @@ def read_metadata(path: str) -> Dict:
         proto = onnx.load(path, load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
         if METADATA_KEY not in props:
-            raise ValueError(f"{path} has no '{METADATA_KEY}' entry in its ONNX metadata_props (not exported by mta_clip?)")
+            raise ValueError(
+                f"{path} has no '{METADATA_KEY}' entry in its ONNX metadata_props (not exported by mta_clip?)"
+            )
         return json.loads(props[METADATA_KEY])
     extra = {METADATA_KEY: ""}
     torch.jit.load(path, map_location="cpu", _extra_files=extra)

@@ -10,7 +10,8 @@ The file takes a (B, H, W, 3) BGR image (uint8, or float32 with ``--input-dtype 
 inference are inside it, MTA-CLIP's text features are stored as constants, and the class names and
 palette are in its metadata (see docs/export.md). After writing, the tool runs the file (ONNX
 Runtime / torch.jit) and PyTorch on random images and prints the differences; it exits with status
-1 and writes nothing when the labels differ on more than 0.1 % of the pixels.
+1 and writes nothing when the labels differ on more than 0.1 % of the pixels, and with status 2
+(a message, nothing written) for requests it cannot serve.
 """
 import argparse
 import json
@@ -87,6 +88,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ExportCheckError as exc:
         logger.error("check failed, nothing written: %s", exc)
         return 1
+    except (ValueError, OSError) as exc:
+        logger.error("cannot export: %s", exc)
+        return 2
     for check in report["checks"]:
         print(f"check at {check['size'][0]}x{check['size'][1]}: max |probs - PyTorch| = "
               f"{check['max_abs_prob_diff']:.3g}, labels differ on {100 * check['label_mismatch']:.4f}% of pixels")

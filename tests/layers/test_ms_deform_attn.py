@@ -417,3 +417,31 @@ def test_cuda_op_matches_cpu_kernel_fp64():
     gpu_out, gpu_grads = grads(ms_deform_attn_compiled, [t.cuda() for t in inputs], grad_out.cuda())
     for got, ref in zip((gpu_out, *gpu_grads), (cpu_out, *cpu_grads)):
         torch.testing.assert_close(got.cpu(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_graph_capture_uses_the_pytorch_path_with_list_shapes():
+    """While torch.jit.trace / torch.export record a graph, the public function takes the PyTorch
+    path (the compiled op cannot be stored in an exported file) and accepts the level sizes as a
+    list of (H_l, W_l), which keeps them symbolic under torch.export."""
+    inputs = make_inputs(SHAPES_A, 1, 3, 2, 3, 2, dtype=torch.float32)
+    value, spatial_shapes, level_start_index, locations, weights = inputs
+    expected = naive_msda(*[t.double() if t.is_floating_point() else t for t in inputs]).float()
+    as_list = [tuple(hw) for hw in spatial_shapes.tolist()]
+    torch.testing.assert_close(ms_deform_attn_pytorch(value, as_list, level_start_index, locations, weights),
+                               expected, rtol=0, atol=1e-5)
+    traced = torch.jit.trace(
+        lambda v, loc, w: multi_scale_deformable_attention(v, spatial_shapes, level_start_index, loc, w),
+        (value, locations, weights),
+    )
+    ops = {node.kind() for node in traced.graph.nodes()}
+    assert "aten::grid_sampler" in ops and not any("PythonOp" in k or "mta_clip" in k for k in ops)
+    torch.testing.assert_close(traced(value, locations, weights), expected, rtol=0, atol=1e-5)
+
+    class Attn(torch.nn.Module):
+        def forward(self, v, loc, w):
+            return multi_scale_deformable_attention(v, as_list, level_start_index, loc, w)
+
+    program = torch.export.export(Attn(), (value, locations, weights))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("grid_sampler" in t for t in targets) and not any("mta_clip" in t for t in targets)
+    torch.testing.assert_close(program.module()(value, locations, weights), expected, rtol=0, atol=1e-5)
