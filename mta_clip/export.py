@@ -132,7 +132,7 @@ def _check_size(size: Sequence[int], min_size: int) -> Tuple[int, int]:
     if h < min_size or w < min_size:
         raise ValueError(
             f"image size ({h}, {w}) is below the smallest size the exported graph serves: both sides "
-            f"must be >= {min_size} (one more than the largest backbone stride)"
+            f"must be >= {min_size} (dynamic sizes: twice the largest backbone stride)"
         )
     return h, w
 
@@ -155,10 +155,12 @@ def check_dynamic_supported(graph: SegmentationGraph) -> None:
         )
 
 
-def min_image_size(graph: SegmentationGraph) -> int:
-    """Smallest side the graph serves: the stride-32 level must have at least 2 rows / columns
-    (a level of size 1 broadcasts differently, which torch.export does not let one graph cover)."""
-    return max(32, graph.size_divisibility) + 1
+def min_image_size(graph: SegmentationGraph, dynamic: bool = True) -> int:
+    """Smallest side a file serves. Fixed size: 1 (the padding to the size divisibility makes any
+    size work). Dynamic: twice the largest stride (64), so that the stride-32 level has at least 2
+    rows and columns (a level of size 1 broadcasts differently, which one graph cannot cover) and
+    torch.export can prove it through the CLIP ResNet's stride-2 stages."""
+    return 2 * max(32, graph.size_divisibility) if dynamic else 1
 
 
 def sample_image(size: Sequence[int], batch: int = 1, dtype: str = "uint8", seed: int = 0) -> torch.Tensor:
@@ -174,7 +176,7 @@ def export_onnx(graph: SegmentationGraph, path: str, sample: torch.Tensor, dynam
                 metadata: Optional[Dict] = None, opset: int = 18) -> None:
     """Writes ``graph`` as an ONNX file (atomically) with ``metadata`` as JSON in ``metadata_props``.
 
-    ``dynamic``: batch, H and W are dynamic axes (H, W >= :func:`min_image_size`); else the file
+    ``dynamic``: H and W are dynamic axes (H, W >= :func:`min_image_size`); else the file
     serves ``sample``'s shape only. Exporter: ``torch.onnx.export(dynamo=True)``; the TorchScript-based
     exporter (``dynamo=False``) records the level sizes of the deformable attention as constants
     and emits ``Where`` on booleans, which ONNX Runtime's CPU provider does not implement.
@@ -248,7 +250,7 @@ def export_torchscript(graph: SegmentationGraph, path: str, sample: torch.Tensor
     from .atomic_io import atomic_output
 
     graph = graph.eval()
-    _check_size(sample.shape[1:3], min_image_size(graph))
+    _check_size(sample.shape[1:3], min_image_size(graph, dynamic=False))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(graph, (sample,), check_trace=False)
@@ -440,13 +442,13 @@ def export_model(
     graph = SegmentationGraph(model, input_format).eval()
     if dynamic:
         check_dynamic_supported(graph)
-    lo = min_image_size(graph)
+    lo = min_image_size(graph, dynamic)
     h, w = _check_size(size, lo)
     sample = sample_image((h, w), dtype=input_dtype)
     meta = dict(metadata or {})
     meta["dynamic"] = bool(dynamic)
     meta["image_size"] = None if dynamic else [h, w]
-    meta["min_image_size"] = min_image_size(graph)
+    meta["min_image_size"] = lo
     meta.setdefault("input", {})["dtype"] = input_dtype
     report = {"output": output, "format": fmt, "dynamic": bool(dynamic), "checks": []}
     with atomic_output(output) as tmp:
@@ -458,6 +460,6 @@ def export_model(
             images = [sample_image((h, w), dtype=input_dtype, seed=1)]
             if dynamic:
                 ch, cw = check_size if check_size is not None else (max(h - 7, lo), max(w - 7, lo))
-                images.append(sample_image(_check_size((ch, cw), min_image_size(graph)), dtype=input_dtype, seed=2))
+                images.append(sample_image(_check_size((ch, cw), lo), dtype=input_dtype, seed=2))
             report["checks"] = check_export(graph, tmp, images, max_label_mismatch)
     return report

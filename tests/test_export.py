@@ -27,7 +27,7 @@ from mta_clip.export import (
 from tests.conftest import load_tool, toy_cfg
 
 SMALL = ["MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "MODEL.MASK_FORMER.DEC_LAYERS", "3"]
-SIZES = [(64, 96), (45, 71)]  # the second is not a multiple of 32
+SIZES = [(64, 96), (71, 101)]  # the second is not a multiple of 32
 NAMES = ["sky", "grass", "road", "water", "car", "building"]
 PALETTE = [(70, 130, 180), (0, 200, 0), (128, 64, 128), (0, 0, 230), (220, 20, 60), (70, 70, 70)]
 
@@ -36,8 +36,9 @@ def _model(kind, clip_files):
     torch.manual_seed({"baseline": 0, "mtaclip": 1, "vit": 2}[kind])
     if kind == "baseline":
         cfg = toy_cfg("mask2former_toy.yaml", SMALL)
-    elif kind == "mtaclip":
+    elif kind == "mtaclip":  # CLIP ResNet backbone and text tower from one tiny RN50-layout CLIP
         cfg = toy_cfg("mtaclip_toy.yaml", SMALL + ["MODEL.CLIP.WEIGHTS", clip_files["RN50"],
+                                                  "MODEL.BACKBONE.NAME", "CLIPResNet",
                                                   "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"])
     else:
         cfg = toy_cfg("mtaclip_toy.yaml", SMALL + [
@@ -75,14 +76,14 @@ def clip_files(tmp_path_factory, tiny_clip_file):
 @pytest.fixture(scope="module", params=["baseline", "mtaclip", "vit"])
 def exported(request, clip_files, tmp_path_factory):
     """(cfg, model, {size: onnx path}): one file with dynamic H, W for the ResNet models (the export's
-    own check ran at 64x96 and 57x89), one fixed-size file per size for CLIPViT (no dynamic sizes)."""
+    own check ran at 64x96 and 64x89), one fixed-size file per size for CLIPViT (no dynamic sizes)."""
     cfg, model = _model(request.param, clip_files)
     folder = tmp_path_factory.mktemp("onnx")
     meta = export_metadata(cfg, NAMES, PALETTE, 255, note="test")
     if request.param != "vit":
         path = str(folder / f"{request.param}.onnx")
         report = export_model(model, path, "onnx", cfg.INPUT.FORMAT, size=SIZES[0], dynamic=True, metadata=meta)
-        assert [c["size"] for c in report["checks"]] == [[64, 96], [57, 89]]
+        assert [c["size"] for c in report["checks"]] == [[64, 96], [64, 89]]
         return cfg, model, {size: path for size in SIZES}
     paths = {}
     for h, w in SIZES:
@@ -183,7 +184,7 @@ def test_torchscript_matches_pytorch(kind, clip_files, tmp_path):
         image = _image((h, w), seed=20 + i)
         probs, labels = runner(image.float() if i else image)
         _assert_close(probs[0], labels[0], *_reference(cfg, model, image))
-    with pytest.raises(Exception, match=r"traced at a fixed size \(H, W\) = \(45, 71\)"):
+    with pytest.raises(Exception, match=r"traced at a fixed size \(H, W\) = \(71, 101\)"):
         runner(sample_image((64, 96)))
 
 
@@ -192,8 +193,8 @@ def test_unsupported_cases_are_clear_errors(clip_files, tmp_path):
     path = str(tmp_path / "x.ts")
     with pytest.raises(ValueError, match="TorchScript export serves one image size"):
         export_model(model, path, "torchscript", size=(64, 64), dynamic=True)
-    with pytest.raises(ValueError, match=r"both sides must be >= 33"):
-        export_model(model, path, "torchscript", size=(32, 64), dynamic=False)
+    with pytest.raises(ValueError, match=r"both sides must be >= 64"):
+        export_model(model, str(tmp_path / "x.onnx"), "onnx", size=(48, 64), dynamic=True)
     with pytest.raises(ValueError, match="format must be one of"):
         export_model(model, path, "tflite", size=(64, 64), dynamic=False)
     _, vit = _model("vit", clip_files)
