@@ -3,7 +3,8 @@
 Shape of ADE20k-150: C = 150 classes, K = 3 prompts, C' = 151 class texts ("none" included), so
 MTA-CLIP's decoder runs 3 * 151 = 453 text queries + 100 mask queries = 553 queries; the baseline
 runs 100. Both models are built with ``build_model(cfg)`` from ``configs/ade20k/`` (the
-``mtaclip_<backbone>`` and ``maskformer2_clip_<backbone>`` recipes) at full size with random
+``mtaclip_<backbone>`` and ``maskformer2_clip_<backbone>`` recipes; for the ImageNet backbones
+ViT-S-16 and MiT-B4 of Table 3 left, ``maskformer2_<backbone>``) at full size with random
 weights (``MODEL.CLIP.WEIGHTS ""``: nothing is read or downloaded; speed and memory do not
 depend on the weight values). The class names are ADE20k's prompt names
 (``mta_clip.data.class_names.ADE20K_PROMPT_CLASSES``), registered in ``MetadataCatalog`` under a
@@ -91,7 +92,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-BACKBONES = {"RN50": "R50", "RN101": "R101", "ViT-B-16": "ViTB16"}
+BACKBONES = {"RN50": "R50", "RN101": "R101", "ViT-B-16": "ViTB16", "ViT-S-16": "ViTS16", "MiT-B4": "MiTB4"}
+IMAGENET_BACKBONES = ("ViT-S-16", "MiT-B4")  # baseline config maskformer2_<name> (no CLIP image tower)
+
+
+def _backbone_title(name: str) -> str:
+    return f"ImageNet {name}" if name in IMAGENET_BACKBONES else f"CLIP {name}"
 MODELS = {
     # key: (display name, config file pattern)
     "baseline": ("Mask2Former*", "maskformer2_clip_{}_bs16_160k.yaml"),
@@ -272,13 +278,19 @@ def _build(args, key: str):
     if not hasattr(meta, "prompt_classes"):
         meta.set(stuff_classes=list(ADE20K_CLASSES), prompt_classes=list(ADE20K_PROMPT_CLASSES),
                  ignore_label=255, evaluator_type="sem_seg")
-    config = os.path.join(ROOT, "configs", "ade20k", MODELS[key][1].format(BACKBONES[args.backbone]))
+    pattern = MODELS[key][1]
+    if args.backbone in IMAGENET_BACKBONES:
+        pattern = pattern.replace("maskformer2_clip_", "maskformer2_")
+    config = os.path.join(ROOT, "configs", "ade20k", pattern.format(BACKBONES[args.backbone]))
     opts = [
         "MODEL.DEVICE", args.device,
         "MODEL.WEIGHTS", "",
         "MODEL.CLIP.WEIGHTS", "",
         "MODEL.CLIP.DOWNLOAD", "False",
         "MODEL.CLIP.IMAGE_SIZE", f"[{args.size}, {args.size}]",
+        "MODEL.VIT.WEIGHTS", "",
+        "MODEL.VIT.IMAGE_SIZE", f"[{args.size}, {args.size}]",
+        "MODEL.MIT.WEIGHTS", "",
         "DATASETS.TRAIN", f"('{DATASET_NAME}',)",
         "DATASETS.TEST", f"('{DATASET_NAME}',)",
         *args.opts,
@@ -580,16 +592,31 @@ def _paired(args) -> dict:
     return {"train_step": train, "inference": rounds(infer, max(1, args.warmup), args.infer_iters)}
 
 
+def _grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                                output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    """torch's count of ``convolution_backward`` with the weight-gradient term of a grouped conv divided
+    by ``groups``: torch 2.14 counts that term as a dense conv (MiT's 3x3 depth-wise convs: 4C x too many)."""
+    from torch.utils.flop_counter import conv_backward_flop
+
+    conv_backward_flop = getattr(conv_backward_flop, "__wrapped__", conv_backward_flop)  # the formula on shapes
+    args = (grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding, groups)
+    flops = conv_backward_flop(*args, [output_mask[0], False, False], out_shape=out_shape)
+    if output_mask[1]:
+        flops += conv_backward_flop(*args, [False, True, False], out_shape=out_shape) // groups
+    return flops
+
+
 def _count_flops(model, batch, args, use_amp, device) -> dict:
     """FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions,
     attention; not elementwise ops, not the optimizer): one train step (forward + backward), the
     text encoder alone (forward + backward, the batch-independent part) and one inference call
-    with the text features cached."""
+    with the text features cached. Grouped-conv backward: see ``_grouped_conv_backward_flop``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     def count(fn) -> int:
-        counter = FlopCounterMode(display=False)
+        counter = FlopCounterMode(display=False, custom_mapping={
+            torch.ops.aten.convolution_backward: _grouped_conv_backward_flop})
         with counter:
             fn()
         return counter.get_total_flops()
@@ -775,7 +802,7 @@ def _tables(args, results: dict, machine: str) -> str:
     lines = []
     base, mta = results.get("baseline"), results.get("mtaclip")
     lines.append(
-        f"MTA-CLIP vs Mask2Former*, CLIP {args.backbone}, ADE20k shape (C=150, K=3), device {args.device}, "
+        f"MTA-CLIP vs Mask2Former*, {_backbone_title(args.backbone)}, ADE20k shape (C=150, K=3), device {args.device}, "
         f"image {args.size}x{args.size}, train batch {args.batch}, inference batch {args.infer_batch}, "
         f"{args.classes_per_image} target classes per image"
         + ("" if getattr(args, "flops_only", False) else f"; median of {args.iters} after {args.warmup} warm-up")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Semantic segmentation of images, folders, videos or a webcam with an MTA-CLIP / Mask2Former model.
 
+    python demo/demo.py --weights output/model_final.pth --input img.jpg photos/ clip.mp4 --output out/
     python demo/demo.py --config-file configs/ade20k/X.yaml --input img.jpg photos/ clip.mp4 \\
         --output out/ --opts MODEL.WEIGHTS model_final.pth
     python demo/demo.py --config-file C --webcam [--output out/]
@@ -18,12 +19,14 @@ import glob
 import logging
 import os
 import sys
+import tempfile
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 import tqdm
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,7 +47,14 @@ ROW_H = 18
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument("--config-file", metavar="FILE",
+                        help="model config (not needed with --weights of a model file written by train_net.py)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="model file; alone it gives the config, class names and palette too")
+    parser.add_argument("--dataset-file", action="append", default=[], metavar="FILE",
+                        help="dataset file to register (datasets named by the config); repeatable")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="module or .py file to import first (own dataset registration); repeatable")
     parser.add_argument("--input", nargs="+", default=[], help="image files, folders, glob patterns or videos")
     parser.add_argument("--webcam", action="store_true", help="read the default camera")
     parser.add_argument("--output", help="output folder (required except with --webcam)")
@@ -112,7 +122,12 @@ def read_image(path: str) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
-        raise ValueError("not a readable image")
+        raise ValueError("not a readable image (tools/validate_dataset.py checks a whole dataset)")
+    try:  # OpenCV decodes a truncated file without an error; PIL notices
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"truncated or damaged image ({e}); tools/validate_dataset.py checks a whole dataset") from e
     return to_bgr_uint8(image)
 
 
@@ -279,6 +294,20 @@ def run_stream(predictor: Predictor, capture: cv2.VideoCapture, name: str, out_d
     return n
 
 
+def output_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot receive the outputs (None when it can): created if missing, then a
+    probe file is written and removed."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return "exists and is not a folder"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        return f"cannot be created or written ({e.strerror or e})"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
@@ -288,6 +317,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.input and not args.output:
         print("error: --output is required with --input", file=sys.stderr)
         return 2
+    if not args.config_file and not args.weights:
+        print("error: give --weights MODEL_FILE (written by train_net.py) and/or --config-file", file=sys.stderr)
+        return 2
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         print(f"error: --output {args.output} exists and is not a folder", file=sys.stderr)
         return 2
@@ -295,7 +327,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.input and not images and not videos:
         print("error: no input to process: " + "; ".join(f"{m}: {why}" for m, why in missing), file=sys.stderr)
         return 2
-    predictor = Predictor(args.config_file, device=args.device, opts=args.opts)
+    if args.output:
+        problem = output_problem(args.output)  # before the (slow) model build
+        if problem:
+            print(f"error: --output {args.output}: {problem}", file=sys.stderr)
+            return 2
+    if args.config_file:
+        predictor = Predictor(args.config_file, args.weights, device=args.device, opts=args.opts,
+                              dataset_files=args.dataset_file, imports=args.imports)
+    else:
+        predictor = Predictor(args.weights, device=args.device, opts=args.opts, dataset_files=args.dataset_file,
+                              imports=args.imports)
     meta = display_metadata(predictor.metadata)
     width = legend_width(meta.stuff_classes)
     failed: List[Tuple[str, str]] = list(missing)

@@ -4,12 +4,13 @@ A stop in the middle of a write (killed job, full disk, exception) leaves the pr
 any, untouched and no temporary file behind.
 """
 import os
+import re
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, List
 
 import torch
 
-__all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic"]
+__all__ = ["atomic_output", "remove_stale_temporary_files", "write_text_atomic", "save_torch_atomic"]
 
 
 @contextmanager
@@ -43,3 +44,31 @@ def save_torch_atomic(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+
+
+_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(\.[^.]*)?$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporary_files(folder: str) -> List[str]:
+    """Removes the temporary files of ``atomic_output`` in ``folder`` (not recursive) whose writing
+    process is gone (a job killed during a write); returns their paths."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        match = _TMP_NAME.match(name)
+        path = os.path.join(folder, name)
+        if match and os.path.isfile(path) and not _process_alive(int(match.group(1))):
+            os.remove(path)
+            removed.append(path)
+    return removed

@@ -49,6 +49,7 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_solver_config(cfg)
     _add_test_config(cfg)
     _add_clip_config(cfg)
+    _add_imagenet_backbone_config(cfg)
     _add_mta_clip_config(cfg)
     for old, new in RENAMED_KEYS.items():
         if not cfg.key_is_renamed(old):
@@ -69,11 +70,20 @@ def choice(options: Union[Sequence[str], Mapping[str, T]], value: str, key: str)
     return options[name] if isinstance(options, Mapping) else name
 
 
-def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
-    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen).
+def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None, dataset_files: Sequence[str] = (),
+              imports: Sequence[str] = ()) -> CN:
+    """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen);
+    then the dataset files (``DATASETS.FILES`` + ``dataset_files``) and ``imports`` are registered
+    and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` follows the training data (``prepare_datasets``).
 
-    A key the config does not have (or a renamed one) is a ``KeyError`` naming the file and the key.
+    A key the config does not have (or a renamed one) is a ``KeyError`` naming the file and the key;
+    a ``!!python/...`` tag in the file or a ``_BASE_`` is a ``ValueError`` naming file and tag.
     """
+    import yaml
+
+    from .data.dataset_file import prepare_datasets
+    from .safe_yaml import unsafe_tag_error
+
     cfg = get_cfg()
     add_mtaclip_config(cfg)
     if config_file:
@@ -81,7 +91,10 @@ def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None) -> CN:
             cfg.merge_from_file(config_file, allow_unsafe=False)
         except KeyError as e:
             raise KeyError(f"{config_file}: {e.args[0] if e.args else e}") from e
+        except yaml.constructor.ConstructorError as e:
+            raise unsafe_tag_error(e, "config file") from None
     cfg.merge_from_list(list(opts or []))
+    prepare_datasets(cfg, dataset_files, imports)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but CUDA is not available: using the CPU", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -132,7 +145,7 @@ def _add_baseline_config(cfg: CN) -> None:
     sh.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024  # encoder FFN width
     sh.COMMON_STRIDE = 4  # stride of mask_features
     sh.IN_FEATURES = ["res2", "res3", "res4", "res5"]  # backbone features the head reads
-    sh.NUM_CLASSES = 150  # C
+    sh.NUM_CLASSES = 0  # C; 0 = the class count of the DATASETS.TRAIN datasets (a set value must equal it)
     sh.IGNORE_VALUE = 255  # label value ignored by the loss and the evaluator
     sh.NORM = "GN"  # norm of the pixel decoder convolutions
     sh.CONVS_DIM = 256  # pixel decoder width
@@ -153,6 +166,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
+    cfg.DATASETS.FILES = []  # dataset files (YAML/JSON, see mta_clip/data/dataset_file.py) to register first
+    cfg.DATALOADER.EXACT_RESUME = True  # batches depend on (seed, position) only: --resume sees the same batches
 
 
 def _add_solver_config(cfg: CN) -> None:
@@ -180,13 +195,14 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.BEST_CHECKPOINT.ENABLED = True  # keep model_best.pth of the best evaluation
     cfg.TEST.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"  # storage key of the tracked metric
     cfg.TEST.BEST_CHECKPOINT.MODE = "max"  # "max" or "min": which direction is better
+    cfg.TEST.STRICT_WEIGHTS = True  # eval/demo/Predictor: weights that do not fit are an error (False: load what fits)
 
 
 def _add_clip_config(cfg: CN) -> None:
     """CLIP image backbones and prompt text encoder."""
     cfg.MODEL.CLIP = CN()
     clip = cfg.MODEL.CLIP
-    clip.MODEL_NAME = "RN50"  # "RN50", "RN101" or "ViT-B-16": shapes for random init, expected content of WEIGHTS
+    clip.MODEL_NAME = "RN50"  # "RN50", "RN101", "ViT-B-16" or "custom:{shapes}" (model files): shapes without WEIGHTS
     clip.WEIGHTS = ""  # OpenAI's RN50.pt / RN101.pt / ViT-B-16.pt (or a state dict); "" = random init (warning)
     clip.DOWNLOAD = False  # fetch OpenAI's file to WEIGHTS (named like the official file) when it is missing
     clip.IMAGE_SIZE = [512, 512]  # (H, W) the image positional embeddings are resized to at build time
@@ -212,6 +228,36 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
     clip.TEXT.RECOMPUTE_BLOCKS = False  # recompute the text blocks in backward (less memory, ~1 more forward)
     clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
+
+
+def _add_imagenet_backbone_config(cfg: CN) -> None:
+    """ImageNet-pretrained backbones of the paper's Table 3 (left): ViT-S/16 and MiT-B4. With them, the
+    MTA-CLIP text encoder still comes from MODEL.CLIP.MODEL_NAME / WEIGHTS (docs/backbones.md)."""
+    cfg.MODEL.VIT = CN()
+    vit = cfg.MODEL.VIT
+    vit.WEIGHTS = ""  # timm-layout ImageNet ViT state dict (.pth/.bin/.safetensors); "" = random init (warning)
+    vit.EMBED_DIM = 384  # token width (ViT-S: 384)
+    vit.DEPTH = 12  # transformer blocks of the architecture (blocks after the last OUT_INDICES entry are not built)
+    vit.NUM_HEADS = 6  # attention heads (ViT-S: 6)
+    vit.PATCH_SIZE = 16  # patch side in pixels
+    vit.MLP_RATIO = 4.0  # MLP hidden width / EMBED_DIM
+    vit.QKV_BIAS = True  # bias in the fused qkv projection (timm / DeiT / AugReg: True)
+    vit.IMAGE_SIZE = [512, 512]  # (H, W) the positional embedding is resized to when loading (timm: bicubic, antialias)
+    vit.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
+    vit.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # ImageNetViT outputs (strides 4, 8, 16, 32)
+    vit.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the ViT pyramid
+    vit.DROP_PATH_RATE = 0.1  # stochastic depth of the last block, linear from 0 (Segmenter's ViT-S recipe: 0.1)
+
+    cfg.MODEL.MIT = CN()
+    mit = cfg.MODEL.MIT
+    mit.WEIGHTS = ""  # official mit_b*.pth or Hugging Face SegformerModel state dict; "" = random init (warning)
+    mit.EMBED_DIMS = [64, 128, 320, 512]  # channels of res2..res5 (MiT-B4)
+    mit.NUM_HEADS = [1, 2, 5, 8]  # attention heads per stage
+    mit.DEPTHS = [3, 8, 27, 3]  # blocks per stage (MiT-B4)
+    mit.SR_RATIOS = [8, 4, 2, 1]  # spatial reduction of keys / values per stage
+    mit.MLP_RATIO = 4.0  # Mix-FFN hidden width / embed dim
+    mit.DROP_PATH_RATE = 0.1  # stochastic depth of the last block, linear from 0 (SegFormer's MiT-B4: 0.1)
+    mit.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # MixTransformer outputs (strides 4, 8, 16, 32)
 
 
 def _add_mta_clip_config(cfg: CN) -> None:

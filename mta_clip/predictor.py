@@ -1,5 +1,6 @@
 """``Predictor``: a model from a config file and weights, applied to BGR numpy images.
 
+    predictor = Predictor("model_final.pth")                 # a model file written by train_net.py
     predictor = Predictor("configs/ade20k/...yaml", "model_final.pth", device="cuda")
     out = predictor(cv2.imread("street.jpg"))         # out["labels"] (H, W), out["probs"] (C, H, W)
     outs = predictor.predict_batch([img1, img2])      # one model call per ``batch_size`` images
@@ -14,13 +15,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
-from .checkpointer import check_weights_file
+from .checkpointer import AtomicCheckpointer, check_weights_file
 from .config import setup_cfg
 from .evaluation.test_time_augmentation import build_test_model, normalize_scores
 
@@ -52,17 +52,27 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def load_config(config_file: str, opts: Optional[Sequence[str]] = None):
-    """Detectron2 defaults + this project's keys + ``config_file`` + ``opts`` (not frozen)."""
-    return setup_cfg(config_file, list(opts or []))
+def load_config(config_file: str, opts: Optional[Sequence[str]] = None, dataset_files: Sequence[str] = (),
+                imports: Sequence[str] = ()):
+    """Detectron2 defaults + this project's keys + ``config_file`` + ``opts`` (not frozen); the
+    dataset files / imports are registered first."""
+    return setup_cfg(config_file, list(opts or []), dataset_files, imports)
 
 
-def _metadata_for(cfg) -> Metadata:
-    """Metadata of the first test dataset when it matches the model, else generated names/colors."""
+def _is_config_file(path: str) -> bool:
+    return str(path).lower().endswith((".yaml", ".yml"))
+
+
+def _metadata_for(cfg, info: Optional[Dict] = None) -> Metadata:
+    """The model file's class names and palette, else the metadata of the first test / training
+    dataset when it matches the model, else generated names/colors."""
     from .data.datasets import default_palette
 
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    for name in cfg.DATASETS.TEST:
+    if info is not None and len(info["classes"]) == num_classes:
+        return Metadata(name=f"model_file:{info.get('dataset', '')}", stuff_classes=list(info["classes"]),
+                        stuff_colors=[tuple(c) for c in info["palette"]], ignore_label=int(info["ignore_label"]))
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         meta = MetadataCatalog.get(name)
         if len(getattr(meta, "stuff_classes", [])) == num_classes:
             return meta
@@ -80,35 +90,55 @@ class Predictor:
         weights: Optional[str] = None,
         device: str = "cpu",
         opts: Optional[Sequence[str]] = None,
+        dataset_files: Sequence[str] = (),
+        imports: Sequence[str] = (),
     ):
         """
         Args:
-            config_file: YAML config of the model.
+            config_file: YAML config of the model, or a model file written by ``train_net.py``
+                (its config, class names and palette are inside: nothing else is needed).
             weights: checkpoint path (Detectron2 ``.pth`` / ``.pkl``); None keeps MODEL.WEIGHTS,
                 "" builds a randomly initialized model.
             device: "cpu", "cuda", "cuda:1", ...
             opts: extra "KEY VALUE" config overrides.
+            dataset_files: dataset files to register first (a config naming its own datasets).
+            imports: modules / .py files to import first (own registration code).
+        Loading is strict (``TEST.STRICT_WEIGHTS``): weights that do not fit the model are an error.
         """
         from . import data, modeling  # noqa: F401  (registers models and datasets)
+        from .model_file import config_from_model_file, read_model_info
 
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device={device!r} was asked for but CUDA is not available")
-        cfg = load_config(config_file, list(opts or []) + ["MODEL.DEVICE", str(device)])
-        if weights is not None:
-            cfg.MODEL.WEIGHTS = weights
+        opts = list(opts or []) + ["MODEL.DEVICE", str(device)]
+        if _is_config_file(config_file):
+            cfg = load_config(config_file, opts, dataset_files, imports)
+            if weights is not None:
+                cfg.MODEL.WEIGHTS = weights
+        else:
+            if weights is not None:
+                raise ValueError(f"Predictor({config_file!r}, weights={weights!r}): give a config file with weights, "
+                                 "or a model file alone")
+            cfg = config_from_model_file(config_file, opts, dataset_files, imports, for_prediction=True)
+        if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES <= 0:
+            raise ValueError(
+                "MODEL.SEM_SEG_HEAD.NUM_CLASSES is 0 (= follow the training data) but the config names no dataset: set "
+                "it, pass dataset_files naming the config's datasets, or use a model file written by train_net.py"
+            )
         cfg.freeze()
         check_weights_file(cfg)  # before the (slow) build: a URL or a missing file is a clear error
+        info = read_model_info(cfg.MODEL.WEIGHTS) if cfg.MODEL.WEIGHTS else None
         self.cfg = cfg
         model = build_model(cfg)
         model.eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            AtomicCheckpointer(model, strict=cfg.TEST.STRICT_WEIGHTS).load(cfg.MODEL.WEIGHTS)
         else:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
         self.model = build_test_model(cfg, model)
         self.model.eval()
         self.device = torch.device(cfg.MODEL.DEVICE)
-        self.metadata = _metadata_for(cfg)
+        self.metadata = _metadata_for(cfg, info)
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("BGR", "RGB"):

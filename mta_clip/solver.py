@@ -18,6 +18,24 @@ _NORM_TYPES = (
 )
 
 
+def check_solver_config(cfg: CfgNode) -> None:
+    """Impossible ``SOLVER`` values are a ValueError naming the key (before anything is built)."""
+    sv = cfg.SOLVER
+    checks = [
+        ("SOLVER.MAX_ITER", sv.MAX_ITER, sv.MAX_ITER > 0, "must be > 0 (the number of training iterations)"),
+        ("SOLVER.IMS_PER_BATCH", sv.IMS_PER_BATCH, sv.IMS_PER_BATCH > 0, "must be > 0"),
+        ("SOLVER.BASE_LR", sv.BASE_LR, sv.BASE_LR >= 0, "must be >= 0"),
+        ("SOLVER.BACKBONE_MULTIPLIER", sv.BACKBONE_MULTIPLIER, sv.BACKBONE_MULTIPLIER >= 0, "must be >= 0"),
+        ("SOLVER.WEIGHT_DECAY", sv.WEIGHT_DECAY, sv.WEIGHT_DECAY >= 0, "must be >= 0"),
+        ("SOLVER.WARMUP_ITERS", sv.WARMUP_ITERS, 0 <= sv.WARMUP_ITERS <= max(sv.MAX_ITER, 0),
+         f"must be in [0, SOLVER.MAX_ITER = {sv.MAX_ITER}] (a warm-up longer than the run)"),
+        ("SOLVER.CHECKPOINT_PERIOD", sv.CHECKPOINT_PERIOD, sv.CHECKPOINT_PERIOD > 0, "must be > 0"),
+    ]
+    for key, value, ok, expected in checks:
+        if not ok or value != value:  # value != value: NaN
+            raise ValueError(f"{key} = {value} {expected}")
+
+
 def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     """One group per trainable parameter with its lr and weight decay.
 
@@ -120,6 +138,7 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
 
     Other names go to Detectron2's builder.
     """
+    check_solver_config(cfg)
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return d2_build_lr_scheduler(cfg, optimizer)
     sched = WarmupPoly(

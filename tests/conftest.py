@@ -66,3 +66,20 @@ def save_random_toy_weights(folder, seed: int) -> str:
     path = os.path.join(str(folder), "toy.pth")
     torch.save({"model": predictor.model.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def restore_loggers():
+    """Entry points (train_net.main) give the project's loggers file handlers and stop their
+    propagation (Detectron2's setup_logger); later tests that capture logs need them back."""
+    import logging
+
+    names = ("mta_clip", "fvcore", "detectron2", "d2")
+    saved = {n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers)) for n in names}
+    yield
+    for n, (propagate, handlers) in saved.items():
+        logger = logging.getLogger(n)
+        for h in logger.handlers:
+            if h not in handlers:
+                logger.removeHandler(h)
+        logger.propagate = propagate

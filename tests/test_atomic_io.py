@@ -37,3 +37,17 @@ def test_temporary_file_keeps_the_extension(tmp_path):
         assert tmp.endswith(".png") and os.path.dirname(tmp) == str(tmp_path)
         open(tmp, "wb").close()
     assert _entries(tmp_path) == ["img.png"]
+
+
+def test_temporary_files_of_killed_writers_are_removed(tmp_path):
+    from mta_clip.atomic_io import remove_stale_temporary_files
+    from mta_clip.checkpointer import AtomicCheckpointer
+
+    dead = 2**22 + 12345  # above the largest pid Linux hands out
+    (tmp_path / f".model_final.tmp-{dead}.pth").write_bytes(b"half")
+    (tmp_path / f".last_checkpoint.tmp-{dead}").write_text("x")
+    (tmp_path / f".model_0000009.tmp-{os.getpid()}.pth").write_bytes(b"being written")  # a live writer
+    (tmp_path / "model_final.pth").write_bytes(b"whole")
+    AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path))  # what a start or resume does
+    assert _entries(tmp_path) == [f".model_0000009.tmp-{os.getpid()}.pth", "model_final.pth"]
+    assert remove_stale_temporary_files(str(tmp_path)) == []

@@ -166,3 +166,29 @@ def test_webcam_that_cannot_open_is_reported(model, tmp_path, monkeypatch, capsy
                     "--opts", "MODEL.WEIGHTS", weights])
     assert rc == 1
     assert "cannot open camera 0" in capsys.readouterr().out
+
+
+def test_output_that_cannot_be_written_stops_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "file").write_text("x")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(demo, "Predictor", no_model)
+    rc = demo.main(["--config-file", CONFIG, "--input", str(image), "--output", str(tmp_path / "file" / "out")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--output" in err[0] and "cannot be created or written" in err[0]
+
+
+def test_truncated_image_is_reported_with_its_name(model, tmp_path, capsys):
+    weights, _ = model
+    ok, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (tmp_path / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
+    rc = demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "cut.jpg"), "--output", str(tmp_path / "o"),
+                    "--device", "cpu", "--opts", "MODEL.WEIGHTS", weights])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "cut.jpg" in out and "truncated" in out and "tools/validate_dataset.py" in out

@@ -14,7 +14,8 @@ from mta_clip.data.toy import TOY_CLASSES
 from mta_clip.engine import Trainer, check_launch_args, setup
 from tests.conftest import ROOT, toy_cfg
 
-SMALL = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.BEST_CHECKPOINT.ENABLED", "True"]
+SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
+         "TEST.BEST_CHECKPOINT.ENABLED", "True"]
 
 
 def _train(cfg):
@@ -69,9 +70,10 @@ def test_all_ignore_label_trains(tmp_path):
 def test_two_cpu_processes(tmp_path):
     """`--num-gpus 2` without CUDA runs two gloo processes (DDP without device ids)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2",
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2", "--dist-url", "auto",
            "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
-           "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4",
+           "DATALOADER.NUM_WORKERS", "0",
            "OUTPUT_DIR", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -115,7 +117,7 @@ def test_train_net_resume_and_eval_only(tmp_path):
     base = [sys.executable, os.path.join(ROOT, "train_net.py"),
             "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")]
     opts = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path),
-            "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
+            "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SOLVER.WARMUP_ITERS", "1"]
 
     def run(*args):
         proc = subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -129,3 +131,45 @@ def test_train_net_resume_and_eval_only(tmp_path):
     log = run("--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
               "DATALOADER.NUM_WORKERS", "0")
     assert "copypaste: mIoU" in log
+
+
+def test_port_clash_suggests_dist_url_auto():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"port {port} cannot be used .* Use --dist-url auto"):
+            check_launch_args(_args("--num-gpus", "2", "--dist-url", f"tcp://127.0.0.1:{port}"))
+        check_launch_args(_args("--num-gpus", "1", "--dist-url", f"tcp://127.0.0.1:{port}"))  # one process: no port
+        check_launch_args(_args("--num-gpus", "2", "--dist-url", "auto"))
+
+
+def test_trainer_is_detectron2s_with_our_ddp_checkpointer_and_amp_only_on_cuda(tmp_path, monkeypatch):
+    import detectron2.engine.defaults as d2
+    from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
+
+    import mta_clip.engine as engine
+    from mta_clip.checkpointer import AtomicCheckpointer
+
+    original = (d2.create_ddp_model, d2.DetectionCheckpointer)
+    calls = []
+    monkeypatch.setattr(engine, "create_ddp_model", lambda model, **kw: calls.append(kw) or model)
+    cfg = toy_cfg("mask2former_toy.yaml", [*SMALL, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path),
+                                           "SOLVER.AMP.ENABLED", "True", "MODEL.FIND_UNUSED_PARAMETERS", "True"])
+    made = []
+
+    class Recording(Trainer):
+        def build_checkpointer(self, cfg, model, save_dir, **kwargs):
+            made.append(save_dir)
+            return super().build_checkpointer(cfg, model, save_dir, **kwargs)
+
+    trainer = Recording(cfg)
+    assert (d2.create_ddp_model, d2.DetectionCheckpointer) == original  # Detectron2 left as it was
+    assert calls == [{"find_unused_parameters": True, **engine._no_forward_buffer_sync()}]
+    assert made == [str(tmp_path)] and type(trainer.checkpointer) is AtomicCheckpointer
+    periodic = next(h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer))
+    assert periodic.checkpointer is trainer.checkpointer
+    expected = AMPTrainer if torch.cuda.is_available() else SimpleTrainer
+    assert type(trainer._trainer) is expected and trainer.cfg.SOLVER.AMP.ENABLED == torch.cuda.is_available()

@@ -75,3 +75,21 @@ def test_warmup_poly_schedule_matches_formula(ending):
             alpha = it / 10
             poly *= 0.1 * (1 - alpha) + alpha
         assert lrs[it] == pytest.approx(0.01 * poly, rel=1e-6), it
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("SOLVER.MAX_ITER", "0", "SOLVER.MAX_ITER = 0 must be > 0"),
+    ("SOLVER.BASE_LR", "-0.1", "SOLVER.BASE_LR = -0.1 must be >= 0"),
+    ("SOLVER.WARMUP_ITERS", "500", r"SOLVER.WARMUP_ITERS = 500 must be in \[0, SOLVER.MAX_ITER = 400\]"),
+    ("SOLVER.IMS_PER_BATCH", "0", "SOLVER.IMS_PER_BATCH = 0 must be > 0"),
+    ("SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD = 0 must be > 0"),
+])
+def test_impossible_solver_values_name_the_key(key, value, match):
+    from mta_clip.solver import check_solver_config
+
+    cfg = toy_cfg("mask2former_toy.yaml", [key, value])
+    with pytest.raises(ValueError, match=match):
+        check_solver_config(cfg)
+    with pytest.raises(ValueError, match=match):  # also when a trainer builds its schedule
+        build_lr_scheduler(cfg, torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+    check_solver_config(toy_cfg("mask2former_toy.yaml"))

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Exports a trained semantic model (baseline or MTA-CLIP) to ONNX or TorchScript and checks it.
 
-    python tools/export_model.py --config-file configs/ade20k/mtaclip_R50_bs16_160k.yaml \
-        --weights model_final.pth --format onnx --dynamic --output mtaclip_r50.onnx
+    python tools/export_model.py --weights output/x/model_final.pth --format onnx --dynamic --output m.onnx
     python tools/export_model.py --config-file C --weights W.pth --format torchscript --size 512 512 --output m.ts
+
+A model file written by ``train_net.py`` carries its config, class names and palette: ``--weights``
+alone is enough. Other checkpoints (Detectron2 / Mask2Former files) need ``--config-file``.
 
 The file takes a (B, H, W, 3) BGR image (uint8, or float32 with ``--input-dtype float32``; values
 0..255) and returns ``probs`` (B, C, H, W) and ``labels`` (B, H, W); preprocessing and semantic
@@ -24,43 +26,44 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-
 import mta_clip  # noqa: E402,F401  (registers models and datasets)
-from mta_clip.checkpointer import check_weights_file  # noqa: E402
 from mta_clip.export import FORMATS, ExportCheckError, export_metadata, export_model  # noqa: E402
-from mta_clip.predictor import _metadata_for, load_config  # noqa: E402
+from mta_clip.predictor import Predictor  # noqa: E402
 
 logger = logging.getLogger("mta_clip.export_model")
 
 
-def build_for_export(config_file: str, weights: str, opts: Sequence[str] = ()):
-    """(cfg, model in eval mode with ``weights`` loaded, export metadata) on the CPU."""
-    cfg = load_config(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])
-    cfg.MODEL.WEIGHTS = weights
-    cfg.freeze()
-    check_weights_file(cfg)
+def build_for_export(config_file: Optional[str], weights: str, opts: Sequence[str] = ()):
+    """(cfg, model in eval mode with ``weights`` loaded, export metadata) on the CPU.
+
+    ``config_file`` None: ``weights`` must be a model file written by ``train_net.py`` (config, class
+    names and palette inside); with a config file, class names and palette come from the model
+    file when it has them, else from the config's datasets (as ``Predictor`` does).
+    """
+    if config_file:
+        predictor = Predictor(config_file, weights, device="cpu", opts=opts)
+    else:
+        predictor = Predictor(weights, device="cpu", opts=opts)
+    cfg = predictor.cfg
     if cfg.TEST.AUG.ENABLED:
         raise ValueError(
             "TEST.AUG.ENABLED is True: multi-scale / flip test-time augmentation is not part of the exported "
             "graph; export with --opts TEST.AUG.ENABLED False (the file is single-scale)"
         )
-    model = build_model(cfg).eval()
-    if weights:
-        DetectionCheckpointer(model).load(weights)
-    else:
+    if not weights:
         logger.warning("no --weights: exporting a randomly initialized model")
-    meta = _metadata_for(cfg)
+    meta = predictor.metadata
     metadata = export_metadata(cfg, meta.stuff_classes, meta.stuff_colors, getattr(meta, "ignore_label", 255),
-                               config_file=os.path.basename(config_file), weights=os.path.basename(weights))
-    return cfg, model, metadata
+                               config_file=os.path.basename(config_file or ""), weights=os.path.basename(weights))
+    return cfg, predictor.model.eval(), metadata
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="YAML config of the model")
-    parser.add_argument("--weights", required=True, help="checkpoint (.pth / .pkl); '' = random weights")
+    parser.add_argument("--config-file", default=None,
+                        help="YAML config of the model (not needed for a model file written by train_net.py)")
+    parser.add_argument("--weights", required=True,
+                        help="model file / checkpoint (.pth / .pkl); '' = random weights (needs --config-file)")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", required=True, help="file to write (.onnx / .ts)")
     group = parser.add_mutually_exclusive_group()
@@ -76,6 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.dynamic and args.size is None:
         parser.error("give --size H W (fixed size) or --dynamic (ONNX only)")
+    if not args.config_file and not args.weights:
+        parser.error("give --weights (a model file written by train_net.py) or --config-file with --weights")
     if args.dynamic and args.format == "torchscript":
         parser.error("--dynamic needs --format onnx: a TorchScript trace serves one size (use --size H W)")
     size = args.size if args.size is not None else (args.sample_size or (512, 512))

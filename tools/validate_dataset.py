@@ -3,6 +3,7 @@
 
     python tools/validate_dataset.py ade20k_150_sem_seg_val
     python tools/validate_dataset.py my_data_train --import my_project.register_my_data
+    python tools/validate_dataset.py --dataset-file my_data.yaml       # every dataset the file declares
 
 Reads every image and label map of the dataset and prints: per-class pixel counts (and the number
 of images containing the class), label values that are neither a class index nor the ignore
@@ -11,8 +12,6 @@ label maps that are not single-channel, and unreadable files. Exit status 1 when
 found, 0 otherwise, 2 for an unknown dataset.
 """
 import argparse
-import importlib
-import importlib.util
 import os
 import sys
 from collections import defaultdict
@@ -28,21 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 import mta_clip  # noqa: E402,F401  (registers the built-in datasets)
+from mta_clip.data.dataset_file import import_registration, register_dataset_file  # noqa: E402
 from mta_clip.data.datasets import load_dataset_dicts  # noqa: E402
+from mta_clip.data.file_checks import exif_orientation, oriented_size  # noqa: E402
 
 MAX_EXAMPLES = 5
-
-
-def _import(target: str) -> None:
-    """Imports a module name or a .py file (to run a user's registration code)."""
-    if target.endswith(".py") or os.path.sep in target:
-        spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(target))[0], target)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"cannot import {target}")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        importlib.import_module(target)
 
 
 def validate(name: str, limit: Optional[int] = None) -> Dict:
@@ -60,6 +49,7 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
     unknown_pixels: Dict[int, int] = defaultdict(int)
     unknown_files: Dict[int, List[str]] = defaultdict(list)
     problems: List[str] = []
+    notes: List[str] = []
     for rec in tqdm(records, desc=name, unit="img"):
         image_path, label_path = rec.get("file_name"), rec.get("sem_seg_file_name")
         if not label_path:
@@ -68,7 +58,13 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
         try:
             with Image.open(image_path) as im:
                 im.load()
-                image_size = (im.height, im.width)
+                image_size = oriented_size(im)  # as the loader sees it
+                orientation = exif_orientation(im)
+            if orientation != 1:
+                notes.append(
+                    f"{image_path}: EXIF orientation {orientation}: loaded rotated/flipped as "
+                    f"{image_size[0]}x{image_size[1]} (H x W); its label must have that size"
+                )
         except (OSError, ValueError, SyntaxError) as e:
             problems.append(f"{image_path}: unreadable image ({e})")
             image_size = None
@@ -117,6 +113,7 @@ def validate(name: str, limit: Optional[int] = None) -> Dict:
         "ignored": ignored,
         "unknown": dict(unknown_pixels),
         "problems": problems,
+        "notes": notes,
     }
 
 
@@ -137,9 +134,15 @@ def report(result: Dict) -> str:
     absent = [result["classes"][i] for i in range(len(result["classes"])) if result["pixels"][i] == 0]
     if absent:
         lines.append(f"Classes without any pixel ({len(absent)}): {', '.join(absent)}")
+    notes = result.get("notes", [])
+    if notes:
+        lines.append(f"NOTES ({len(notes)}):")
+        lines.extend(f"  {n}" for n in notes)
     if result["problems"]:
         lines.append(f"PROBLEMS ({len(result['problems'])}):")
         lines.extend(f"  {p}" for p in result["problems"])
+    elif notes:
+        lines.append(f"No error, but {len(notes)} file(s) to look at (NOTES above).")
     else:
         lines.append("No problem found.")
     return "\n".join(lines)
@@ -147,7 +150,11 @@ def report(result: Dict) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", help="registered dataset name")
+    parser.add_argument("name", nargs="?", help="registered dataset name (with --dataset-file: default all of its)")
+    parser.add_argument(
+        "--dataset-file", action="append", default=[], metavar="FILE",
+        help="dataset file (YAML/JSON) to register first; repeatable",
+    )
     parser.add_argument(
         "--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
         help="module or .py file to import first (e.g. code calling register_sem_seg_dataset)",
@@ -155,24 +162,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="check only the first N images")
     args = parser.parse_args(argv)
     for target in args.imports:
-        if (target.endswith(".py") or os.path.sep in target) and not os.path.isfile(target):
-            print(f"error: --import {target}: no such file", file=sys.stderr)
-            return 2
         try:
-            _import(target)
+            import_registration(target)
         except ImportError as e:  # ModuleNotFoundError included: a bad name or path is an argument error
-            print(f"error: --import {target}: {e}", file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             return 2
-    if args.name not in DatasetCatalog.list():
-        known = ", ".join(sorted(n for n in DatasetCatalog.list() if "sem_seg" in n))
-        print(f"error: dataset {args.name!r} is not registered. Semantic datasets: {known}", file=sys.stderr)
+    from_files = []
+    for path in args.dataset_file:
+        try:
+            from_files.extend(register_dataset_file(path))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    names = [args.name] if args.name else from_files
+    if not names:
+        print("error: give a dataset name and/or --dataset-file", file=sys.stderr)
         return 2
-    meta = MetadataCatalog.get(args.name)
+    status = 0
+    for name in names:
+        status = max(status, _check_one(name, args.limit))
+    return status
+
+
+def _check_one(name: str, limit: Optional[int]) -> int:
+    if name not in DatasetCatalog.list():
+        known = ", ".join(sorted(n for n in DatasetCatalog.list() if "sem_seg" in n))
+        print(f"error: dataset {name!r} is not registered. Semantic datasets: {known}", file=sys.stderr)
+        return 2
+    meta = MetadataCatalog.get(name)
     if not meta.get("stuff_classes") or meta.get("ignore_label") is None:
-        print(f"error: dataset {args.name!r} has no stuff_classes / ignore_label metadata", file=sys.stderr)
+        print(f"error: dataset {name!r} has no stuff_classes / ignore_label metadata", file=sys.stderr)
         return 2
     try:
-        result = validate(args.name, args.limit)
+        result = validate(name, limit)
     except (FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

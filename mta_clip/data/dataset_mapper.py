@@ -26,6 +26,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 from fvcore.transforms.transform import Transform
 
+from .file_checks import check_label_values
+
 __all__ = ["SemanticMaskFormerMapper", "ColorAugSSD", "PhotometricDistortTransform"]
 
 logger = logging.getLogger(__name__)
@@ -238,15 +240,8 @@ class SemanticMaskFormerMapper:
             raise ValueError(
                 f"Label file {label_file}: expected integer labels, got dtype {label.dtype}"
             )
+        check_label_values(label, label_file, self.num_classes, self.ignore_label)
         values = np.unique(label)
-        bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_label)]
-        if bad.size:
-            shown = ", ".join(str(int(v)) for v in bad[:20]) + (" ..." if bad.size > 20 else "")
-            raise ValueError(
-                f"Label file {label_file}: label values [{shown}] are outside [0, "
-                f"{self.num_classes}) (MODEL.SEM_SEG_HEAD.NUM_CLASSES) and are not the ignore "
-                f"value {self.ignore_label} (MODEL.SEM_SEG_HEAD.IGNORE_VALUE)"
-            )
         if values.max(initial=0) <= 255 and 0 <= self.ignore_label <= 255:
             return label.astype(np.uint8)
         # Resize works on uint8 (PIL) or floats (torch); float64 holds these integers exactly.

@@ -38,6 +38,7 @@ from .class_names import (
     CITYSCAPES_COLORS,
     CITYSCAPES_PROMPT_CLASSES,
 )
+from .file_checks import oriented_size
 
 __all__ = [
     "ADE20K_SPLITS",
@@ -166,7 +167,7 @@ def load_sem_seg_pairs(
         record = {"file_name": images[key], "sem_seg_file_name": labels[key]}
         try:
             with Image.open(images[key]) as im:
-                width, height = im.size
+                height, width = oriented_size(im)  # what detectron2's read_image returns (EXIF applied)
             record.update(height=int(height), width=int(width))
         except (OSError, ValueError) as e:
             if not tolerate_unreadable:

@@ -92,7 +92,7 @@ class MaskTextDecoder(MaskedDecoder):
             return
         if num_text_queries % num_prompts != 0:
             raise ValueError(f"num_text_queries ({num_text_queries}) must be a multiple of K ({num_prompts})")
-        if text_reduction == "linear_ln":
+        if self.text_reduction == "linear_ln":
             self.text_proj = nn.Linear(text_dim, hidden)
             self.query_norm = nn.LayerNorm(hidden)
         else:
@@ -100,7 +100,7 @@ class MaskTextDecoder(MaskedDecoder):
         self.text_query_embed = nn.Embedding(num_text_queries, hidden) if text_query_pos == "learned" else None
         if not with_similarity:
             return
-        if return_projection == "gamma":
+        if self.return_projection == "gamma":
             self.text_to_clip = nn.Linear(hidden, text_dim)
             self.text_to_clip_norm = nn.LayerNorm(text_dim)
             self.text_gamma = nn.Parameter(torch.full((text_dim,), float(gamma_init)))

@@ -186,6 +186,17 @@ def test_bad_choice_names_the_option(arg, value):
         _decoder(**{arg: value})
 
 
+def test_choices_are_case_insensitive_and_build_the_same_modules():
+    from mta_clip.modeling.masked_decoder import MLP
+
+    upper = _decoder(text_reduction="MLP", return_projection="MLP", similarity="Dot")
+    lower = _decoder(text_reduction="mlp", return_projection="mlp", similarity="dot")
+    assert isinstance(upper.text_proj, MLP) and isinstance(upper.text_to_clip, MLP) and upper.similarity == "dot"
+    assert [n for n, _ in upper.named_parameters()] == [n for n, _ in lower.named_parameters()]
+    gamma = _decoder(return_projection="GAMMA")
+    assert hasattr(gamma, "text_gamma") and not isinstance(gamma.text_to_clip, MLP)
+
+
 def test_text_attention_masks_come_from_the_text_queries_mask_predictions():
     """Text rows of each cross-attention mask = sigmoid(mask_embed(t) . resize(mask_features)) < 0.5,
     computed here the Mask2Former way (full-resolution mask, then resized)."""

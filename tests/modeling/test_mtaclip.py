@@ -127,7 +127,10 @@ def test_train_step_with_an_unlabelled_image(tiny_clip_file):
 
 
 def test_wrong_number_of_class_names_is_a_clear_error(tiny_clip_file):
-    cfg = _cfg(tiny_clip_file, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7")
+    with pytest.raises(ValueError, match="NUM_CLASSES is 7 but training dataset 'toy_sem_seg_train' has 6"):
+        _cfg(tiny_clip_file, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7")  # the config check comes first
+    cfg = _cfg(tiny_clip_file)
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 7  # past the config check: the model's own check
     with pytest.raises(ValueError, match="NUM_CLASSES"):
         build_model(cfg)
 

@@ -36,6 +36,29 @@ def test_torchscript_export_with_check(weights, tmp_path, capsys):
     np.testing.assert_allclose(probs[0], expected["probs"], atol=1e-4)
 
 
+def test_model_file_alone(weights, tmp_path):
+    """A model file with its description (as train_net.py writes it) needs no --config-file; the
+    class names and palette in the exported file come from it."""
+    from mta_clip.config import setup_cfg
+    from mta_clip.model_file import INFO_KEY, model_info
+
+    info = model_info(setup_cfg(TOY_BASELINE_CONFIG, ["MODEL.DEVICE", "cpu"]))
+    info["classes"] = ["a", "b", "c", "d", "e", "f"]
+    info["palette"] = [[i, 2 * i, 3 * i] for i in range(6)]
+    model_file = str(tmp_path / "model.pth")
+    torch.save({"model": torch.load(weights)["model"], INFO_KEY: info}, model_file)
+    out = str(tmp_path / "m.ts")
+    tool = load_tool("export_model")
+    assert tool.main(["--weights", model_file, "--format", "torchscript", "--size", "64", "64", "--output", out]) == 0
+    meta = read_metadata(out)
+    assert meta["class_names"] == info["classes"] and meta["palette"] == info["palette"]
+    image = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    from_config = str(tmp_path / "c.ts")
+    assert tool.main(["--config-file", TOY_BASELINE_CONFIG, "--weights", weights, "--format", "torchscript",
+                      "--size", "64", "64", "--output", from_config]) == 0
+    np.testing.assert_array_equal(ExportedModel(out)(image)[0], ExportedModel(from_config)(image)[0])
+
+
 def test_bad_requests(weights, tmp_path, caplog):
     tool = load_tool("export_model")
     out = str(tmp_path / "x.ts")

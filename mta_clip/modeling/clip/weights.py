@@ -46,6 +46,7 @@ __all__ = [
 # Architecture name -> OpenAI's released file name.
 OFFICIAL_CLIP_FILES: Dict[str, str] = {"RN50": "RN50.pt", "RN101": "RN101.pt", "ViT-B-16": "ViT-B-16.pt"}
 
+CUSTOM_PREFIX = "custom:"  # MODEL.CLIP.MODEL_NAME of a non-official CLIP: "custom:" + JSON of its CLIPArch
 HEAD_WIDTH = 64  # OpenAI CLIP: every attention head is 64 channels wide
 _META_KEYS = ("input_resolution", "context_length", "vocab_size")  # non-weight entries of old files
 _TEXT_KEYS = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection")
@@ -124,9 +125,34 @@ class CLIPArch:
             layers=self.text_layers,
         )
 
+    def model_name(self) -> str:
+        """``MODEL.CLIP.MODEL_NAME`` that rebuilds these shapes without a file: the official name, or
+        ``"custom:{json}"`` (written into model files, so a custom CLIP is rebuilt from them alone)."""
+        import json
+        from dataclasses import asdict
+
+        official = self.official_name
+        if official is not None:
+            return official
+        fields = asdict(self)
+        if isinstance(fields["vision_layers"], tuple):
+            fields["vision_layers"] = list(fields["vision_layers"])
+        return CUSTOM_PREFIX + json.dumps(fields, sort_keys=True)
+
     @classmethod
     def from_official(cls, name: str) -> "CLIPArch":
-        """Shapes of an official model, from open_clip's bundled config (no download)."""
+        """Shapes of an official model, from open_clip's bundled config (no download), or of a
+        ``"custom:{json}"`` name (see ``model_name``)."""
+        if name.startswith(CUSTOM_PREFIX):
+            import json
+
+            try:
+                fields = json.loads(name[len(CUSTOM_PREFIX):])
+                if isinstance(fields.get("vision_layers"), list):
+                    fields["vision_layers"] = tuple(fields["vision_layers"])
+                return cls(**fields)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"MODEL.CLIP.MODEL_NAME {name!r} is not a valid custom CLIP: {e}") from None
         if name not in OFFICIAL_CLIP_FILES:
             raise ValueError(
                 f"Unknown CLIP model name '{name}' (MODEL.CLIP.MODEL_NAME); expected one of "
@@ -322,6 +348,9 @@ def clip_weights_and_arch(
 ) -> Tuple[Optional[Dict[str, torch.Tensor]], CLIPArch]:
     """``(state dict, arch)`` for the config keys; an empty ``weights_file`` means random weights
     with ``model_name``'s official shapes (logged as a warning naming ``user``)."""
+    if not weights_file and model_name.startswith(CUSTOM_PREFIX):
+        logger.info("%s: custom CLIP shapes from MODEL.CLIP.MODEL_NAME, weights to be loaded from a model file", user)
+        return None, CLIPArch.from_official(model_name)
     if not weights_file:
         logger.warning(
             "MODEL.CLIP.WEIGHTS is empty: %s is randomly initialized with the %s architecture. "
@@ -356,12 +385,14 @@ def image_size_pair(size) -> Tuple[int, int]:
 
 
 def resize_grid_pos_embed(
-    pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]
+    pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int], antialias: bool = False
 ) -> torch.Tensor:
     """Resizes a ``(1 + gh*gw, C)`` positional embedding to ``(1 + nh*nw, C)``.
 
     Row 0 (class token / pooled token) is kept; the grid rows, laid out row-major, are resized
     with bicubic interpolation (``align_corners=False``). Returns ``pos`` itself when the grids match.
+    ``antialias=True`` is timm's resize (PyTorch's anti-aliased bicubic: another cubic kernel, so it
+    differs from the default even when upsampling).
     """
     gh, gw = int(old_grid[0]), int(old_grid[1])
     nh, nw = int(new_grid[0]), int(new_grid[1])
@@ -371,7 +402,7 @@ def resize_grid_pos_embed(
         return pos
     channels = pos.shape[1]
     grid = pos[1:].reshape(1, gh, gw, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(nh, nw), mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid.float(), size=(nh, nw), mode="bicubic", align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(nh * nw, channels).to(pos.dtype)
     return torch.cat([pos[:1], grid], dim=0)
 
