@@ -125,6 +125,8 @@ def _add_baseline_config(cfg: CN) -> None:
     mf.TRAIN_NUM_POINTS = 112 * 112  # points sampled per mask for the mask losses and costs
     mf.OVERSAMPLE_RATIO = 3.0  # oversampling for importance sampling of points
     mf.IMPORTANCE_SAMPLE_RATIO = 0.75  # fraction of points taken from the most uncertain ones
+    mf.MASK_LOSS_NORMALIZER = "num_masks"  # mask/dice divisor: "num_masks" (Mask2Former), "class_weight_sum" (authors)
+    mf.DECODER_LAYER_INIT = "xavier_uniform"  # decoder attention/FFN weight init; authors: "xavier_normal"
     mf.SUPERVISE_INITIAL_PREDICTION = True  # supervise the prediction before the first layer (MTA-CLIP authors: False)
     mf.TEST = CN()
     mf.TEST.SEMANTIC_ON = True  # not used: the output is always "sem_seg" (Mask2Former YAML compatibility)
@@ -163,6 +165,8 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # reject crops where one class exceeds this ratio
     cfg.INPUT.SIZE_DIVISIBILITY = -1  # pad image (PAD_VALUE) and label (ignore) to a multiple of this; -1 = off
     cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
+    cfg.INPUT.PAD_WITH_PIXEL_MEAN = False  # pad with MODEL.PIXEL_MEAN instead (authors: 0 after normalization)
+    cfg.INPUT.COLOR_AUG_SSD_TRUNCATE = False  # photometric steps each truncate to uint8 (authors' mmseg) vs round once
     cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
@@ -176,6 +180,8 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1  # lr multiplier of backbone parameters
     cfg.SOLVER.POLY_LR_POWER = 0.9  # power of the poly schedule
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0  # constant lr factor after this point (0 = off)
+    cfg.SOLVER.POLY_LR_AFTER_WARMUP = "multiply"  # "multiply": warm-up x poly; "restart" (authors): poly from 1 after
+    cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY = "WEIGHT_DECAY_NORM"  # backbone norms' decay key; authors: "WEIGHT_DECAY"
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding parameters
 
 
@@ -185,7 +191,9 @@ def _add_test_config(cfg: CN) -> None:
     # horizontally flipped views); its absolute TEST.AUG.MIN_SIZES / MAX_SIZE are not used (our
     # test-time augmentation scales the test size by TEST.AUG.SCALES).
     cfg.TEST.AUG.SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # multi-scale factors of the test size
+    cfg.TEST.AUG.SCALE_REFERENCE = "test_size"  # SCALES multiply the "test_size" or the "original" image size (authors)
     cfg.TEST.AUG.NORMALIZE = "softmax"  # per-view scores -> probabilities: "softmax"|"sum"|"none"
+    cfg.TEST.EVAL_START = 0  # periodic evaluations from this completed iteration on (authors, ADE20k: 100000)
     cfg.TEST.SLIDE = CN()
     cfg.TEST.SLIDE.ENABLED = False  # sliding-window inference (also inside every multi-scale view)
     cfg.TEST.SLIDE.CROP_SIZE = [512, 512]  # window (h, w); ADE20k 512x512, Cityscapes 1024x1024
@@ -209,13 +217,18 @@ def _add_clip_config(cfg: CN) -> None:
 
     clip.RESNET = CN()
     clip.RESNET.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # CLIPResNet outputs (+ "attnpool": dense CLIP map)
-    clip.RESNET.NORM = "FrozenBN"  # "FrozenBN", "BN", "SyncBN" or "naiveSyncBN" for every batch norm
+    clip.RESNET.NORM = "BN"  # every batch norm: "BN" (authors: trained, per GPU), "FrozenBN", "SyncBN", "naiveSyncBN"
     clip.RESNET.FREEZE_AT = 0  # 0 = train all; 1 = freeze stem; k >= 2 = stem + res2..res{k}
 
     clip.VIT = CN()
     clip.VIT.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
     clip.VIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # CLIPViT outputs (strides 4, 8, 16, 32)
     clip.VIT.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the pyramid
+    clip.VIT.PYRAMID_PRE_NORM = True  # GroupNorm(1, C) before each pyramid branch (DenseCLIP / authors; False: none)
+    clip.VIT.CLASS_EMBED_TWICE = True  # class token = 2 x class embedding + pos row (DenseCLIP / authors; False: CLIP)
+    clip.VIT.POS_EMBED_INTERPOLATION = "bilinear"  # pos-embed resize at load + run: "bilinear" (DenseCLIP), "bicubic"
+    clip.VIT.DROP_PATH_RATE = 0.1  # drop path of the last block, linear from 0 over the blocks (DenseCLIP ViT-B: 0.1)
+    clip.VIT.DROP_PATH_UNIT = "token"  # "token" (DenseCLIP: one draw per token position for the batch) or "sample"
 
     clip.TEXT = CN()
     clip.TEXT.NUM_PROMPTS = 3  # K learned context sets shared by all classes
@@ -226,6 +239,7 @@ def _add_clip_config(cfg: CN) -> None:
     clip.TEXT.CONTEXT_INIT_STD = 1.0  # std of the random truncated-normal (+-2 std) context init
     clip.TEXT.CLASS_NAMES_KEY = "prompt_classes"  # dataset metadata key of the class names (fallback: stuff_classes)
     clip.TEXT.FREEZE = True  # requires_grad=False on all CLIP text-transformer weights
+    clip.TEXT.FREEZE_BY_ZERO_LR = False  # frozen tower keeps its gradients at lr 0, in the clip norm (authors)
     clip.TEXT.RECOMPUTE_BLOCKS = False  # recompute the text blocks in backward (less memory, ~1 more forward)
     clip.TEXT.COMPUTE_DTYPE = "float32"  # text tower compute: float32 (also under AMP), bfloat16 or float16 (autocast)
 

@@ -117,15 +117,16 @@ class Trainer(DefaultTrainer):
                 logger.info("Dropped %d rows of metrics.json written after the checkpoint", dropped)
 
     def build_hooks(self):
-        """Detectron2's hooks plus, right after evaluation, the best-checkpoint keeper."""
+        """Detectron2's hooks, evaluation from ``TEST.EVAL_START`` on, then the best-checkpoint keeper."""
         from detectron2.engine import hooks
 
-        from .evaluation import build_best_checkpoint_hook
+        from .evaluation import PeriodicEvalHook, build_best_checkpoint_hook
 
         ret = super().build_hooks()
+        at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+        ret[at] = PeriodicEvalHook(self.cfg.TEST.EVAL_PERIOD, ret[at]._func, eval_start=self.cfg.TEST.EVAL_START)
         best = build_best_checkpoint_hook(self.cfg, self.checkpointer) if comm.is_main_process() else None
         if best is not None:
-            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
             ret.insert(at + 1, best)
         return ret
 
@@ -170,12 +171,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        """Detectron2's test loader; an unreadable image is an error naming it."""
+        """Detectron2's test loader; the resize follows ``TEST.AUG.SCALE_REFERENCE``; an unreadable
+        image is an error naming it."""
         from detectron2.data import DatasetMapper, build_detection_test_loader
 
         from .data.file_checks import ExplainReadErrors
+        from .evaluation.test_time_augmentation import test_mapper_augmentations
 
-        return build_detection_test_loader(cfg, dataset_name, mapper=ExplainReadErrors(DatasetMapper(cfg, False)))
+        mapper = DatasetMapper(is_train=False, augmentations=test_mapper_augmentations(cfg),
+                               image_format=cfg.INPUT.FORMAT)
+        return build_detection_test_loader(cfg, dataset_name, mapper=ExplainReadErrors(mapper))
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):

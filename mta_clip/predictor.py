@@ -16,13 +16,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 
 from .checkpointer import AtomicCheckpointer, check_weights_file
 from .config import setup_cfg
-from .evaluation.test_time_augmentation import build_test_model, normalize_scores
+from .evaluation.test_time_augmentation import build_test_model, normalize_scores, test_mapper_augmentations
 
 __all__ = ["Predictor", "to_bgr_uint8", "load_config"]
 
@@ -143,10 +142,8 @@ class Predictor:
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {self.input_format!r}")
-        min_size = cfg.INPUT.MIN_SIZE_TEST
-        self.resize = (
-            T.ResizeShortestEdge([min_size, min_size], cfg.INPUT.MAX_SIZE_TEST) if min_size > 0 else None
-        )
+        resize = test_mapper_augmentations(cfg)  # none for multi-scale views of the original image
+        self.resize = resize[0] if resize else None
 
     def _to_input(self, image_bgr: np.ndarray) -> Dict:
         image = to_bgr_uint8(image_bgr)

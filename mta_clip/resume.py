@@ -7,7 +7,9 @@ Detectron2 replays the data from iteration 0 after a resume and restarts every r
   stream position ``g`` runs with every random generator seeded from ``(seed, g)`` (the global
   generators are restored afterwards). Workers produce whole batches in turn, so the order does not
   depend on ``DATALOADER.NUM_WORKERS``. The seed is saved in the checkpoint; after a resume the
-  loader starts at batch ``start_iter``.
+  loader starts at batch ``start_iter``. Batches are consecutive stream items (no aspect-ratio
+  grouping: the semantic recipes crop to one size); set ``DATALOADER.EXACT_RESUME False`` for
+  Detectron2's loader.
 * ``RNGStates``: the global torch / numpy / Python generators (what the model uses, e.g. point
   sampling) are saved in every checkpoint and restored by ``--resume``.
 * ``trim_metrics``: rows of ``metrics.json`` written after the checkpoint by the killed run go.

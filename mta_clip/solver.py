@@ -9,6 +9,8 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.solver.lr_scheduler import LRMultiplier
 from fvcore.common.param_scheduler import ParamScheduler, PolynomialDecayParamScheduler
 
+from .config import choice
+
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
@@ -41,11 +43,20 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
 
     Backbone parameters (name starts with ``backbone.``) get ``BACKBONE_MULTIPLIER``; norm
     parameters get ``WEIGHT_DECAY_NORM``; ``nn.Embedding`` weights get ``WEIGHT_DECAY_EMBED``.
-    Frozen parameters (``requires_grad=False``, e.g. the CLIP text encoder) are left out.
+    Norm parameters of the backbone get ``WEIGHT_DECAY`` instead when
+    ``SOLVER.BACKBONE_NORM_WEIGHT_DECAY`` is ``"WEIGHT_DECAY"`` (the MTA-CLIP authors: mmengine's
+    ``backbone`` custom key takes precedence over their ``norm_decay_mult=0``).
+    Frozen parameters (``requires_grad=False``, e.g. the CLIP text encoder) are left out; those a
+    module lists in ``zero_lr_parameters()`` (the text tower with
+    ``MODEL.CLIP.TEXT.FREEZE_BY_ZERO_LR``) get lr 0 and weight decay 0: never changed, but their
+    gradients count in the full-model clipping norm.
     """
     from detectron2.layers import FrozenBatchNorm2d
 
     norm_types = _NORM_TYPES + (FrozenBatchNorm2d,)
+    backbone_norm = choice(BACKBONE_NORM_WEIGHT_DECAYS, cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY,
+                           "SOLVER.BACKBONE_NORM_WEIGHT_DECAY")
+    zero_lr = {id(p) for m in model.modules() if hasattr(m, "zero_lr_parameters") for p in m.zero_lr_parameters()}
     groups: List[Dict[str, Any]] = []
     seen: Set[int] = set()
     for module_name, module in model.named_modules():
@@ -56,14 +67,24 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
             full = f"{module_name}.{name}" if module_name else name
             lr = cfg.SOLVER.BASE_LR
             wd = cfg.SOLVER.WEIGHT_DECAY
-            if full.startswith("backbone.") or ".backbone." in full:
+            in_backbone = full.startswith("backbone.") or ".backbone." in full
+            if in_backbone:
                 lr = lr * cfg.SOLVER.BACKBONE_MULTIPLIER
             if isinstance(module, norm_types):
-                wd = cfg.SOLVER.WEIGHT_DECAY_NORM
+                if not (in_backbone and backbone_norm == "weight_decay"):
+                    wd = cfg.SOLVER.WEIGHT_DECAY_NORM
             elif isinstance(module, torch.nn.Embedding):
                 wd = cfg.SOLVER.WEIGHT_DECAY_EMBED
+            if id(p) in zero_lr:
+                lr, wd = 0.0, 0.0
             groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": full})
     return groups
+
+
+#: values of ``SOLVER.BACKBONE_NORM_WEIGHT_DECAY``
+BACKBONE_NORM_WEIGHT_DECAYS = ("weight_decay_norm", "weight_decay")  # case-insensitive
+#: values of ``SOLVER.POLY_LR_AFTER_WARMUP``
+POLY_LR_AFTER_WARMUP = ("multiply", "restart")
 
 
 def _with_full_model_clipping(optim_cls: Type[torch.optim.Optimizer], clip_norm: float):
@@ -133,16 +154,59 @@ class WarmupPoly(ParamScheduler):
         return value
 
 
+class WarmupThenPoly(ParamScheduler):
+    """Warm-up, then poly decay restarted from 1 over the remaining iterations (the MTA-CLIP
+    authors' mmengine ``LinearLR(begin=0, end=W)`` followed by ``PolyLR(begin=W, end=max_iter)``).
+
+    At iteration ``i`` (``where = i / max_iter``), with mmengine's step counting:
+    ``i < W``: ``f + (1 - f) * i / (W - 1)`` ("linear"; reaches 1 at ``W - 1``) or ``f``
+    ("constant"); ``i >= W``: ``(1 - (i - W) / (max_iter - W - 1)) ** power`` (reaches 0 at the last
+    iteration), held at ``constant_ending`` once it would fall below it (0 = off).
+    """
+
+    def __init__(self, power: float, constant_ending: float, warmup_factor: float, warmup_iters: int,
+                 warmup_method: str, max_iter: int):
+        if warmup_method not in ("linear", "constant"):
+            raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
+        self._power = power
+        self._constant_ending = constant_ending
+        self._warmup_factor = warmup_factor
+        self._warmup_iters = min(warmup_iters, max_iter)
+        self._warmup_method = warmup_method
+        self._max_iter = max_iter
+
+    def __call__(self, where: float) -> float:
+        it = round(where * self._max_iter)  # Detectron2's LRMultiplier passes iter / max_iter
+        if it < self._warmup_iters:
+            if self._warmup_method == "constant" or self._warmup_iters == 1:
+                return self._warmup_factor
+            return self._warmup_factor + (1 - self._warmup_factor) * it / (self._warmup_iters - 1)
+        span = max(self._max_iter - self._warmup_iters - 1, 1)
+        value = max(1 - (it - self._warmup_iters) / span, 0.0) ** self._power
+        if self._constant_ending > 0 and value < self._constant_ending:
+            value = self._constant_ending
+        return value
+
+
 def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
-    """``WarmupPolyLR``: lr * warmup(iter) * (1 - iter / max_iter) ** POLY_LR_POWER.
+    """``WarmupPolyLR``: with ``SOLVER.POLY_LR_AFTER_WARMUP = "multiply"`` (Mask2Former)
+    lr * warmup(iter) * (1 - iter / max_iter) ** POLY_LR_POWER (``WarmupPoly``); with ``"restart"``
+    (MTA-CLIP authors) warm-up, then poly from 1 over the remaining iterations (``WarmupThenPoly``).
 
     Other names go to Detectron2's builder.
     """
     check_solver_config(cfg)
     if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupPolyLR":
         return d2_build_lr_scheduler(cfg, optimizer)
-    sched = WarmupPoly(
-        cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0), cfg.SOLVER.WARMUP_METHOD,
-    )
+    mode = choice(POLY_LR_AFTER_WARMUP, cfg.SOLVER.POLY_LR_AFTER_WARMUP, "SOLVER.POLY_LR_AFTER_WARMUP")
+    if mode == "multiply":
+        sched = WarmupPoly(
+            cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
+            min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0), cfg.SOLVER.WARMUP_METHOD,
+        )
+    else:
+        sched = WarmupThenPoly(
+            cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
+            cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.MAX_ITER,
+        )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

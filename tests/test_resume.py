@@ -126,6 +126,14 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(ValueError, match="SOLVER.MAX_ITER = 0 must be > 0"):
         train_net.main(_args(out, "SOLVER.MAX_ITER", "0"))
     assert (out / "config.yaml").read_text() == saved
+    # A run that fails while its trainer is built (here: the image folder is gone) keeps it too.
+    gone = tmp_path / "gone.yaml"
+    gone.write_text("name: gone_test\nclasses: [a, b, c]\nimages: nowhere/images\nlabels: nowhere/labels\n")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train_net.main(train_net.get_parser().parse_args([
+            "--config-file", TOY_BASELINE_CONFIG, "--dataset-file", str(gone), "DATASETS.TRAIN", "('gone_test',)",
+            "DATASETS.TEST", "()", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(out)]))
+    assert (out / "config.yaml").read_text() == saved
 
 
 def test_keys_added_by_a_later_version_do_not_block_a_resume():

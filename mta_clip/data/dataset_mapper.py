@@ -54,6 +54,7 @@ class PhotometricDistortTransform(Transform):
         contrast_first: bool = True,
         saturation_alpha: Optional[float] = None,
         hue_delta: Optional[int] = None,
+        truncate_each_step: bool = False,
     ):
         super().__init__()
         if img_format not in _HSV_CODES:
@@ -70,6 +71,8 @@ class PhotometricDistortTransform(Transform):
                 "PhotometricDistortTransform expects an (H, W, 3) uint8 image, got shape "
                 f"{img.shape} dtype {img.dtype}"
             )
+        if self.truncate_each_step:
+            return self._apply_truncating(img)
         out = img.astype(np.float64)
         if self.brightness_delta is not None:
             out = np.clip(out + self.brightness_delta, 0.0, 255.0)
@@ -88,6 +91,32 @@ class PhotometricDistortTransform(Transform):
         if not self.contrast_first and self.contrast_alpha is not None:
             out = np.clip(out * self.contrast_alpha, 0.0, 255.0)
         return np.round(out).astype(np.uint8)
+
+    def _apply_truncating(self, img: np.ndarray) -> np.ndarray:
+        """mmseg's ``PhotoMetricDistortion`` arithmetic (the MTA-CLIP authors'): every step computes
+        in float32, clips to [0, 255] and truncates to uint8; saturation and hue each convert to
+        HSV and back on their own."""
+        to_hsv, from_hsv = _HSV_CODES[self.img_format]
+
+        def convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+            return np.clip(x.astype(np.float32) * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
+
+        out = img
+        if self.brightness_delta is not None:
+            out = convert(out, beta=self.brightness_delta)
+        if self.contrast_first and self.contrast_alpha is not None:
+            out = convert(out, alpha=self.contrast_alpha)
+        if self.saturation_alpha is not None:
+            hsv = cv2.cvtColor(out, to_hsv)
+            hsv[:, :, 1] = convert(hsv[:, :, 1], alpha=self.saturation_alpha)
+            out = cv2.cvtColor(hsv, from_hsv)
+        if self.hue_delta is not None:
+            hsv = cv2.cvtColor(out, to_hsv)
+            hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int64) + int(self.hue_delta)) % 180
+            out = cv2.cvtColor(hsv, from_hsv)
+        if not self.contrast_first and self.contrast_alpha is not None:
+            out = convert(out, alpha=self.contrast_alpha)
+        return out
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         return coords
@@ -114,6 +143,7 @@ class ColorAugSSD(T.Augmentation):
         saturation_low: float = 0.5,
         saturation_high: float = 1.5,
         hue_delta: int = 18,
+        truncate_each_step: bool = False,
     ):
         super().__init__()
         if img_format not in _HSV_CODES:
@@ -144,6 +174,7 @@ class ColorAugSSD(T.Augmentation):
             contrast_first=contrast_first,
             saturation_alpha=saturation,
             hue_delta=hue,
+            truncate_each_step=self.truncate_each_step,
         )
 
 
@@ -164,7 +195,7 @@ class SemanticMaskFormerMapper:
         ignore_label: int,
         num_classes: int,
         size_divisibility: int,
-        pad_value: int = 128,
+        pad_value: Union[int, Sequence[int]] = 128,
     ):
         if num_classes <= 0:
             raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES must be > 0, got {num_classes}")
@@ -179,8 +210,12 @@ class SemanticMaskFormerMapper:
         self.ignore_label = int(ignore_label)
         self.num_classes = int(num_classes)
         self.size_divisibility = int(size_divisibility)
-        if not 0 <= pad_value <= 255:
-            raise ValueError(f"INPUT.PAD_VALUE={pad_value}: expected an image value in [0, 255]")
+        values = list(pad_value) if isinstance(pad_value, (list, tuple)) else [pad_value]
+        if len(values) not in (1, 3) or not all(0 <= v <= 255 for v in values):
+            raise ValueError(
+                f"INPUT.PAD_VALUE={pad_value} (or MODEL.PIXEL_MEAN with INPUT.PAD_WITH_PIXEL_MEAN): expected one "
+                "image value or one per channel in [0, 255]"
+            )
         self.pad_value = pad_value
         mode = "training" if is_train else "inference"
         logger.info(f"[{type(self).__name__}] augmentations used in {mode}: {augmentations}")
@@ -206,7 +241,9 @@ class SemanticMaskFormerMapper:
                     )
                 )
             if cfg.INPUT.COLOR_AUG_SSD:
-                augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
+                augs.append(
+                    ColorAugSSD(img_format=cfg.INPUT.FORMAT, truncate_each_step=cfg.INPUT.COLOR_AUG_SSD_TRUNCATE)
+                )
             flip = cfg.INPUT.RANDOM_FLIP
             if flip not in ("none", "horizontal", "vertical"):
                 raise ValueError(
@@ -223,7 +260,9 @@ class SemanticMaskFormerMapper:
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY if is_train else -1,
-            "pad_value": cfg.INPUT.PAD_VALUE,
+            # authors: padded after normalization with 0, i.e. the mean colour (here rounded to uint8)
+            "pad_value": tuple(int(round(m)) for m in cfg.MODEL.PIXEL_MEAN) if cfg.INPUT.PAD_WITH_PIXEL_MEAN
+            else cfg.INPUT.PAD_VALUE,
         }
 
     def _read_label(self, label_file: str) -> np.ndarray:
@@ -254,8 +293,10 @@ class SemanticMaskFormerMapper:
         pad_h, pad_w = (-h) % d, (-w) % d
         if pad_h == 0 and pad_w == 0:
             return image, label
-        image = np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2),
-                       constant_values=self.pad_value)
+        padded = np.empty((h + pad_h, w + pad_w) + image.shape[2:], dtype=image.dtype)
+        padded[...] = np.asarray(self.pad_value, dtype=image.dtype)  # one value, or one per channel
+        padded[:h, :w] = image
+        image = padded
         if label is not None:
             label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=self.ignore_label)
         return image, label

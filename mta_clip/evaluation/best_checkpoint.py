@@ -7,6 +7,10 @@ process writes ``<save_dir>/model_best.pth`` (``{"model": state_dict, "iteration
 ``<save_dir>/model_best_metrics.json`` (metric, value, iteration and every metric of that
 evaluation), both through a temporary file and a rename.
 
+At the end of training it logs the summary of the run's evaluations: the last value of the metric
+and the best one, each with its iteration (also with ``save=False``, where it writes nothing), so
+a run reporting the best of many evaluations can be compared with one reporting the last.
+
 Differences from Detectron2's ``BestCheckpointer``: it does not need the evaluation period, it does
 not tag ``model_best`` as the last checkpoint (``--resume`` keeps continuing from the newest
 periodic checkpoint), it stores only the model weights, and the best value survives a resume
@@ -36,6 +40,7 @@ class BestCheckpointHook(HookBase):
         metric: str = "sem_seg/mIoU",
         mode: str = "max",
         file_prefix: str = "model_best",
+        save: bool = True,
     ):
         """
         Args:
@@ -44,6 +49,7 @@ class BestCheckpointHook(HookBase):
             metric: event-storage key of the tracked metric.
             mode: "max" (higher is better) or "min".
             file_prefix: files are ``<prefix>.pth`` and ``<prefix>_metrics.json``.
+            save: write the files (False: only track and summarize the last and best values).
         """
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
@@ -51,6 +57,9 @@ class BestCheckpointHook(HookBase):
         self.metric = metric
         self.mode = mode
         self.file_prefix = file_prefix
+        self.save = save
+        self.last_value: Optional[float] = None
+        self.last_iter: Optional[int] = None
         self.best_value: Optional[float] = None
         self.best_iter: Optional[int] = None
         self._last_seen_iter: Optional[int] = None
@@ -70,6 +79,8 @@ class BestCheckpointHook(HookBase):
 
     def before_train(self):
         """Restores the best value of an earlier run in the same folder (resume)."""
+        if not self.save:
+            return
         try:
             with open(self.metrics_path, "r", encoding="utf-8") as f:
                 previous = json.load(f)
@@ -91,9 +102,18 @@ class BestCheckpointHook(HookBase):
 
     def after_train(self):
         self.check()
+        logger.info("%s", self.summary())
+
+    def summary(self) -> str:
+        """One line: the last and the best value of the metric in this run, with their iterations."""
+        if self.last_iter is None:
+            return f"Evaluation summary: no {self.metric} was evaluated in this run"
+        where = f" ({self.checkpoint_path})" if self.save else ""
+        return (f"Evaluation summary: {self.metric} last = {self.last_value:.4f} at iteration {self.last_iter}, "
+                f"best = {self.best_value:.4f} at iteration {self.best_iter}{where}")
 
     def check(self) -> bool:
-        """Saves when the newest evaluation improved the metric; returns whether it saved."""
+        """Saves (with ``save``) when the newest evaluation improved the metric; returns whether it did."""
         latest = self.trainer.storage.latest()
         if self.metric not in latest:
             return False
@@ -102,6 +122,7 @@ class BestCheckpointHook(HookBase):
             return False
         self._last_seen_iter = iteration
         value = float(value)
+        self.last_value, self.last_iter = value, int(iteration)
         if math.isnan(value) or math.isinf(value):
             logger.warning("%s is %s at iteration %d: not a best checkpoint", self.metric, value, iteration)
             return False
@@ -120,7 +141,7 @@ class BestCheckpointHook(HookBase):
         return True
 
     def _save(self, metrics: Dict[str, float]) -> None:
-        if not getattr(self.checkpointer, "save_to_disk", True):
+        if not self.save or not getattr(self.checkpointer, "save_to_disk", True):
             return  # non-main processes only track the value
         os.makedirs(self.checkpointer.save_dir, exist_ok=True)
         path = self.checkpoint_path
@@ -140,11 +161,12 @@ class BestCheckpointHook(HookBase):
 
 
 def build_best_checkpoint_hook(cfg, checkpointer) -> Optional[BestCheckpointHook]:
-    """The hook configured by TEST.BEST_CHECKPOINT, or None when disabled or DATASETS.TEST is empty.
+    """The hook configured by TEST.BEST_CHECKPOINT (writing nothing when it is disabled, only
+    summarizing), or None when DATASETS.TEST is empty.
 
     Append it to the trainer's hooks after the ``EvalHook``.
     """
     bc = cfg.TEST.BEST_CHECKPOINT
-    if not bc.ENABLED or not len(cfg.DATASETS.TEST):
+    if not len(cfg.DATASETS.TEST):
         return None
-    return BestCheckpointHook(checkpointer, metric=bc.METRIC, mode=bc.MODE)
+    return BestCheckpointHook(checkpointer, metric=bc.METRIC, mode=bc.MODE, save=bc.ENABLED)

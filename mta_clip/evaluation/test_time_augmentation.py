@@ -3,9 +3,13 @@
 ``SemSegTTA`` wraps any meta-architecture that maps ``[{"image": (3, h, w), "height", "width"}]``
 to ``[{"sem_seg": (C, height, width) scores}]`` and returns the same format.
 
-Per input image (already resized to the test size by the test mapper, ``image`` (3, h, w)):
+Per input image (``image`` (3, h, w); ``height``, ``width`` the original size):
 
-1. for every scale s in ``scales``: resize the image to (round(s*h), round(s*w)) (bilinear);
+1. for every scale s in ``scales``: resize the image (bilinear) to s times the reference size:
+   ``scale_reference="test_size"``: (round(s*h), round(s*w)), the input image resized to the test
+   size by the test mapper; ``"original"``: s times (height, width) with mmcv's rounding (the
+   MTA-CLIP authors' mmseg ``Resize(scale_factor=s, keep_ratio=True)`` on the original image; the
+   test mapper then leaves the image at its original size, see ``test_mapper_augmentations``);
 2. for every flip (none, and horizontal when ``flip``): flip the view;
 3. run the model on the view, whole or by sliding window (``slide``): windows of ``crop_size``
    every ``stride`` pixels, the last window aligned to the image border, overlaps averaged;
@@ -25,11 +29,39 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-__all__ = ["SemSegTTA", "build_test_model", "normalize_scores", "sliding_windows"]
+from ..config import choice
+
+__all__ = [
+    "SemSegTTA", "build_test_model", "normalize_scores", "sliding_windows", "mmcv_rescaled_size",
+    "test_mapper_augmentations", "SCALE_REFERENCES",
+]
 
 logger = logging.getLogger(__name__)
 
 _NORMALIZE = ("softmax", "sum", "none")
+#: values of ``TEST.AUG.SCALE_REFERENCE``
+SCALE_REFERENCES = ("test_size", "original")
+
+
+def mmcv_rescaled_size(height: int, width: int, factor: float) -> Tuple[int, int]:
+    """(h, w) of an image (height, width) rescaled by ``factor`` as mmcv's ``Resize(scale_factor,
+    keep_ratio=True)`` does: target (w, h) rounded half up, then the keep-ratio factor
+    min(long'/long, short'/short) applied to both sides, rounded half up again."""
+    target_w, target_h = int(width * factor + 0.5), int(height * factor + 0.5)
+    ratio = min(max(target_w, target_h) / max(height, width), min(target_w, target_h) / min(height, width))
+    return max(1, int(height * ratio + 0.5)), max(1, int(width * ratio + 0.5))
+
+
+def test_mapper_augmentations(cfg) -> list:
+    """Resize of the test mapper: to the test size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``),
+    none when ``TEST.AUG.ENABLED`` with ``TEST.AUG.SCALE_REFERENCE = "original"`` (the views are
+    then resized from the original image)."""
+    from detectron2.data import transforms as T
+
+    reference = choice(SCALE_REFERENCES, cfg.TEST.AUG.SCALE_REFERENCE, "TEST.AUG.SCALE_REFERENCE")
+    if (cfg.TEST.AUG.ENABLED and reference == "original") or cfg.INPUT.MIN_SIZE_TEST <= 0:
+        return []
+    return [T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)]
 
 
 def normalize_scores(scores: torch.Tensor, mode: str) -> torch.Tensor:
@@ -90,6 +122,7 @@ class SemSegTTA(nn.Module):
         stride: Tuple[int, int] = (341, 341),
         slide_batch_size: int = 1,
         normalize: str = "softmax",
+        scale_reference: str = "test_size",
     ):
         """
         Args:
@@ -100,6 +133,8 @@ class SemSegTTA(nn.Module):
             crop_size / stride: window size and step (h, w) in pixels of the view.
             slide_batch_size: windows per model call.
             normalize: "softmax" / "sum" / "none", see the module docstring.
+            scale_reference: "test_size" (scales of the input image's size) or "original" (of
+                (height, width), mmcv rounding), see the module docstring.
         """
         super().__init__()
         if not scales or any(s <= 0 for s in scales):
@@ -111,6 +146,7 @@ class SemSegTTA(nn.Module):
             raise ValueError(f"crop_size and stride must be two positive ints, got {crop_size}, {stride}")
         if any(s > c for s, c in zip(stride, crop_size)):
             raise ValueError(f"stride {stride} larger than crop_size {crop_size} leaves gaps")
+        scale_reference = choice(SCALE_REFERENCES, scale_reference, "TEST.AUG.SCALE_REFERENCE")
         if slide_batch_size < 1:
             raise ValueError(f"slide_batch_size must be >= 1, got {slide_batch_size}")
         self.model = model
@@ -121,6 +157,7 @@ class SemSegTTA(nn.Module):
         self.stride = stride
         self.slide_batch_size = int(slide_batch_size)
         self.normalize = normalize
+        self.scale_reference = scale_reference
         self.train(model.training)  # wrapping keeps the model's mode
 
     @classmethod
@@ -135,6 +172,7 @@ class SemSegTTA(nn.Module):
             "stride": tuple(cfg.TEST.SLIDE.STRIDE),
             "slide_batch_size": cfg.TEST.SLIDE.BATCH_SIZE,
             "normalize": cfg.TEST.AUG.NORMALIZE,
+            "scale_reference": cfg.TEST.AUG.SCALE_REFERENCE,
         }
 
     def forward(self, batched_inputs: List[Dict]):
@@ -151,7 +189,10 @@ class SemSegTTA(nn.Module):
         out_size = (int(inp.get("height", h)), int(inp.get("width", w)))
         total, n_views = None, 0
         for s in self.scales:
-            size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+            if self.scale_reference == "original":
+                size = mmcv_rescaled_size(out_size[0], out_size[1], s)
+            else:
+                size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
             view = _resize_image(image, size)
             for flipped in ((False, True) if self.flip else (False,)):
                 x = view.flip(-1) if flipped else view
@@ -196,9 +237,9 @@ def build_test_model(cfg, model: nn.Module) -> nn.Module:
     if cfg.TEST.AUG.ENABLED or cfg.TEST.SLIDE.ENABLED:
         wrapped = SemSegTTA(cfg, model)
         logger.info(
-            "Test-time augmentation: scales %s, flip %s, slide %s (crop %s, stride %s), normalize %s",
-            wrapped.scales, wrapped.flip, wrapped.slide, wrapped.crop_size, wrapped.stride,
-            wrapped.normalize,
+            "Test-time augmentation: scales %s of the %s, flip %s, slide %s (crop %s, stride %s), normalize %s",
+            wrapped.scales, wrapped.scale_reference, wrapped.flip, wrapped.slide, wrapped.crop_size,
+            wrapped.stride, wrapped.normalize,
         )
         return wrapped
     return model

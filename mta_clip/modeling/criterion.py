@@ -11,7 +11,11 @@ the matcher assigns predictions to targets once, and every loss reads those indi
 - ``loss_dice``: ``1 - (2 sum s t + 1) / (sum s + sum t + 1)`` at the same points, summed over masks,
   divided by ``num_masks``.
 
-``num_masks`` is the number of target masks in the batch, averaged over processes, at least 1.
+``num_masks`` (``mask_loss_normalizer="num_masks"``, Mask2Former) is the number of target masks in
+the batch, averaged over processes, at least 1. With ``"class_weight_sum"`` (the MTA-CLIP authors'
+code) it is the sum of the class weights of all B·N query targets instead: 1 per matched query,
+``eos_coef`` per unmatched one (the normalizer of their ``loss_ce``), averaged over processes, at
+least 1; at ADE20k shapes about twice the number of masks, so the mask losses weigh about half.
 The criterion returns unweighted losses (``<key>`` and ``<key>_<i>`` for ``aux_outputs[i]``); its
 ``weight_dict`` holds their weights and the meta-architecture applies them.
 
@@ -27,10 +31,14 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from torch import nn
 
+from ..config import choice
 from .matcher import HungarianMatcher
 from .point_sampling import calculate_uncertainty, get_uncertain_point_coords_with_randomness, point_sample
 
-__all__ = ["SetCriterion", "sigmoid_bce_loss", "dice_loss"]
+__all__ = ["SetCriterion", "sigmoid_bce_loss", "dice_loss", "MASK_LOSS_NORMALIZERS"]
+
+#: values of ``MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER``
+MASK_LOSS_NORMALIZERS = ("num_masks", "class_weight_sum")
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -82,6 +90,7 @@ class SetCriterion(nn.Module):
         oversample_ratio: float,
         importance_sample_ratio: float,
         num_aux_outputs: int = 0,
+        mask_loss_normalizer: str = "num_masks",
     ):
         """
         Args:
@@ -96,6 +105,8 @@ class SetCriterion(nn.Module):
             importance_sample_ratio: beta of the importance sampling.
             num_aux_outputs: number of ``aux_outputs`` supervised (0 = no deep supervision: any
                 ``aux_outputs`` are ignored).
+            mask_loss_normalizer: divisor of ``loss_mask`` / ``loss_dice``: ``"num_masks"``
+                (Mask2Former) or ``"class_weight_sum"`` (MTA-CLIP authors), see the module docstring.
         """
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSS_METHODS]
@@ -113,6 +124,8 @@ class SetCriterion(nn.Module):
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
         self.num_aux_outputs = num_aux_outputs
+        self.mask_loss_normalizer = choice(
+            MASK_LOSS_NORMALIZERS, mask_loss_normalizer, "MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER")
         full_weights = dict(weight_dict)
         for i in range(num_aux_outputs):
             full_weights.update({f"{key}_{i}": value for key, value in weight_dict.items()})
@@ -137,6 +150,7 @@ class SetCriterion(nn.Module):
             "oversample_ratio": mf.OVERSAMPLE_RATIO,
             "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
             "num_aux_outputs": num_supervised_predictions - 1 if mf.DEEP_SUPERVISION else 0,
+            "mask_loss_normalizer": mf.MASK_LOSS_NORMALIZER,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -162,9 +176,17 @@ class SetCriterion(nn.Module):
             matched.append(m)
         return torch.cat(matched)
 
-    def get_num_masks(self, targets: List[Dict[str, torch.Tensor]], device: torch.device) -> float:
-        """Target masks in the batch, averaged over processes, at least 1."""
-        num_masks = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+    def get_num_masks(self, targets: List[Dict[str, torch.Tensor]], device: torch.device,
+                      num_queries: int) -> float:
+        """Normalizer of the mask losses, averaged over processes, at least 1: the number of target
+        masks (``"num_masks"``), or the class-weight sum of the B·N query targets
+        (``"class_weight_sum"``: ``min(M_b, N)`` matched queries weigh 1, the others ``eos_coef``)."""
+        if self.mask_loss_normalizer == "num_masks":
+            count = float(sum(len(t["labels"]) for t in targets))
+        else:
+            matched = [min(len(t["labels"]), num_queries) for t in targets]
+            count = float(sum(m + self.eos_coef * (num_queries - m) for m in matched))
+        num_masks = torch.as_tensor([count], device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(num_masks)
         return torch.clamp(num_masks / comm.get_world_size(), min=1).item()
@@ -233,7 +255,7 @@ class SetCriterion(nn.Module):
             Unweighted losses: ``<key>`` for the final prediction, ``<key>_<i>`` for ``aux_outputs[i]``.
         """
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        num_masks = self.get_num_masks(targets, outputs["pred_logits"].device)
+        num_masks = self.get_num_masks(targets, outputs["pred_logits"].device, outputs["pred_logits"].shape[1])
         losses = self.losses_of_prediction(final, targets, num_masks)
         if self.num_aux_outputs > 0:
             aux_outputs = outputs.get("aux_outputs", [])
@@ -251,4 +273,5 @@ class SetCriterion(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
                 f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
-                f"importance_sample_ratio={self.importance_sample_ratio}, num_aux_outputs={self.num_aux_outputs}")
+                f"importance_sample_ratio={self.importance_sample_ratio}, num_aux_outputs={self.num_aux_outputs}, "
+                f"mask_loss_normalizer={self.mask_loss_normalizer}")

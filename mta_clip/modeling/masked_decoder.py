@@ -19,6 +19,7 @@ from detectron2.layers import Conv2d
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ..config import choice
 from .position_encoding import PositionEmbeddingSine
 
 TRANSFORMER_DECODER_REGISTRY = Registry("MTA_CLIP_TRANSFORMER_DECODER")
@@ -137,10 +138,14 @@ class MLP(nn.Module):
         return x
 
 
-def _xavier_init(module: nn.Module) -> None:
+def _xavier_init(module: nn.Module, normal: bool = False) -> None:
     for p in module.parameters():
         if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
+            (nn.init.xavier_normal_ if normal else nn.init.xavier_uniform_)(p)
+
+
+#: values of ``MODEL.MASK_FORMER.DECODER_LAYER_INIT``
+LAYER_INITS = ("xavier_uniform", "xavier_normal")
 
 
 @TRANSFORMER_DECODER_REGISTRY.register()
@@ -166,8 +171,13 @@ class MaskedDecoder(nn.Module):
         enforce_input_project: bool,
         dropout: float = 0.0,
         supervise_initial_prediction: bool = True,
+        layer_init: str = "xavier_uniform",
     ):
-        """``dec_layers`` counts the layers (Mask2Former's DEC_LAYERS - 1); ``num_classes`` = C."""
+        """``dec_layers`` counts the layers (Mask2Former's DEC_LAYERS - 1); ``num_classes`` = C.
+        ``layer_init``: init of the attention / FFN layers' weight matrices, "xavier_uniform"
+        (Mask2Former) or "xavier_normal" (the MTA-CLIP authors' head re-initializes every
+        parameter of more than one dimension of its transformer decoder that way)."""
+        layer_init = choice(LAYER_INITS, layer_init, "MODEL.MASK_FORMER.DECODER_LAYER_INIT")
         super().__init__()
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.num_heads = nheads
@@ -184,6 +194,10 @@ class MaskedDecoder(nn.Module):
         self.transformer_ffn_layers = nn.ModuleList(
             FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers)
         )
+        if layer_init == "xavier_normal":
+            for layers in (self.transformer_self_attention_layers, self.transformer_cross_attention_layers,
+                           self.transformer_ffn_layers):
+                _xavier_init(layers, normal=True)
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -229,6 +243,7 @@ class MaskedDecoder(nn.Module):
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "dropout": mf.DROPOUT,
             "supervise_initial_prediction": mf.SUPERVISE_INITIAL_PREDICTION,
+            "layer_init": mf.DECODER_LAYER_INIT,
         }
 
     # ----------------------------------------------------------------- hooks for subclasses

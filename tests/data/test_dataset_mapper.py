@@ -185,7 +185,8 @@ def _max_class_fraction(seg, ignore=IGNORE):
     return counts.max() / counts.sum(), len(values)
 
 
-def test_crop_respects_single_category_max_area(tmp_path):
+@pytest.mark.parametrize("max_area", [0.9, 0.75])  # 0.75: the MTA-CLIP authors' (mmseg) cat_max_ratio
+def test_crop_respects_single_category_max_area(tmp_path, max_area):
     # Two classes split at column 32 (plus an ignored band, which must not count): a 32x32
     # crop at x0 holds x0 columns of class 1, so crops with x0 < 4 or x0 > 28 exceed 0.9.
     label = np.zeros((64, 64), np.uint8)
@@ -213,10 +214,12 @@ def test_crop_respects_single_category_max_area(tmp_path):
             result.append(_max_class_fraction(out["sem_seg"].numpy()))
         return result
 
-    constrained = fractions(0.9)
-    assert all(frac < 0.9 and n == 2 for frac, n in constrained)
+    # mmseg's RandomCrop keeps a crop when len(cnt) > 1 and max(cnt) / sum(cnt) < cat_max_ratio
+    # (ignore excluded), else redraws, at most 10 times
+    constrained = fractions(max_area)
+    assert all(frac < max_area and n == 2 for frac, n in constrained)
     unconstrained = fractions(1.0)
-    assert sum(frac >= 0.9 for frac, _ in unconstrained) >= 4  # the constraint did something
+    assert sum(frac >= max_area for frac, _ in unconstrained) >= 4  # the constraint did something
 
 
 def test_out_of_range_labels_raise_with_file_and_values(tmp_path):
@@ -364,3 +367,80 @@ def test_color_aug_ssd_policy_ranges_and_probabilities():
 def test_pad_value_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="INPUT.PAD_VALUE=300"):
         SemanticMaskFormerMapper(make_cfg(PAD_VALUE=300), is_train=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The MTA-CLIP authors' (mmseg) pipeline details
+# ------------------------------------------------------------------------------------------------
+
+
+def _mmseg_photometric(img_bgr, brightness, contrast, contrast_first, saturation, hue):
+    """mmseg 1.x ``PhotoMetricDistortion`` with its random draws fixed (None = step skipped),
+    written from its arithmetic: ``convert`` = float32 * alpha + beta, clip, ``astype(uint8)``;
+    saturation and hue each convert BGR -> HSV -> BGR."""
+
+    def convert(img, alpha=1, beta=0):
+        img = img.astype(np.float32) * alpha + beta
+        img = np.clip(img, 0, 255)
+        return img.astype(np.uint8)
+
+    img = img_bgr
+    if brightness is not None:
+        img = convert(img, beta=brightness)
+    if contrast_first and contrast is not None:
+        img = convert(img, alpha=contrast)
+    if saturation is not None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        img[:, :, 1] = convert(img[:, :, 1], alpha=saturation)
+        img = cv2.cvtColor(img, cv2.COLOR_HSV2BGR)
+    if hue is not None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)
+        img[:, :, 0] = (img[:, :, 0].astype(int) + hue) % 180
+        img = cv2.cvtColor(img, cv2.COLOR_HSV2BGR)
+    if not contrast_first and contrast is not None:
+        img = convert(img, alpha=contrast)
+    return img
+
+
+@pytest.mark.parametrize("params", [
+    (-20.7, 1.37, True, 0.61, 11),
+    (13.2, 0.55, False, 1.45, -17),
+    (None, 1.21, False, None, 5),
+    (31.9, None, True, 1.3, None),
+])
+@pytest.mark.parametrize("fmt", ["BGR", "RGB"])
+def test_truncating_photometric_distortion_is_mmseg(params, fmt):
+    rng = np.random.default_rng(7)
+    img_bgr = rng.integers(0, 256, (24, 31, 3), dtype=np.uint8)
+    b, c, first, s, h = params
+    t = PhotometricDistortTransform(fmt, brightness_delta=b, contrast_alpha=c, contrast_first=first,
+                                    saturation_alpha=s, hue_delta=h, truncate_each_step=True)
+    ours = t.apply_image(img_bgr if fmt == "BGR" else np.ascontiguousarray(img_bgr[:, :, ::-1]))
+    ours_bgr = ours if fmt == "BGR" else ours[:, :, ::-1]
+    expected = _mmseg_photometric(img_bgr, b, c, first, s, h)
+    assert np.array_equal(ours_bgr, expected)
+    rounded = PhotometricDistortTransform(fmt, brightness_delta=b, contrast_alpha=c, contrast_first=first,
+                                          saturation_alpha=s, hue_delta=h).apply_image(
+        img_bgr if fmt == "BGR" else np.ascontiguousarray(img_bgr[:, :, ::-1]))
+    assert not np.array_equal(rounded, ours)  # the default (round once at the end) differs
+
+
+def test_pad_with_pixel_mean_is_the_authors_zero_after_normalization(tmp_path):
+    """mmseg's SegDataPreProcessor normalizes, then pads with 0 (and labels with 255): the pad is
+    the mean colour. Ours pads the uint8 image with the rounded PIXEL_MEAN (in INPUT.FORMAT order),
+    so after the model's normalization the pad is within 0.5 / std of 0."""
+    image, label = random_sample(seed=9, h=40, w=56)
+    d = write_sample(tmp_path, image, label)
+    cfg = make_cfg(SIZE_DIVISIBILITY=32, PAD_WITH_PIXEL_MEAN=True)
+    cfg.MODEL.PIXEL_MEAN = [103.53, 116.28, 123.675]  # BGR order, as INPUT.FORMAT here
+    cfg.MODEL.PIXEL_STD = [57.375, 57.12, 58.395]
+    out = SemanticMaskFormerMapper(cfg, is_train=True)(d)
+    check_contract(out)
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN)[:, None, None]
+    std = torch.tensor(cfg.MODEL.PIXEL_STD)[:, None, None]
+    normalized = (out["image"].float() - mean) / std
+    pad_region = torch.cat([normalized[:, 40:, :].flatten(1), normalized[:, :40, 56:].flatten(1)], dim=1)
+    assert pad_region.abs().max() <= (0.5 / std).max() + 1e-6
+    assert out["image"][:, 50, 60].tolist() == [104, 116, 124]
+    assert (out["sem_seg"][40:, :] == IGNORE).all() and (out["sem_seg"][:, 56:] == IGNORE).all()
+    assert np.array_equal(out["image"][:, :40, :56].numpy(), image[:, :, ::-1].transpose(2, 0, 1))

@@ -97,5 +97,48 @@ def test_build_hook_from_config(tmp_path):
     cfg.DATASETS.TEST = ("toy_sem_seg_val",)
     hook = build_best_checkpoint_hook(cfg, checkpointer)
     assert hook.metric == "sem_seg/mIoU" and hook.mode == "max"
+    assert hook.save
     cfg.TEST.BEST_CHECKPOINT.ENABLED = False
+    assert not build_best_checkpoint_hook(cfg, checkpointer).save  # summarizes, writes nothing
+    cfg.DATASETS.TEST = ()
     assert build_best_checkpoint_hook(cfg, checkpointer) is None
+
+
+def _mmengine_val_iters(max_iters, val_begin, val_interval):
+    """mmengine's IterBasedTrainLoop (the authors' runner): after each iteration ``_iter`` (completed
+    iterations) validates when ``_iter >= val_begin`` and (``_iter % val_interval == 0`` or
+    ``_iter == max_iters``)."""
+    return [i for i in range(1, max_iters + 1) if i >= val_begin and (i % val_interval == 0 or i == max_iters)]
+
+
+@pytest.mark.parametrize("max_iter,start,period", [(30, 12, 3), (30, 0, 4), (31, 25, 5), (160, 100, 1)])
+def test_periodic_eval_from_start_is_the_authors_val_loop(tmp_path, max_iter, start, period, caplog):
+    from mta_clip.evaluation import PeriodicEvalHook
+
+    model = TinyModel()
+    trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.05))
+    evaluated = []
+    values = [3.0, 9.0, 1.0] * 100
+
+    def evaluate():
+        # completed iterations: trainer.iter + 1 in after_step; after_train sees iter == max_iter
+        evaluated.append(min(trainer.iter + 1, max_iter))
+        return {"sem_seg": {"mIoU": values[len(evaluated) - 1]}}
+
+    best = BestCheckpointHook(DetectionCheckpointer(model, str(tmp_path)), save=False)
+    trainer.register_hooks([PeriodicEvalHook(period, evaluate, eval_start=start), best])
+    with caplog.at_level("INFO", logger="mta_clip.evaluation.best_checkpoint"):
+        trainer.train(0, max_iter)
+    assert evaluated == _mmengine_val_iters(max_iter, start, period)
+    assert os.listdir(tmp_path) == []
+    # the summary names the last and the best evaluation with Detectron2's storage iterations:
+    # completed - 1 for a periodic evaluation (model_<that>.pth holds those weights), max_iter
+    # for the final one
+    storage_iter = [n - 1 for n in evaluated[:-1]] + [max_iter]
+    best_k = max(range(len(evaluated)), key=lambda k: (values[k], -k))
+    line = best.summary()
+    assert f"last = {values[len(evaluated) - 1]:.4f} at iteration {storage_iter[-1]}" in line
+    assert f"best = {values[best_k]:.4f} at iteration {storage_iter[best_k]}" in line
+    assert line in caplog.text
+    with pytest.raises(ValueError, match="EVAL_START"):
+        PeriodicEvalHook(period, evaluate, eval_start=-1)

@@ -169,3 +169,52 @@ def test_build_test_model_from_config():
     tta = build_test_model(cfg, model)
     assert tta.scales == [1.0] and not tta.flip and tta.slide
     assert tta.crop_size == (1024, 1024) and tta.stride == (683, 683)
+
+
+def _mmcv_view_size(height, width, ratio):
+    """mmseg TestTimeAug ``Resize(scale_factor=ratio, keep_ratio=True)`` on the original image (the
+    authors' TTA), written from mmcv's arithmetic: ``_scale_size`` rounds (w, h) * ratio half up;
+    ``imrescale`` -> ``rescale_size`` takes min(long / max(h, w), short / min(h, w)) of that target
+    and applies ``_scale_size`` with it. Returns (h, w)."""
+    target = (int(width * ratio + 0.5), int(height * ratio + 0.5))
+    factor = min(max(target) / max(height, width), min(target) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+@pytest.mark.parametrize("test_hw", [(37, 50), (20, 27)])  # the original image, or one resized to the test size
+def test_original_scale_reference_is_the_authors_tta(test_hw):
+    ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    model = ConstantModel(torch.ones(C))
+    tta = SemSegTTA(model, scales=ratios, flip=True, scale_reference="original")
+    out = tta([{"image": _image(*test_hw), "height": 37, "width": 50}])[0]["sem_seg"]
+    assert out.shape == (C, 37, 50)
+    expected = [_mmcv_view_size(37, 50, r) for r in ratios for _ in (0, 1)]
+    assert model.sizes == expected
+    assert (19, 25) in expected and (65, 88) in expected  # 0.5 and 1.75 of 37 x 50 (18.5 rounds up)
+    model.sizes.clear()
+    SemSegTTA(model, scales=ratios, scale_reference="test_size")([{"image": _image(20, 27), "height": 37, "width": 50}])
+    assert model.sizes[0] == (10, 14)  # the old way: scales of the test-resized input
+    with pytest.raises(ValueError, match="SCALE_REFERENCE"):
+        SemSegTTA(model, scale_reference="input")
+
+
+def test_test_mapper_keeps_the_original_for_original_reference():
+    import os
+
+    from detectron2.data import transforms as T
+
+    from mta_clip.config import setup_cfg
+    from mta_clip.evaluation.test_time_augmentation import test_mapper_augmentations
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = setup_cfg(os.path.join(root, "configs/ade20k/mtaclip_R50_bs16_160k.yaml"))
+    assert cfg.TEST.AUG.SCALE_REFERENCE == "original"
+    (resize,) = test_mapper_augmentations(cfg)  # single scale: resized to the test size
+    assert isinstance(resize, T.ResizeShortestEdge) and list(resize.short_edge_length) == [512, 512]
+    cfg.TEST.AUG.ENABLED = True
+    assert test_mapper_augmentations(cfg) == []  # multi-scale: views of the original image
+    assert build_test_model(cfg, PixelwiseModel()).scale_reference == "original"
+    cfg.TEST.AUG.SCALE_REFERENCE = "test_size"
+    assert len(test_mapper_augmentations(cfg)) == 1
+    ref = setup_cfg(os.path.join(root, "configs/ade20k/maskformer2_R50_bs16_160k.yaml"))
+    assert ref.TEST.AUG.SCALE_REFERENCE == "test_size"

@@ -61,12 +61,13 @@ class FixedMatcher(torch.nn.Module):
         return [(torch.tensor(p, dtype=torch.int64), torch.tensor(t, dtype=torch.int64)) for p, t in out]
 
 
-def _criterion(matcher, num_classes=3, eos=0.1, num_points=12, num_aux_outputs=0, losses=("labels", "masks")):
+def _criterion(matcher, num_classes=3, eos=0.1, num_points=12, num_aux_outputs=0, losses=("labels", "masks"),
+               normalizer="num_masks"):
     return SetCriterion(
         num_classes=num_classes, matcher=matcher,
         weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
         eos_coef=eos, losses=list(losses), num_points=num_points, oversample_ratio=3.0,
-        importance_sample_ratio=0.75, num_aux_outputs=num_aux_outputs,
+        importance_sample_ratio=0.75, num_aux_outputs=num_aux_outputs, mask_loss_normalizer=normalizer,
     )
 
 
@@ -160,7 +161,7 @@ def test_empty_target_image_and_empty_batch():
     outputs = {k: v.requires_grad_() for k, v in outputs.items()}
     crit = _criterion(FixedMatcher([([], []), ([], [])]))
     losses = crit(outputs, [empty, empty])
-    assert crit.get_num_masks([empty, empty], torch.device("cpu")) == 1.0
+    assert crit.get_num_masks([empty, empty], torch.device("cpu"), 5) == 1.0
     assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
     assert losses["loss_mask"].requires_grad and losses["loss_dice"].requires_grad
     sum(losses.values()).backward()
@@ -252,8 +253,80 @@ def test_num_masks_is_averaged_over_processes(monkeypatch):
     monkeypatch.setattr(criterion_mod.comm, "get_world_size", lambda: 2)
     crit = _criterion(FixedMatcher([]))
     targets = [{"labels": torch.zeros(3, dtype=torch.int64)}, {"labels": torch.zeros(2, dtype=torch.int64)}]
-    assert crit.get_num_masks(targets, torch.device("cpu")) == 3.0
+    assert crit.get_num_masks(targets, torch.device("cpu"), 5) == 3.0
     assert [t.tolist() for t in reduced] == [[5.0]]
     # clamped to 1 when the processes hold fewer masks than processes
     empty = [{"labels": torch.zeros(0, dtype=torch.int64)}]
-    assert crit.get_num_masks(empty, torch.device("cpu")) == 1.0
+    assert crit.get_num_masks(empty, torch.device("cpu"), 5) == 1.0
+
+
+# ---------------------------------------------------------------- MASK_LOSS_NORMALIZER
+def _authors_mask_losses(outputs, targets, indices, num_classes, no_object_weight, points):
+    """The MTA-CLIP authors' head (mask2former_head_det.py, written from their arithmetic): query
+    labels of all B*N queries (no-object = num_classes for the unmatched), avg_factor =
+    class_weight[labels].sum(); mmdet's sigmoid CE summed over all sampled points of the matched
+    masks / (avg_factor * P) and naive dice (eps 1) summed over them / avg_factor."""
+    b, n = outputs["pred_logits"].shape[:2]
+    class_weight = torch.tensor([1.0] * num_classes + [no_object_weight], dtype=torch.float64)
+    labels = torch.full((b, n), num_classes, dtype=torch.int64)
+    preds, gts = [], []
+    for i, (pred_idx, gt_idx) in enumerate(indices):
+        for p, t in zip(pred_idx, gt_idx):
+            labels[i, p] = targets[i]["labels"][t]
+            preds.append(outputs["pred_masks"][i, p].double().flatten()[points])
+            gts.append(targets[i]["masks"][t].double().flatten()[points])
+    avg_factor = max(float(class_weight[labels.flatten()].sum()), 1.0)
+    pred, gt = torch.stack(preds), torch.stack(gts)
+    bce = -(gt * torch.log(torch.sigmoid(pred)) + (1 - gt) * torch.log(1 - torch.sigmoid(pred)))
+    loss_mask = bce.sum() / (avg_factor * pred.shape[1])
+    s = torch.sigmoid(pred)
+    dice = 1 - (2 * (s * gt).sum(1) + 1.0) / (s.sum(1) + gt.sum(1) + 1.0)
+    return loss_mask.item(), (dice.sum() / avg_factor).item()
+
+
+def test_class_weight_sum_normalizer_is_the_authors(monkeypatch):
+    """Targets of full resolution, points at the pixel centres: the masks are read exactly."""
+    outputs, targets, _, indices = _batch(seed=4, h=4, w=4, up=1)
+    h, w = 4, 4
+
+    def fixed_points(src, uncertainty_func, num_points, oversample_ratio, importance_sample_ratio):
+        return _pixel_centers(h, w)[None].expand(src.shape[0], -1, -1)
+
+    monkeypatch.setattr(criterion_mod, "get_uncertain_point_coords_with_randomness", fixed_points)
+    ours = _criterion(FixedMatcher(indices), num_points=h * w, normalizer="class_weight_sum")(outputs, targets)
+    bce, dice = _authors_mask_losses(outputs, targets, indices, 3, 0.1, torch.arange(h * w))
+    # 3 matched queries of 2 x 5: 3 * 1 + 7 * 0.1 = 3.7, not 3 masks
+    assert ours["loss_mask"].item() == pytest.approx(bce, rel=1e-5)
+    assert ours["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+    plain = _criterion(FixedMatcher(indices), num_points=h * w)(outputs, targets)
+    assert plain["loss_mask"].item() == pytest.approx(bce * 3.7 / 3, rel=1e-5)
+    torch.testing.assert_close(ours["loss_ce"], plain["loss_ce"])  # the class loss is not affected
+
+
+def test_class_weight_sum_counts_at_most_n_matches_and_is_reduced(monkeypatch):
+    crit = _criterion(FixedMatcher([]), eos=0.1, normalizer="class_weight_sum")
+    targets = [{"labels": torch.zeros(7, dtype=torch.int64)}, {"labels": torch.zeros(1, dtype=torch.int64)}]
+    # image 0: 7 targets but only 5 queries -> 5 matched; image 1: 1 matched + 4 * 0.1
+    assert crit.get_num_masks(targets, torch.device("cpu"), 5) == pytest.approx(5 + 1 + 0.4)
+    monkeypatch.setattr(criterion_mod.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(criterion_mod.dist, "all_reduce", lambda t: t.add_(2.0))  # the other process: 2.0
+    monkeypatch.setattr(criterion_mod.comm, "get_world_size", lambda: 2)
+    assert crit.get_num_masks(targets, torch.device("cpu"), 5) == pytest.approx((6.4 + 2.0) / 2)
+
+
+def test_mask_loss_normalizer_from_config_and_bad_value():
+    import os
+
+    from mta_clip.config import setup_cfg
+
+    ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def crit_of(path, *opts):
+        cfg = setup_cfg(path, list(opts))
+        return SetCriterion(cfg, num_supervised_predictions=9, matcher=FixedMatcher([]))
+
+    assert crit_of(ROOT + "/configs/ade20k/maskformer2_R50_bs16_160k.yaml").mask_loss_normalizer == "num_masks"
+    assert crit_of(ROOT + "/configs/ade20k/mtaclip_R50_bs16_160k.yaml").mask_loss_normalizer == "class_weight_sum"
+    assert crit_of(ROOT + "/configs/ade20k/maskformer2_clip_R50_bs16_160k.yaml").mask_loss_normalizer == "num_masks"
+    with pytest.raises(ValueError, match="MASK_LOSS_NORMALIZER.*'matched'"):
+        _criterion(FixedMatcher([]), normalizer="matched")

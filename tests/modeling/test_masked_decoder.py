@@ -1,4 +1,6 @@
 """Masked-attention decoder: shapes, attention masks from the previous prediction."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,3 +88,25 @@ def test_attention_equals_torch_multihead_attention_with_per_head_masks():
     expected = mha(q, q, q, attn_mask=self_blocked)[0]
     torch.testing.assert_close(multihead_attention(mha, q, q, q, self_blocked), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(multihead_attention(mha, q, k, v), mha(q, k, v)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["xavier_uniform", "xavier_normal"])
+def test_layer_init_is_xavier_uniform_or_the_authors_normal(init):
+    """Mask2Former: xavier_uniform_ on every matrix of the attention / FFN layers; the MTA-CLIP
+    authors' head: xavier_normal_ on every parameter of more than one dimension of its transformer
+    decoder. Checked on the statistics Glorot's formulas give: std sqrt(2 / (fan_in + fan_out)),
+    uniform bound sqrt(6 / (fan_in + fan_out))."""
+    torch.manual_seed(0)
+    dec = MaskedDecoder(256, num_classes=C, hidden_dim=256, num_queries=N, nheads=8, dim_feedforward=2048,
+                        dec_layers=2, pre_norm=False, mask_dim=256, enforce_input_project=False, layer_init=init)
+    mats = [p for layers in (dec.transformer_self_attention_layers, dec.transformer_cross_attention_layers,
+                             dec.transformer_ffn_layers) for p in layers.parameters() if p.dim() > 1]
+    assert len(mats) == 2 * (2 + 2 + 2)  # in_proj + out_proj per attention, 2 linears per FFN
+    for p in mats:
+        fan_out, fan_in = p.shape
+        std, bound = math.sqrt(2.0 / (fan_in + fan_out)), math.sqrt(6.0 / (fan_in + fan_out))
+        assert p.std().item() == pytest.approx(std, rel=0.03)
+        beyond = (p.abs() > bound).float().mean().item()  # normal: P(|z| > sqrt(3)) = 8.3 %
+        assert (beyond == pytest.approx(0.0833, abs=0.01)) if init == "xavier_normal" else beyond == 0.0
+    with pytest.raises(ValueError, match="DECODER_LAYER_INIT"):
+        _decoder(layer_init="kaiming")

@@ -4,6 +4,14 @@ Trunk modules are open_clip's ``VisionTransformer`` parts held directly under th
 names equal the CLIP weight file's ``visual.*`` names without the prefix (``conv1.weight``,
 ``class_embedding``, ``positional_embedding``, ``ln_pre.*``, ``transformer.resblocks.N.*``).
 Blocks after the last one used, ``ln_post`` and ``proj`` are not built.
+
+DenseCLIP's version of this backbone (used by the MTA-CLIP authors for ViT-B/16) differs from
+CLIP in four points, each a switch here (defaults: DenseCLIP's): ``GroupNorm(1, C)`` before each
+pyramid branch (``pyramid_pre_norm``); the class embedding added a second time to the class
+token's positional embedding (``class_embed_twice``); bilinear instead of bicubic resizing of the
+positional embedding, at load and at run time (``pos_embed_interpolation``); drop path with rates
+``linspace(0, drop_path_rate, layers)`` over the blocks, one draw per token position
+(``drop_path_unit="token"``, see ``mta_clip.layers.drop_path``).
 """
 import logging
 from typing import Dict, Optional, Sequence
@@ -13,6 +21,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
+from ...config import choice
+from ...layers.drop_path import DROP_PATH_UNITS, DropPath
 from ..clip.weights import (
     clip_weights_and_arch,
     image_size_pair,
@@ -48,6 +58,11 @@ class CLIPViT(Backbone):
         out_indices: Sequence[int] = (3, 5, 7, 11),
         out_features: Sequence[str] = LEVELS,
         pyramid_norm: str = "SyncBN",
+        pyramid_pre_norm: bool = True,
+        class_embed_twice: bool = True,
+        pos_embed_interpolation: str = "bilinear",
+        drop_path_rate: float = 0.1,
+        drop_path_unit: str = "token",
         weights: Optional[Dict[str, torch.Tensor]] = None,
         weights_source: str = "",
     ):
@@ -59,6 +74,12 @@ class CLIPViT(Backbone):
             out_indices: the 4 blocks feeding res2, res3, res4, res5.
             out_features: subset of res2..res5.
             pyramid_norm: Detectron2 norm name inside the x4 upsampling branch.
+            pyramid_pre_norm: ``GroupNorm(1, width)`` before each pyramid branch (DenseCLIP).
+            class_embed_twice: class token = 2 x class embedding + its positional row (DenseCLIP);
+                False: CLIP's class embedding + positional row.
+            pos_embed_interpolation: "bilinear" (DenseCLIP) or "bicubic", at load and run time.
+            drop_path_rate: drop path of block i is ``drop_path_rate * i / (layers - 1)``.
+            drop_path_unit: "token" (DenseCLIP) or "sample", see ``mta_clip.layers.drop_path``.
             weights: ``visual.*`` weights without the prefix; None = open_clip's random init.
             weights_source: file name for messages.
         """
@@ -68,6 +89,13 @@ class CLIPViT(Backbone):
         level_index = check_pyramid_args(
             "CLIPViT", out_indices, layers, out_features, pyramid_norm, width,
             "MODEL.CLIP.VIT.OUT_INDICES", "MODEL.CLIP.VIT.PYRAMID_NORM")
+        pos_embed_interpolation = choice(
+            ("bilinear", "bicubic"), pos_embed_interpolation, "MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION")
+        drop_path_unit = choice(DROP_PATH_UNITS, drop_path_unit, "MODEL.CLIP.VIT.DROP_PATH_UNIT")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(
+                f"CLIPViT drop_path_rate {drop_path_rate} (MODEL.CLIP.VIT.DROP_PATH_RATE): expected [0, 1)"
+            )
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
             raise ValueError(
@@ -98,7 +126,17 @@ class CLIPViT(Backbone):
         self.transformer = trunk.transformer
         self.transformer.resblocks = self.transformer.resblocks[:depth]
         del trunk
-        self.pyramid = ViTPyramid(self._out_features, width, pyramid_norm)
+        self.class_embed_twice = bool(class_embed_twice)
+        self.pos_embed_interpolation = pos_embed_interpolation
+        rates = torch.linspace(0, drop_path_rate, layers).tolist()
+        for i, block in enumerate(self.transformer.resblocks):
+            if rates[i] > 0:
+                if not isinstance(block.ls_1, torch.nn.Identity) or not isinstance(block.ls_2, torch.nn.Identity):
+                    raise RuntimeError("CLIPViT drop path replaces open_clip's identity layer scales ls_1 / ls_2")
+                # open_clip's block: x + ls_1(attention(ln_1(x))), then x + ls_2(mlp(ln_2(x)))
+                block.ls_1 = DropPath(rates[i], drop_path_unit)
+                block.ls_2 = DropPath(rates[i], drop_path_unit)
+        self.pyramid = ViTPyramid(self._out_features, width, pyramid_norm, pre_norm=pyramid_pre_norm)
 
         if weights is not None:
             self._load_clip(weights, weights_source or "CLIP weights", depth)
@@ -120,7 +158,7 @@ class CLIPViT(Backbone):
         key = "positional_embedding"
         if key in weights:
             side = int(round((weights[key].shape[0] - 1) ** 0.5))
-            weights[key] = resize_grid_pos_embed(weights[key], (side, side), self.grid)
+            weights[key] = resize_grid_pos_embed(weights[key], (side, side), self.grid, self.pos_embed_interpolation)
         load_clip_weights(self, weights, "CLIPViT", source, new_prefixes=("pyramid.",))
 
     @classmethod
@@ -144,6 +182,11 @@ class CLIPViT(Backbone):
             out_indices=tuple(clip.VIT.OUT_INDICES),
             out_features=tuple(clip.VIT.OUT_FEATURES),
             pyramid_norm=clip.VIT.PYRAMID_NORM,
+            pyramid_pre_norm=clip.VIT.PYRAMID_PRE_NORM,
+            class_embed_twice=clip.VIT.CLASS_EMBED_TWICE,
+            pos_embed_interpolation=clip.VIT.POS_EMBED_INTERPOLATION,
+            drop_path_rate=clip.VIT.DROP_PATH_RATE,
+            drop_path_unit=clip.VIT.DROP_PATH_UNIT,
             weights=sub_state_dict(weights, "visual.") if weights is not None else None,
             weights_source=clip.WEIGHTS,
         )
@@ -164,7 +207,10 @@ class CLIPViT(Backbone):
         x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, C)
         cls = self.class_embedding.to(x.dtype).view(1, 1, -1).expand(b, 1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_grid_pos_embed(self.positional_embedding, self.grid, (gh, gw)).to(x.dtype)
+        pos = resize_grid_pos_embed(self.positional_embedding, self.grid, (gh, gw), self.pos_embed_interpolation)
+        if self.class_embed_twice:  # DenseCLIP: the class row of the positional embedding + class embedding
+            pos = torch.cat([pos[:1] + self.class_embedding[None], pos[1:]], dim=0)
+        x = x + pos.to(x.dtype)
         x = self.ln_pre(x)
         wanted = set(self.level_index.values())
         feats = {}

@@ -62,6 +62,7 @@ class PromptTextEncoder(nn.Module):
         freeze: bool = True,
         recompute_blocks: bool = False,
         compute_dtype: str = "float32",
+        freeze_by_zero_lr: bool = False,
     ):
         """
         Args:
@@ -77,6 +78,10 @@ class PromptTextEncoder(nn.Module):
                 its token count must equal ``n_ctx``.
             context_init_std: std of the random (truncated normal, +-2 std) context init.
             freeze: ``requires_grad=False`` on all text-transformer weights.
+            freeze_by_zero_lr: with ``freeze``, keep ``requires_grad`` and freeze by a learning rate
+                of 0 instead (``zero_lr_parameters``; the MTA-CLIP authors' mmengine custom key
+                ``text_encoder: lr_mult 0``): the tower's gradients are computed and count in the
+                full-model gradient-clipping norm.
             recompute_blocks: when gradients are on, recompute every text block's activations in
                 backward instead of storing them (less memory, about one more forward pass of time).
             compute_dtype: "float32" (autocast off, also inside an AMP region), "bfloat16" or
@@ -119,7 +124,10 @@ class PromptTextEncoder(nn.Module):
             text = {k: v for k, v in weights.items() if k.startswith(TEXT_TOWER_PREFIXES)}
             load_clip_weights(self, text, "PromptTextEncoder", weights_source or "CLIP weights", ("prompt_learner.",))
         self.freeze = freeze
-        if freeze:
+        if freeze_by_zero_lr and not freeze:
+            raise ValueError("MODEL.CLIP.TEXT.FREEZE_BY_ZERO_LR needs MODEL.CLIP.TEXT.FREEZE True")
+        self.freeze_by_zero_lr = freeze_by_zero_lr
+        if freeze and not freeze_by_zero_lr:
             for p in self._text_parameters():
                 p.requires_grad_(False)
             if COMPUTE_DTYPES[compute_dtype] is not None:
@@ -167,6 +175,7 @@ class PromptTextEncoder(nn.Module):
             freeze=t.FREEZE,
             recompute_blocks=t.RECOMPUTE_BLOCKS,
             compute_dtype=t.COMPUTE_DTYPE,
+            freeze_by_zero_lr=t.FREEZE_BY_ZERO_LR,
         )
 
     def _store_block_matrices(self, dtype: torch.dtype) -> None:
@@ -179,6 +188,11 @@ class PromptTextEncoder(nn.Module):
 
     def _text_parameters(self) -> List[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("prompt_learner.")]
+
+    def zero_lr_parameters(self) -> List[nn.Parameter]:
+        """Parameters the optimizer must keep at learning rate 0 (and no weight decay): the text
+        tower with ``freeze_by_zero_lr``, else none."""
+        return self._text_parameters() if self.freeze_by_zero_lr else []
 
     @property
     def embed_dim(self) -> int:

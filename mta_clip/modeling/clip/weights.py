@@ -385,15 +385,18 @@ def image_size_pair(size) -> Tuple[int, int]:
 
 
 def resize_grid_pos_embed(
-    pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int], antialias: bool = False
+    pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int], mode: str = "bicubic",
+    antialias: bool = False,
 ) -> torch.Tensor:
     """Resizes a ``(1 + gh*gw, C)`` positional embedding to ``(1 + nh*nw, C)``.
 
     Row 0 (class token / pooled token) is kept; the grid rows, laid out row-major, are resized
-    with bicubic interpolation (``align_corners=False``). Returns ``pos`` itself when the grids match.
-    ``antialias=True`` is timm's resize (PyTorch's anti-aliased bicubic: another cubic kernel, so it
-    differs from the default even when upsampling).
+    with ``mode`` interpolation ("bicubic" or "bilinear", ``align_corners=False``). Returns ``pos``
+    itself when the grids match. ``antialias=True`` is timm's resize (PyTorch's anti-aliased bicubic:
+    another cubic kernel, so it differs from the default even when upsampling).
     """
+    if mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"positional embedding interpolation must be 'bicubic' or 'bilinear', got {mode!r}")
     gh, gw = int(old_grid[0]), int(old_grid[1])
     nh, nw = int(new_grid[0]), int(new_grid[1])
     if pos.dim() != 2 or pos.shape[0] != 1 + gh * gw:
@@ -402,7 +405,7 @@ def resize_grid_pos_embed(
         return pos
     channels = pos.shape[1]
     grid = pos[1:].reshape(1, gh, gw, channels).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=(nh, nw), mode="bicubic", align_corners=False, antialias=antialias)
+    grid = F.interpolate(grid.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(nh * nw, channels).to(pos.dtype)
     return torch.cat([pos[:1], grid], dim=0)
 

@@ -31,7 +31,7 @@ def test_resnet_equals_open_clip_trunk(ckpts, norm):
 
 
 def test_resnet_shapes_names_rn101(ckpts):
-    cfg = make_cfg("CLIPResNet", ckpts["RN101"])
+    cfg = make_cfg("CLIPResNet", ckpts["RN101"], **{"RESNET.NORM": "FrozenBN"})
     bb = build_backbone(cfg, ShapeSpec(channels=3))
     assert len(bb.layer3) == 23 and len(bb.layer1) == 3
     shapes = bb.output_shape()
@@ -106,3 +106,29 @@ def test_resnet_attention_pool(ckpts):
         expected = ref.visual.attnpool(out["res5"])
     assert out["attnpool"].shape == (1, 32, 5, 7)
     torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_default_norm_is_the_authors_trained_batchnorm(ckpts):
+    """The authors' CLIPResNetWithAttention uses plain nn.BatchNorm2d in training mode: batch
+    statistics of the local batch normalize, running stats move by momentum 0.1 (unbiased var),
+    affine params train. Checked on the stem's first BN against those formulas."""
+    bb = build_backbone(make_cfg("CLIPResNet", ckpts["RN50"]), ShapeSpec(channels=3))
+    norms = [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(type(m) is torch.nn.BatchNorm2d for m in norms)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in bb.modules())
+    assert all(p.requires_grad for m in norms for p in m.parameters())
+    seen = {}
+    bb.bn1.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0].detach().clone(), y=out.detach().clone()))
+    mean0, var0 = bb.bn1.running_mean.clone(), bb.bn1.running_var.clone()
+    bb.train()
+    bb(torch.randn(2, 3, 64, 64))
+    x = seen["x"].double()
+    mu = x.mean(dim=(0, 2, 3))
+    var_b = x.var(dim=(0, 2, 3), unbiased=False)
+    expected = (x - mu[None, :, None, None]) / torch.sqrt(var_b[None, :, None, None] + bb.bn1.eps)
+    expected = expected * bb.bn1.weight.double()[None, :, None, None] + bb.bn1.bias.double()[None, :, None, None]
+    torch.testing.assert_close(seen["y"].double(), expected, atol=1e-4, rtol=1e-4)
+    n = x.numel() / x.shape[1]
+    torch.testing.assert_close(bb.bn1.running_mean.double(), 0.9 * mean0.double() + 0.1 * mu, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bb.bn1.running_var.double(), 0.9 * var0.double() + 0.1 * var_b * n / (n - 1),
+                               atol=1e-5, rtol=1e-5)

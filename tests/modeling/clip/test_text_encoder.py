@@ -229,3 +229,33 @@ def test_frozen_low_precision_stores_block_matrices_with_the_same_results(clip, 
     ref = make_encoder(clip, class_names=MIXED)
     frozen.load_state_dict(ref.state_dict())
     assert block.mlp.c_fc.weight.dtype == torch.bfloat16
+
+
+def test_freeze_by_zero_lr_is_the_authors_clip_scope(clip):
+    """The authors freeze the text tower with lr_mult 0 (mmengine custom key), not requires_grad:
+    its gradients exist and mmengine's OptimWrapper clips clip_grad_norm_(every optimizer param with
+    a grad, 0.01). Ours with FREEZE_BY_ZERO_LR: the same clip factor, and the tower never changes."""
+    from mta_clip.solver import _with_full_model_clipping, param_groups
+
+    enc = make_encoder(clip, num_prompts=1, freeze=True, freeze_by_zero_lr=True).train()
+    tower = enc.zero_lr_parameters()
+    assert tower and all(p.requires_grad and p is not enc.prompt_learner.ctx for p in tower)
+    cfg = add_mtaclip_config(get_cfg())
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.WEIGHT_DECAY = 1e-3, 0.02
+    groups = param_groups(cfg, enc)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["prompt_learner.ctx"]["lr"] == 1e-3
+    assert all(g["lr"] == 0.0 and g["weight_decay"] == 0.0 for n, g in by_name.items() if n != "prompt_learner.ctx")
+    opt = _with_full_model_clipping(torch.optim.AdamW, 0.01)(groups, lr=1e-3)
+    enc().pow(2).sum().backward()
+    grads = [p.grad.clone() for p in enc.parameters() if p.grad is not None]
+    total = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    tower_before = [p.detach().clone() for p in tower]
+    ctx_grad = enc.prompt_learner.ctx.grad.clone()
+    opt.step()
+    # mmengine / torch clip_grad_norm_: every gradient times max_norm / (total + 1e-6) when larger
+    factor = min(1.0, 0.01 / (float(total) + 1e-6))
+    torch.testing.assert_close(enc.prompt_learner.ctx.grad, ctx_grad * factor, rtol=1e-5, atol=1e-12)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(tower_before, tower))
+    with pytest.raises(ValueError, match="FREEZE_BY_ZERO_LR"):
+        make_encoder(clip, num_prompts=1, freeze=False, freeze_by_zero_lr=True)
