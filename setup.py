@@ -3,13 +3,32 @@
 The C++ CPU kernels are always compiled (the extension is optional: a compile failure leaves
 the exact PyTorch path in charge). The CUDA kernels are added when a GPU and a CUDA toolkit are
 present, or when FORCE_CUDA=1 (CI uses this to prove the CUDA sources compile on a GPU-less
-machine). TORCH_CUDA_ARCH_LIST selects the architectures; set CUDA_HOME=/usr/local/cuda where
+machine). TORCH_CUDA_ARCH_LIST selects the architectures (default without a visible GPU:
+DEFAULT_CUDA_ARCH_LIST); the newest listed one always gets PTX too ("+PTX"), so the kernels also
+run, JIT-compiled by the driver, on GPUs newer than the list. Set CUDA_HOME=/usr/local/cuda where
 autodetection picks the wrong prefix.
 """
 import glob
 import os
 
 from setuptools import find_packages, setup
+
+# Architectures built when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (A100, H100/H200;
+# the PTX of 9.0 serves newer GPUs, e.g. Blackwell, through the driver's JIT).
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def cuda_arch_list_with_ptx(arch_list: str) -> str:
+    """``arch_list`` ("8.0;9.0", also space-separated) with "+PTX" on its newest architecture
+    unless some entry already has it. Named lists (e.g. "Hopper") are left to torch."""
+    archs = [a for a in arch_list.replace(" ", ";").split(";") if a]
+    if not archs or any(a.endswith("+PTX") for a in archs):
+        return ";".join(archs)
+    try:
+        newest = max(archs, key=lambda a: tuple(int(x) for x in a.split(".")))
+    except ValueError:  # a named architecture: torch expands it (its named lists carry PTX)
+        return ";".join(archs)
+    return ";".join(a + "+PTX" if a == newest else a for a in archs)
 
 
 def _extensions():
@@ -28,6 +47,13 @@ def _extensions():
             f"{csrc}; set CUDA_HOME=/usr/local/cuda (a CUDA toolkit with bin/nvcc)"
         )
     use_cuda = bool(cuda_sources) and CUDA_HOME is not None and (torch.cuda.is_available() or force_cuda)
+    if use_cuda:
+        requested = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        if requested and requested != "native":
+            os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list_with_ptx(requested)
+        elif not torch.cuda.is_available():  # torch would find no architecture to build for
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+        # (with a visible GPU and no list, torch builds for that GPU and adds PTX itself)
     # No -std flag: torch's extension builder picks the standard its headers need (C++20).
     cxx_flags = ["-O3"]
     if use_cuda:

@@ -69,10 +69,11 @@ def _baddbmm_flops(inputs, outputs) -> int:
 
 
 def _ms_deform_attn_flops(inputs, outputs) -> int:
-    """Fused deformable attention: value (N, S, M, D), locations (N, Lq, M, L, P, 2); 4 bilinear
-    multiply-adds per sampled channel, like ``aten::grid_sampler`` on the PyTorch path."""
+    """Compiled deformable attention ``mta_clip::ms_deform_attn(value, level_sizes, locations,
+    weights)``: value (N, S, M, D), locations (N, Lq, M, L, P, 2); 4 bilinear multiply-adds per
+    sampled channel, like ``aten::grid_sampler`` on the PyTorch path."""
     d = inputs[0].type().sizes()[-1]
-    n, lq, m, lv, p, _ = inputs[3].type().sizes()
+    n, lq, m, lv, p, _ = inputs[2].type().sizes()
     return 4 * n * lq * m * lv * p * d
 
 
@@ -102,7 +103,7 @@ def flop_analysis(model: torch.nn.Module, size: int, device: str) -> FlopCountAn
     flops.set_op_handle("aten::grid_sampler", _grid_sampler_flops)
     flops.set_op_handle("aten::baddbmm", _baddbmm_flops)
     flops.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flops)
-    flops.set_op_handle("prim::PythonOp._MSDeformAttnFunction", _ms_deform_attn_flops)
+    flops.set_op_handle("mta_clip::ms_deform_attn", _ms_deform_attn_flops)
     flops.set_op_handle(**{op: None for op in _CHEAP_OPS})
     flops.unsupported_ops_warnings(False)
     flops.uncalled_modules_warnings(False)

@@ -5,7 +5,7 @@ feature joins through a lateral FPN path and gives ``mask_features``. Parameter 
 published Mask2Former checkpoints (``sem_seg_head.pixel_decoder.*``).
 """
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -58,19 +58,31 @@ class MSDeformAttn(nn.Module):
         nn.init.constant_(self.output_proj.bias, 0.0)
 
     def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value_in: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor) -> torch.Tensor:
-        """query: (B, Q, C); reference_points: (B, Q, L, 2) in [0, 1]; value_in: (B, S, C)."""
+                spatial_shapes: Sequence[Tuple[int, int]], level_start_index: Optional[Sequence[int]] = None,
+                offset_normalizer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """query: (B, Q, C); reference_points: (B, Q, L, 2) in [0, 1]; value_in: (B, S, C);
+        spatial_shapes: [(H_l, W_l)] integers; offset_normalizer: (L, 2) = (W_l, H_l) (built from
+        ``spatial_shapes`` if None). Returns (B, Q, C)."""
         b, q, _ = query.shape
         s = value_in.shape[1]
         value = self.value_proj(value_in).view(b, s, self.n_heads, self.d_model // self.n_heads)
         offsets = self.sampling_offsets(query).view(b, q, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, q, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(b, q, self.n_heads, self.n_levels, self.n_points)
+        if offset_normalizer is None:
+            offset_normalizer = level_size_tensor(spatial_shapes, offsets.dtype, offsets.device)
         # offsets are in pixels of each level: normalize by (W_l, H_l)
-        normalizer = torch.stack([spatial_shapes[:, 1], spatial_shapes[:, 0]], -1).to(offsets.dtype)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        locations = (reference_points[:, :, None, :, None, :]
+                     + offsets / offset_normalizer[None, None, None, :, None, :])
         out = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)
+
+
+def level_size_tensor(spatial_shapes: Sequence[Tuple[int, int]], dtype: torch.dtype, device) -> torch.Tensor:
+    """(L, 2) tensor of (W_l, H_l), made on ``device`` by fills (no host-to-device copy, which
+    CUDA's sync debug mode counts as a synchronization)."""
+    sizes = [torch.full((), v, dtype=dtype, device=device) for h, w in spatial_shapes for v in (w, h)]
+    return torch.stack(sizes).view(len(spatial_shapes), 2)
 
 
 class DeformableEncoderLayer(nn.Module):
@@ -87,8 +99,10 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index):
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, offset_normalizer=None):
+        """src/pos: (B, S, C); spatial_shapes: [(H_l, W_l)] integers. Returns (B, S, C)."""
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index,
+                              offset_normalizer)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -115,11 +129,13 @@ class DeformableEncoder(nn.Module):
         ref = torch.cat(points, 0)
         return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
 
-    def forward(self, src, pos, spatial_shapes, level_start_index, shapes_list):
-        ref = self.reference_points(shapes_list, src.shape[0], src.device)
+    def forward(self, src, pos, spatial_shapes: List[Tuple[int, int]], level_start_index: List[int]):
+        """src/pos: (B, S, C); spatial_shapes / level_start_index: integers. Returns (B, S, C)."""
+        ref = self.reference_points(spatial_shapes, src.shape[0], src.device)
+        normalizer = level_size_tensor(spatial_shapes, src.dtype, src.device)
         out = src
         for layer in self.layers:
-            out = layer(out, pos, ref, spatial_shapes, level_start_index)
+            out = layer(out, pos, ref, spatial_shapes, level_start_index, normalizer)
         return out
 
 
@@ -143,17 +159,17 @@ class DeformableTransformerEncoderOnly(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def forward(self, srcs: List[torch.Tensor], pos_embeds: List[torch.Tensor]):
-        """srcs/pos_embeds: per level (B, C, H_l, W_l). Returns (B, S, C), shapes, start index."""
-        shapes = [tuple(x.shape[-2:]) for x in srcs]
+        """srcs/pos_embeds: per level (B, C, H_l, W_l). Returns (B, S, C), [(H_l, W_l)] and the
+        level start indices, both as integers (the level sizes never leave the host)."""
+        shapes = [(x.shape[-2], x.shape[-1]) for x in srcs]
         flat = torch.cat([x.flatten(2).transpose(1, 2) for x in srcs], 1)
         pos = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1) for i, p in enumerate(pos_embeds)], 1
         )
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=flat.device)
-        level_start_index = torch.cat(
-            (spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1])
-        )
-        memory = self.encoder(flat, pos, spatial_shapes, level_start_index, shapes)
+        level_start_index = [0]
+        for h, w in shapes[:-1]:
+            level_start_index.append(level_start_index[-1] + h * w)
+        memory = self.encoder(flat, pos, shapes, level_start_index)
         return memory, shapes, level_start_index
 
 
@@ -257,6 +273,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         Runs in fp32 even under autocast (deformable attention sampling is precision-sensitive).
         """
         device_type = next(iter(features.values())).device.type
+        if not torch.amp.is_autocast_available(device_type):  # e.g. "meta": no autocast to leave
+            return self._forward_features_fp32(features)
         with torch.autocast(device_type=device_type, enabled=False):
             return self._forward_features_fp32(features)
 

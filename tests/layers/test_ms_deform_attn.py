@@ -99,6 +99,11 @@ def naive_msda(value, spatial_shapes, level_start_index, sampling_locations, att
     return torch.stack(rows).view(batch, queries, heads * channels)
 
 
+def uses_compiled_op(out):
+    """Whether ``out`` came from the custom op (its autograd node names the op)."""
+    return "mta_clip_ms_deform_attn" in type(out.grad_fn).__name__
+
+
 def grads(fn, inputs, grad_out):
     value, spatial_shapes, level_start_index, locations, weights = inputs
     leaves = [t.detach().clone().requires_grad_(True) for t in (value, locations, weights)]
@@ -177,17 +182,14 @@ def test_cpu_replay_of_cuda_channel_split_matches_naive(channels):
     value, spatial_shapes, level_start_index, locations, weights = inputs
     grad_out = torch.randn(1, 2, 2 * channels, dtype=torch.float64)
     ref_out, ref_grads = grads(naive_msda, inputs, grad_out)
-    out = _C.ms_deform_attn_forward(
-        value, spatial_shapes, level_start_index, locations, weights, lane_group=group
-    )
-    out_grads = _C.ms_deform_attn_backward(
-        value, spatial_shapes, level_start_index, locations, weights, grad_out, lane_group=group
-    )
+    sizes = spatial_shapes.flatten().tolist()
+    out = _C.ms_deform_attn_forward(value, sizes, locations, weights, lane_group=group)
+    out_grads = _C.ms_deform_attn_backward(value, sizes, locations, weights, grad_out, lane_group=group)
     assert (out - ref_out).abs().max().item() < 1e-6
     for got, ref in zip(out_grads, ref_grads):
         assert (got - ref).abs().max().item() < 1e-6
     with pytest.raises(RuntimeError, match="power of two"):
-        _C.ms_deform_attn_forward(value, spatial_shapes, level_start_index, locations, weights, lane_group=3)
+        _C.ms_deform_attn_forward(value, sizes, locations, weights, lane_group=3)
 
 
 def test_cpu_kernel_gradcheck():
@@ -242,30 +244,22 @@ def test_cpu_kernel_threads_agree():
 def test_compiled_module_validates_inputs():
     _C = _compiled_module()
     value, spatial_shapes, level_start_index, locations, weights = make_inputs(SHAPES_A, 1, 2, 2, 3, 2)
+    sizes = spatial_shapes.flatten().tolist()
     with pytest.raises(RuntimeError, match="contiguous"):
-        _C.ms_deform_attn_forward(
-            value.transpose(1, 2).contiguous().transpose(1, 2),
-            spatial_shapes,
-            level_start_index,
-            locations,
-            weights,
-        )
+        _C.ms_deform_attn_forward(value.transpose(1, 2).contiguous().transpose(1, 2), sizes, locations, weights)
     with pytest.raises(RuntimeError, match="dtype"):
-        _C.ms_deform_attn_forward(value, spatial_shapes, level_start_index, locations.float(), weights)
-    with pytest.raises(RuntimeError, match="level_start_index"):
-        _C.ms_deform_attn_forward(value, spatial_shapes, level_start_index + 1, locations, weights)
+        _C.ms_deform_attn_forward(value, sizes, locations.float(), weights)
+    with pytest.raises(RuntimeError, match="pairs"):
+        _C.ms_deform_attn_forward(value, sizes[:-1], locations, weights)
+    with pytest.raises(RuntimeError, match=r"level 1 has spatial shape \(0, 2\)"):
+        _C.ms_deform_attn_forward(value, [5, 7, 0, 2, 1, 4], locations, weights)
     with pytest.raises(RuntimeError, match="S="):
-        _C.ms_deform_attn_forward(
-            value[:, 1:].contiguous(), spatial_shapes, level_start_index, locations, weights
-        )
+        _C.ms_deform_attn_forward(value[:, 1:].contiguous(), sizes, locations, weights)
     with pytest.raises(RuntimeError, match="grad_output"):
+        _C.ms_deform_attn_backward(value, sizes, locations, weights, torch.zeros(1, 2, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="no gradient requested"):
         _C.ms_deform_attn_backward(
-            value,
-            spatial_shapes,
-            level_start_index,
-            locations,
-            weights,
-            torch.zeros(1, 2, 5, dtype=torch.float64),
+            value, sizes, locations, weights, torch.zeros(1, 2, 6, dtype=torch.float64), False, False
         )
 
 
@@ -276,10 +270,10 @@ def test_public_function_dispatches_cpu_to_compiled_kernel(monkeypatch):
     inputs = make_inputs(SHAPES_A, 1, 3, 2, 3, 2)
     assert ms_deform_attn_op_available("cpu")
     out = multi_scale_deformable_attention(*[t.requires_grad_(t.is_floating_point()) for t in inputs])
-    assert "MSDeformAttnFunction" in type(out.grad_fn).__name__
+    assert uses_compiled_op(out)
     monkeypatch.setattr(msda_module, "USE_COMPILED_ON_CPU", False)
     out_py = multi_scale_deformable_attention(*inputs)
-    assert "MSDeformAttnFunction" not in type(out_py.grad_fn).__name__
+    assert not uses_compiled_op(out_py)
     torch.testing.assert_close(out, out_py, rtol=0, atol=1e-12)
 
 
@@ -360,6 +354,225 @@ def test_public_function_rejects_bad_inputs(mutate, error, match):
         multi_scale_deformable_attention(*args)
 
 
+def test_public_function_takes_level_sizes_as_integers():
+    """(H, W) integer pairs and integer starts (or None) give the same result as the tensors."""
+    inputs = make_inputs(SHAPES_B, 2, 3, 2, 3, 2, seed=7)
+    value, _, _, locations, weights = inputs
+    expected = naive_msda(*inputs)
+    for fn in (multi_scale_deformable_attention, ms_deform_attn_compiled, ms_deform_attn_pytorch):
+        for starts in (None, [0, 4, 16]):
+            out = fn(value, SHAPES_B, starts, locations, weights)
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r"level_start_index\[2\] is 15"):
+        multi_scale_deformable_attention(value, SHAPES_B, [0, 4, 15], locations, weights)
+    with pytest.raises(ValueError, match="integer pairs"):
+        multi_scale_deformable_attention(value, [(4, 1), (2, 6), (1,)], None, locations, weights)
+    with pytest.raises(ValueError, match="integer pairs"):
+        multi_scale_deformable_attention(value, [(4, 1), (2, 6.0), (1, 1)], None, locations, weights)
+    with pytest.raises(TypeError, match="list of \\(H, W\\) integer pairs"):
+        multi_scale_deformable_attention(value, 7, None, locations, weights)
+
+
+# ---------------------------------------------------------------- the custom op (torch.library)
+
+
+def test_custom_op_opcheck():
+    """torch.library.opcheck: schema, fake implementation vs real kernel, autograd registration,
+    AOT dispatch with static and dynamic shapes; forward and backward ops."""
+    value, spatial_shapes, _, locations, weights = make_inputs(SHAPES_A, 2, 3, 2, 3, 2, seed=8)
+    sizes = spatial_shapes.flatten().tolist()
+    op = torch.ops.mta_clip.ms_deform_attn.default
+    torch.library.opcheck(op, (value.requires_grad_(), sizes, locations.requires_grad_(), weights.requires_grad_()))
+    torch.library.opcheck(op, (value.detach(), sizes, locations.detach().requires_grad_(), weights.detach()))
+    grad_out = torch.randn(2, 3, 6, dtype=torch.float64)
+    backward = torch.ops.mta_clip.ms_deform_attn_backward.default
+    for flags in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(backward, (value.detach(), sizes, locations.detach(), weights.detach(), grad_out, *flags))
+
+
+def test_fake_implementation_shapes():
+    """Under FakeTensorMode (what torch.compile / torch.export trace with) no kernel runs and the
+    shapes follow the inputs; bad shapes are refused there too."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    value, _, _, locations, weights = make_inputs(SHAPES_A, 2, 5, 3, 4, 2, dtype=torch.float32)
+    sizes = [v for pair in SHAPES_A for v in pair]
+    with FakeTensorMode() as mode:
+        v, loc, w = (mode.from_tensor(t) for t in (value, locations, weights))
+        out = torch.ops.mta_clip.ms_deform_attn(v, sizes, loc, w)
+        assert out.shape == (2, 5, 12) and out.dtype == torch.float32
+        g = torch.ops.mta_clip.ms_deform_attn_backward(v, sizes, loc, w, out, True, False)
+        assert [tuple(t.shape) for t in g] == [tuple(value.shape), (0,), (0,)]
+        g = torch.ops.mta_clip.ms_deform_attn_backward(v, sizes, loc, w, out, False, True)
+        assert [tuple(t.shape) for t in g] == [(0,), tuple(locations.shape), tuple(weights.shape)]
+        with pytest.raises(RuntimeError, match="sum of the level sizes"):
+            torch.ops.mta_clip.ms_deform_attn(v, sizes[:-2] + [2, 4], loc, w)
+
+
+def test_backward_honours_needs_input_grad():
+    """Only the requested gradients are computed (the backward op is told which), and each one
+    equals the naive reference's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class RecordBackwardFlags(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.flags = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.mta_clip.ms_deform_attn_backward.default:
+                self.flags.append(tuple(args[5:7]))
+            return func(*args, **(kwargs or {}))
+
+    inputs = make_inputs(SHAPES_A, 2, 3, 2, 3, 2, seed=9)
+    value, _, _, locations, weights = inputs
+    grad_out = torch.randn(2, 3, 6, dtype=torch.float64)
+    _, ref = grads(naive_msda, inputs, grad_out)
+    for wanted, expected_flags in (((0,), (True, False)), ((1,), (False, True)), ((2,), (False, True)),
+                                   ((0, 2), (True, True))):
+        leaves = [t.detach().clone().requires_grad_(i in wanted) for i, t in enumerate((value, locations, weights))]
+        out = multi_scale_deformable_attention(leaves[0], SHAPES_A, None, leaves[1], leaves[2])
+        with RecordBackwardFlags() as mode:
+            out.backward(grad_out)
+        assert mode.flags == [expected_flags]
+        for i, leaf in enumerate(leaves):
+            if i in wanted:
+                assert (leaf.grad - ref[i]).abs().max().item() < 1e-6
+            else:
+                assert leaf.grad is None
+    # The extension itself returns None for what was not asked for.
+    sizes = [v for pair in SHAPES_A for v in pair]
+    g_value, g_loc, g_weights = _compiled_module().ms_deform_attn_backward(
+        value, sizes, locations, weights, grad_out, True, False
+    )
+    assert g_loc is None and g_weights is None and (g_value - ref[0]).abs().max().item() < 1e-6
+
+
+def test_export_op_on_cpu():
+    """torch.export keeps the C++ op as one node (level sizes baked in as integers)."""
+
+    class Attn(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return multi_scale_deformable_attention(value, SHAPES_A, None, locations, weights)
+
+    inputs = make_inputs(SHAPES_A, 2, 3, 2, 3, 2, dtype=torch.float32, seed=10)
+    value, _, _, locations, weights = inputs
+    program = torch.export.export(Attn(), (value, locations, weights))
+    targets = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert torch.ops.mta_clip.ms_deform_attn.default in targets
+    assert not any("grid_sampler" in str(t) for t in targets)
+    other = make_inputs(SHAPES_A, 2, 3, 2, 3, 2, dtype=torch.float32, seed=11)
+    out = program.module()(other[0], other[3], other[4])
+    torch.testing.assert_close(out, naive_msda(*other), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_fullgraph_forward_and_backward():
+    """torch.compile(fullgraph=True): the op is one node in the forward graph and its backward op
+    one node in the backward graph; results equal eager."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = {"forward": [], "backward": []}
+
+    def keep(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].append(str(gm.graph))
+            return make_boxed_func(gm.forward)
+
+        return compiler
+
+    backend = aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+    torch._dynamo.reset()
+    fn = torch.compile(multi_scale_deformable_attention, fullgraph=True, backend=backend)
+    inputs = make_inputs(SHAPES_A, 2, 4, 2, 3, 2, seed=12)
+    grad_out = torch.randn(2, 4, 6, dtype=torch.float64)
+    value, _, _, locations, weights = inputs
+    compiled = grads(lambda v, ss, lsi, loc, w: fn(v, SHAPES_A, None, loc, w), inputs, grad_out)
+    eager = grads(naive_msda, inputs, grad_out)
+    for got, ref in zip((compiled[0], *compiled[1]), (eager[0], *eager[1])):
+        assert (got - ref).abs().max().item() < 1e-6
+    assert any("mta_clip.ms_deform_attn.default" in g for g in graphs["forward"])
+    assert any("mta_clip.ms_deform_attn_backward.default" in g for g in graphs["backward"])
+
+
+# ---------------------------------------------------------------- availability per device
+
+
+class _FakeCudaExtension:
+    """Stands in for a CUDA build of mta_clip._C on a machine whose GPU has no kernel image."""
+
+    def __init__(self, real, launch_error):
+        self._real = real
+        self.launch_error = launch_error
+        self.probes = []
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def with_cuda(self):
+        return True
+
+    def cuda_launch_error(self, index):
+        self.probes.append(index)
+        return self.launch_error
+
+
+def _simulate_cuda(monkeypatch, launch_error):
+    fake = _FakeCudaExtension(_compiled_module(), launch_error)
+    monkeypatch.setattr(msda_module, "_C", fake)
+    monkeypatch.setattr(msda_module, "_cuda_launch_errors", {})
+    monkeypatch.setattr(msda_module, "_warned_fallbacks", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    return fake
+
+
+def test_no_kernel_image_means_unavailable_and_pytorch_path(monkeypatch, caplog):
+    """A CUDA build whose kernels cannot launch on the GPU (simulated "no kernel image", as for
+    sm_80 / sm_90 images on a Blackwell GPU) is reported unavailable, asked once per device, and
+    the dispatch picks the PyTorch path with one logged warning."""
+    no_image = "cudaErrorNoKernelImageForDevice (no kernel image is available for execution on the device)"
+    fake = _simulate_cuda(monkeypatch, no_image)
+    assert not ms_deform_attn_op_available("cuda")
+    assert not ms_deform_attn_op_available("cuda:0")
+    assert not ms_deform_attn_op_available(torch.device("cuda", 1))
+    assert fake.probes == [0, 1]  # once per device
+    device = torch.device("cuda", 0)
+    with caplog.at_level("WARNING", logger=msda_module.__name__):
+        for _ in range(3):
+            assert not msda_module._use_compiled_op(device, 3, 32, torch.float32)
+    warnings = [r.getMessage() for r in caplog.records if "PyTorch path" in r.getMessage()]
+    assert len(warnings) == 1 and "no kernel image" in warnings[0] and "cuda:0" in warnings[0]
+    assert fake.probes == [0, 1]
+    reason = msda_module._compiled_unavailable_reason(device, 3, 32, torch.float32)
+    assert reason.startswith("its CUDA kernels cannot launch on cuda:0: cudaErrorNoKernelImageForDevice")
+
+
+def test_cuda_channel_limit_falls_back(monkeypatch):
+    """D too wide for the CUDA forward's shared memory goes to the PyTorch path instead of raising."""
+    _simulate_cuda(monkeypatch, "")
+    device = torch.device("cuda", 0)
+    limit32 = _compiled_module().cuda_max_channels(4)
+    limit64 = _compiled_module().cuda_max_channels(8)
+    assert (limit32, limit64) == (12288, 6144)
+    assert msda_module._use_compiled_op(device, 3, limit32, torch.float32)
+    assert not msda_module._use_compiled_op(device, 3, limit32 + 1, torch.float32)
+    assert msda_module._use_compiled_op(device, 3, limit64, torch.float64)
+    assert not msda_module._use_compiled_op(device, 3, limit64 + 1, torch.float64)
+    assert "exceed the CUDA forward's limit" in msda_module._compiled_unavailable_reason(
+        device, 3, limit64 + 1, torch.float64
+    )
+
+
+def test_launch_probe_of_the_extension():
+    """The real probe: a CPU-only build says so; a CUDA build refuses a device that does not exist."""
+    _C = _compiled_module()
+    if _C.with_cuda():
+        assert "does not exist" in _C.cuda_launch_error(1000) or "cudaGetDeviceCount" in _C.cuda_launch_error(1000)
+    else:
+        assert _C.cuda_launch_error(0) == "mta_clip._C was built without CUDA kernels"
+
+
 # ---------------------------------------------------------------- CUDA kernels (GPU only)
 
 
@@ -369,33 +582,37 @@ def test_cuda_op_is_built_and_dispatched():
     assert ms_deform_attn_op_available("cuda")
     inputs = make_inputs(SHAPES_A, 1, 3, 2, 4, 2, dtype=torch.float32, device="cuda")
     out = multi_scale_deformable_attention(*[t.requires_grad_(t.is_floating_point()) for t in inputs])
-    assert out.is_cuda and "MSDeformAttnFunction" in type(out.grad_fn).__name__
+    assert out.is_cuda and uses_compiled_op(out)
 
 
 # (B, Q, H, D, levels): tiny; B*Q*H rows beyond one block and past the grid bound (grid-stride loop)
-# at D=32; D=5 (8 lanes per row, idle lanes), D=48 (lanes with 1 or 2 channels), D=1024 fp32
-# (forward block shrunk to fit shared memory).
+# at D=32; D=5 (8 lanes per row, idle lanes), D=48 (lanes with 1 or 2 channels), D=1024 fp32 (8 rows
+# of 4 KiB fit the 48 KiB of shared memory in a 256-thread block), D=2048 fp32 / D=1024 fp64 (8 KiB
+# rows: the forward block shrinks to 128 threads).
 CUDA_CASES = [
-    (2, 3, 2, 3, SHAPES_A),
-    (2, 4500, 8, 32, [(64, 48), (32, 24), (16, 12)]),
-    (3, 700, 4, 5, SHAPES_A + SHAPES_B),
-    (2, 500, 3, 48, [(17, 9), (8, 5)]),
-    (1, 64, 2, 1024, [(8, 8), (4, 4)]),
+    (2, 3, 2, 3, SHAPES_A, torch.float32),
+    (2, 4500, 8, 32, [(64, 48), (32, 24), (16, 12)], torch.float32),
+    (3, 700, 4, 5, SHAPES_A + SHAPES_B, torch.float32),
+    (2, 500, 3, 48, [(17, 9), (8, 5)], torch.float32),
+    (1, 64, 2, 1024, [(8, 8), (4, 4)], torch.float32),
+    (1, 48, 2, 2048, [(8, 8), (4, 4)], torch.float32),
+    (1, 48, 2, 1024, [(8, 8), (4, 4)], torch.float64),
 ]
 
 
 @requires_cuda
-@pytest.mark.parametrize("batch,queries,heads,channels,shapes", CUDA_CASES)
-def test_cuda_op_matches_pytorch_path_fp32(batch, queries, heads, channels, shapes):
-    inputs = make_inputs(shapes, batch, queries, heads, channels, 4, dtype=torch.float32, device="cuda")
-    grad_out = torch.randn(batch, queries, heads * channels, device="cuda")
+@pytest.mark.parametrize("batch,queries,heads,channels,shapes,dtype", CUDA_CASES)
+def test_cuda_op_matches_pytorch_path(batch, queries, heads, channels, shapes, dtype):
+    inputs = make_inputs(shapes, batch, queries, heads, channels, 4, dtype=dtype, device="cuda")
+    grad_out = torch.randn(batch, queries, heads * channels, device="cuda", dtype=dtype)
     ref_out, ref_grads = grads(ms_deform_attn_pytorch, inputs, grad_out)
     out, out_grads = grads(ms_deform_attn_compiled, inputs, grad_out)
     names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
     for name, got, ref in zip(names, (out, *out_grads), (ref_out, *ref_grads)):
         scale = max(ref.abs().max().item(), 1.0)
         err = (got - ref).abs().max().item() / scale
-        assert err < 1e-5, f"{name}: max error {err:.2e} relative to max |ref| {scale:.3g}"
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        assert err < tol, f"{name}: max error {err:.2e} relative to max |ref| {scale:.3g}"
 
 
 @requires_cuda
@@ -417,3 +634,90 @@ def test_cuda_op_matches_cpu_kernel_fp64():
     gpu_out, gpu_grads = grads(ms_deform_attn_compiled, [t.cuda() for t in inputs], grad_out.cuda())
     for got, ref in zip((gpu_out, *gpu_grads), (cpu_out, *cpu_grads)):
         torch.testing.assert_close(got.cpu(), ref, rtol=1e-10, atol=1e-10)
+
+
+@requires_cuda
+def test_cuda_kernels_launch_on_this_gpu():
+    """The launch probe passes on the test GPU (a kernel image or PTX for it is in the library)."""
+    index = torch.cuda.current_device()
+    assert _compiled_module().cuda_launch_error(index) == ""
+    assert ms_deform_attn_op_available(f"cuda:{index}")
+    assert "does not exist" in _compiled_module().cuda_launch_error(torch.cuda.device_count())
+
+
+@requires_cuda
+def test_cuda_backward_alerts_in_deterministic_mode():
+    """grad_value is scattered with float atomics: deterministic mode raises (or warns with
+    warn_only); location / weight gradients alone are deterministic and raise nothing."""
+    inputs = make_inputs(SHAPES_A, 1, 8, 2, 4, 2, dtype=torch.float32, device="cuda")
+    grad_out = torch.randn(1, 8, 8, device="cuda")
+    old, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="ms_deform_attn_cuda_backward"):
+            grads(ms_deform_attn_compiled, inputs, grad_out)
+        value, _, _, locations, weights = inputs
+        loc = locations.clone().requires_grad_(True)
+        out = ms_deform_attn_compiled(value, SHAPES_A, None, loc, weights)
+        (g_loc,) = torch.autograd.grad(out, [loc], grad_out)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="ms_deform_attn_cuda_backward"):
+            _, ref = grads(ms_deform_attn_compiled, inputs, grad_out)
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+    torch.testing.assert_close(g_loc, ref[1], rtol=1e-6, atol=1e-6 * ref[1].abs().max().item())
+
+
+@requires_cuda
+def test_cuda_channel_limit_falls_back_to_pytorch_path(caplog):
+    """D above the CUDA forward's shared-memory limit: the PyTorch path, with one logged warning."""
+    limit = _compiled_module().cuda_max_channels(8)
+    inputs = make_inputs([(2, 2)], 1, 2, 1, limit + 1, 1, device="cuda")
+    with caplog.at_level("WARNING", logger=msda_module.__name__):
+        out = multi_scale_deformable_attention(*inputs)
+    assert any("exceed the CUDA forward's limit" in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(out.cpu(), naive_msda(*[t.cpu() for t in inputs]), rtol=0, atol=1e-10)
+    with pytest.raises(RuntimeError, match="exceed the CUDA forward's limit"):
+        ms_deform_attn_compiled(*inputs)
+
+
+@requires_cuda
+def test_cuda_pixel_decoder_makes_no_sync():
+    """Forward and backward of the pixel decoder on the GPU under CUDA's sync debug mode "error":
+    any device-to-host read or blocking copy raises."""
+    from tests.modeling.test_pixel_decoder import features, small_decoder
+
+    decoder = small_decoder().cuda().train()
+    feats = features(device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        mask_features, _, multi = decoder.forward_features(feats)
+        (mask_features.sum() + sum(m.sum() for m in multi)).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert mask_features.is_cuda and all(p.grad is not None for p in decoder.transformer.parameters())
+    # the CUDA kernels served it (not the PyTorch path)
+    assert msda_module._use_compiled_op(mask_features.device, 3, 8, torch.float32)
+
+
+@requires_cuda
+def test_cuda_compile_and_export():
+    """torch.compile(fullgraph=True) and torch.export on CUDA tensors keep the CUDA op."""
+    inputs = make_inputs(SHAPES_A, 2, 40, 2, 8, 2, dtype=torch.float32, device="cuda", seed=13)
+    value, _, _, locations, weights = inputs
+    grad_out = torch.randn(2, 40, 16, device="cuda")
+    torch._dynamo.reset()
+    fn = torch.compile(multi_scale_deformable_attention, fullgraph=True, backend="aot_eager")
+    compiled = grads(lambda v, ss, lsi, loc, w: fn(v, SHAPES_A, None, loc, w), inputs, grad_out)
+    eager = grads(ms_deform_attn_pytorch, inputs, grad_out)
+    for got, ref in zip((compiled[0], *compiled[1]), (eager[0], *eager[1])):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * max(ref.abs().max().item(), 1.0))
+
+    class Attn(torch.nn.Module):
+        def forward(self, value, locations, weights):
+            return multi_scale_deformable_attention(value, SHAPES_A, None, locations, weights)
+
+    program = torch.export.export(Attn(), (value, locations, weights))
+    assert torch.ops.mta_clip.ms_deform_attn.default in [n.target for n in program.graph.nodes]
+    torch.testing.assert_close(program.module()(value, locations, weights), eager[0], rtol=1e-5, atol=1e-5)

@@ -3,11 +3,12 @@
 #include <torch/extension.h>
 
 #include <string>
+#include <vector>
 
 #include "ms_deform_attn.h"
 
 #ifdef WITH_CUDA
-#include <cuda_runtime_api.h>
+#include <cuda_runtime_api.h>  // CUDART_VERSION
 #endif
 
 namespace mta_clip {
@@ -15,42 +16,30 @@ namespace {
 
 std::string shape_str(const at::Tensor& t) { return c10::str(t.sizes()); }
 
-// Checks the level tensors and copies them into the by-value struct the kernels use.
-// spatial_shapes / level_start_index may live on any device; CPU tensors avoid a device sync.
-msda::Levels read_levels(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                         const at::Tensor& level_start_index) {
-  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && spatial_shapes.dim() == 2 &&
-                  spatial_shapes.size(1) == 2,
-              "ms_deform_attn: spatial_shapes must be an int64 tensor of shape (L, 2), got ",
-              spatial_shapes.scalar_type(), " ", shape_str(spatial_shapes));
-  const int64_t num_levels = spatial_shapes.size(0);
+// Checks the level sizes [H_0, W_0, H_1, W_1, ...] (host integers: nothing is read from a
+// device) and fills the by-value struct the kernels use; level l starts at sum_{k<l} H_k * W_k.
+msda::Levels read_levels(const at::Tensor& value, const std::vector<int64_t>& level_sizes) {
+  const int64_t count = static_cast<int64_t>(level_sizes.size());
+  TORCH_CHECK(count % 2 == 0, "ms_deform_attn: level_sizes must hold (H_l, W_l) pairs "
+              "[H_0, W_0, H_1, W_1, ...], got ", count, " values");
+  const int64_t num_levels = count / 2;
   TORCH_CHECK(num_levels >= 1 && num_levels <= msda::kMaxLevels,
               "ms_deform_attn: the compiled op supports 1 to ", msda::kMaxLevels,
               " levels, got L=", num_levels);
-  TORCH_CHECK(level_start_index.scalar_type() == at::kLong && level_start_index.dim() == 1 &&
-                  level_start_index.size(0) == num_levels,
-              "ms_deform_attn: level_start_index must be an int64 tensor of shape (", num_levels,
-              ",), got ", level_start_index.scalar_type(), " ", shape_str(level_start_index));
-  const at::Tensor shapes = spatial_shapes.to(at::kCPU).contiguous();
-  const at::Tensor starts = level_start_index.to(at::kCPU).contiguous();
-  const int64_t* shapes_ptr = shapes.const_data_ptr<int64_t>();
-  const int64_t* starts_ptr = starts.const_data_ptr<int64_t>();
   msda::Levels levels{};
   levels.num_levels = static_cast<int>(num_levels);
   int64_t total = 0;
   for (int64_t l = 0; l < num_levels; ++l) {
-    const int64_t height = shapes_ptr[2 * l], width = shapes_ptr[2 * l + 1];
+    const int64_t height = level_sizes[2 * l], width = level_sizes[2 * l + 1];
     TORCH_CHECK(height >= 1 && width >= 1, "ms_deform_attn: level ", l,
                 " has spatial shape (", height, ", ", width, "); both sizes must be >= 1");
-    TORCH_CHECK(starts_ptr[l] == total, "ms_deform_attn: level_start_index[", l, "] is ",
-                starts_ptr[l], " but the spatial shapes put level ", l, " at ", total);
     levels.height[l] = height;
     levels.width[l] = width;
     levels.start[l] = total;
     total += height * width;
   }
   TORCH_CHECK(total == value.size(1), "ms_deform_attn: value has S=", value.size(1),
-              " positions but spatial_shapes sum to ", total);
+              " positions but the level sizes sum to ", total);
   return levels;
 }
 
@@ -65,8 +54,7 @@ void check_tensor(const at::Tensor& t, const char* name, int64_t dim, const at::
   TORCH_CHECK(t.is_contiguous(), "ms_deform_attn: ", name, " must be contiguous");
 }
 
-msda::Levels check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                          const at::Tensor& level_start_index,
+msda::Levels check_inputs(const at::Tensor& value, const std::vector<int64_t>& level_sizes,
                           const at::Tensor& sampling_locations,
                           const at::Tensor& attention_weights) {
   TORCH_CHECK(value.dim() == 4, "ms_deform_attn: value must be (B, S, H, D), got ",
@@ -78,7 +66,7 @@ msda::Levels check_inputs(const at::Tensor& value, const at::Tensor& spatial_sha
   TORCH_CHECK(value.size(3) >= 1, "ms_deform_attn: value has D=0 channels");
   check_tensor(sampling_locations, "sampling_locations", 6, value);
   check_tensor(attention_weights, "attention_weights", 5, value);
-  msda::Levels levels = read_levels(value, spatial_shapes, level_start_index);
+  msda::Levels levels = read_levels(value, level_sizes);
   const int64_t batch = value.size(0), heads = value.size(2), num_levels = levels.num_levels;
   TORCH_CHECK(sampling_locations.size(0) == batch && sampling_locations.size(2) == heads &&
                   sampling_locations.size(3) == num_levels && sampling_locations.size(5) == 2,
@@ -98,12 +86,12 @@ void check_lane_group_device(const at::Tensor& value, int64_t lane_group) {
               "available for CPU tensors");
 }
 
-at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                   const at::Tensor& attention_weights, int64_t lane_group) {
+at::Tensor forward(const at::Tensor& value, const std::vector<int64_t>& level_sizes,
+                   const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+                   int64_t lane_group) {
   check_lane_group_device(value, lane_group);
   const msda::Levels levels =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+      check_inputs(value, level_sizes, sampling_locations, attention_weights);
   if (value.is_cuda()) {
 #ifdef WITH_CUDA
     return ms_deform_attn_cuda_forward(value, levels, sampling_locations, attention_weights);
@@ -118,12 +106,14 @@ at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output, int64_t lane_group) {
+    const at::Tensor& value, const std::vector<int64_t>& level_sizes,
+    const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+    const at::Tensor& grad_output, bool grad_value, bool grad_loc_attn, int64_t lane_group) {
   check_lane_group_device(value, lane_group);
+  TORCH_CHECK(grad_value || grad_loc_attn,
+              "ms_deform_attn: backward called with no gradient requested");
   const msda::Levels levels =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+      check_inputs(value, level_sizes, sampling_locations, attention_weights);
   const int64_t expected[3] = {value.size(0), sampling_locations.size(1),
                                value.size(2) * value.size(3)};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected),
@@ -133,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   if (value.is_cuda()) {
 #ifdef WITH_CUDA
     return ms_deform_attn_cuda_backward(value, levels, sampling_locations, attention_weights,
-                                        grad_output);
+                                        grad_output, grad_value, grad_loc_attn);
 #else
     TORCH_CHECK(false, "ms_deform_attn: mta_clip._C was built without CUDA; rebuild with a CUDA "
                        "toolkit (or FORCE_CUDA=1) to run on ", value.device());
@@ -141,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
   }
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn: unsupported device ", value.device());
   return ms_deform_attn_cpu_backward(value, levels, sampling_locations, attention_weights,
-                                     grad_output, lane_group);
+                                     grad_output, lane_group, grad_value, grad_loc_attn);
 }
 
 bool with_cuda() {
@@ -161,21 +151,44 @@ int cuda_version() {
 #endif
 }
 
+// "" if the CUDA kernels can launch on CUDA device `device`, else why not.
+std::string cuda_launch_error(int64_t device) {
+#ifdef WITH_CUDA
+  return ms_deform_attn_cuda_launch_error(device);
+#else
+  return "mta_clip._C was built without CUDA kernels";
+#endif
+}
+
+// Largest D the CUDA forward accepts for an element of `element_size` bytes (one row of D
+// values must fit the shared memory of a one-warp block).
+int64_t cuda_max_channels(int64_t element_size) {
+  TORCH_CHECK(element_size > 0, "ms_deform_attn: element_size must be positive");
+  return kCudaMaxSharedBytes / element_size;
+}
+
 }  // namespace
 }  // namespace mta_clip
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "mta_clip compiled ops: multi-scale deformable attention (CPU, and CUDA if built)";
   m.def("ms_deform_attn_forward", &mta_clip::forward,
-        "Multi-scale deformable attention forward -> (B, Q, H*D)", py::arg("value"),
-        py::arg("spatial_shapes"), py::arg("level_start_index"), py::arg("sampling_locations"),
+        "Multi-scale deformable attention forward -> (B, Q, H*D); level_sizes is "
+        "[H_0, W_0, H_1, W_1, ...]",
+        py::arg("value"), py::arg("level_sizes"), py::arg("sampling_locations"),
         py::arg("attention_weights"), py::arg("lane_group") = 1);
   m.def("ms_deform_attn_backward", &mta_clip::backward,
         "Multi-scale deformable attention backward -> (grad_value, grad_sampling_locations, "
-        "grad_attention_weights)",
-        py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
-        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("grad_output"),
-        py::arg("lane_group") = 1);
+        "grad_attention_weights); gradients not requested are None and not computed",
+        py::arg("value"), py::arg("level_sizes"), py::arg("sampling_locations"),
+        py::arg("attention_weights"), py::arg("grad_output"), py::arg("grad_value") = true,
+        py::arg("grad_loc_attn") = true, py::arg("lane_group") = 1);
+  m.def("cuda_launch_error", &mta_clip::cuda_launch_error,
+        "Empty string if the CUDA kernels can launch on the given CUDA device, else the reason",
+        py::arg("device"));
+  m.def("cuda_max_channels", &mta_clip::cuda_max_channels,
+        "Largest D the CUDA forward accepts for the given element size in bytes",
+        py::arg("element_size"));
   m.def("with_cuda", &mta_clip::with_cuda, "True if the CUDA kernels were compiled in");
   m.def("cuda_version", &mta_clip::cuda_version,
         "CUDA runtime version the op was compiled against (0 without CUDA)");

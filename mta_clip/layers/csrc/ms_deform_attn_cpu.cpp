@@ -10,6 +10,8 @@
 // The default lane_group == 1 is the fast path (unit stride, known at compile time).
 #include <ATen/Parallel.h>
 
+#include <type_traits>
+
 #include "ms_deform_attn.h"
 
 namespace mta_clip {
@@ -72,7 +74,7 @@ scalar_t butterfly_sum(scalar_t* partial, int64_t lanes) {
   return partial[0];
 }
 
-template <typename scalar_t, bool kLanes>
+template <typename scalar_t, bool kLanes, bool kGradValue, bool kGradLocAttn>
 void backward_kernel(const scalar_t* value, const msda::Levels& levels, const scalar_t* loc,
                      const scalar_t* attn, const scalar_t* grad_out, scalar_t* grad_value,
                      scalar_t* grad_loc, scalar_t* grad_attn, int64_t batch, int64_t num_value,
@@ -90,8 +92,8 @@ void backward_kernel(const scalar_t* value, const msda::Levels& levels, const sc
         const scalar_t* grad_out_row = grad_out + row * channels;
         const scalar_t* loc_row = loc + row * num_levels * num_points * 2;
         const scalar_t* attn_row = attn + row * num_levels * num_points;
-        scalar_t* grad_loc_row = grad_loc + row * num_levels * num_points * 2;
-        scalar_t* grad_attn_row = grad_attn + row * num_levels * num_points;
+        scalar_t* grad_loc_row = kGradLocAttn ? grad_loc + row * num_levels * num_points * 2 : nullptr;
+        scalar_t* grad_attn_row = kGradLocAttn ? grad_attn + row * num_levels * num_points : nullptr;
         for (int64_t l = 0; l < num_levels; ++l) {
           const int64_t level_offset =
               ((b * num_value + levels.start[l]) * num_heads + h) * channels;
@@ -101,15 +103,16 @@ void backward_kernel(const scalar_t* value, const msda::Levels& levels, const sc
             msda::bilinear_corners(loc_row[2 * lp], loc_row[2 * lp + 1], levels.height[l],
                                    levels.width[l], c);
             scalar_t ga = 0, gx = 0, gy = 0;
+            scalar_t* grad_value_level = kGradValue ? grad_value + level_offset : nullptr;
             if constexpr (!kLanes) {
-              msda::backward_point(value + level_offset, grad_value + level_offset,
+              msda::backward_point<kGradValue, kGradLocAttn>(value + level_offset, grad_value_level,
                                    spatial_stride, c, attn_row[lp], grad_out_row, int64_t{0},
                                    channels, int64_t{1}, add, ga, gx, gy);
             } else {
               scalar_t pa[kMaxLanes], px[kMaxLanes], py[kMaxLanes];
               for (int64_t lane = 0; lane < lane_group; ++lane) {
                 pa[lane] = px[lane] = py[lane] = 0;
-                msda::backward_point(value + level_offset, grad_value + level_offset,
+                msda::backward_point<kGradValue, kGradLocAttn>(value + level_offset, grad_value_level,
                                      spatial_stride, c, attn_row[lp], grad_out_row, lane, channels,
                                      lane_group, add, pa[lane], px[lane], py[lane]);
               }
@@ -117,9 +120,11 @@ void backward_kernel(const scalar_t* value, const msda::Levels& levels, const sc
               gx = butterfly_sum(px, lane_group);
               gy = butterfly_sum(py, lane_group);
             }
-            grad_attn_row[lp] = ga;
-            grad_loc_row[2 * lp] = gx;
-            grad_loc_row[2 * lp + 1] = gy;
+            if constexpr (kGradLocAttn) {
+              grad_attn_row[lp] = ga;
+              grad_loc_row[2 * lp] = gx;
+              grad_loc_row[2 * lp + 1] = gy;
+            }
           }
         }
       }
@@ -154,25 +159,41 @@ at::Tensor ms_deform_attn_cpu_forward(const at::Tensor& value, const msda::Level
   return out;
 }
 
+// Returns (grad_value, grad_sampling_locations, grad_attention_weights); a gradient that is not
+// requested comes back undefined and costs nothing. grad_value is scattered (so zero-filled);
+// every element of the other two is written exactly once (so left uninitialised).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_cpu_backward(
     const at::Tensor& value, const msda::Levels& levels, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output, int64_t lane_group) {
+    const at::Tensor& attention_weights, const at::Tensor& grad_output, int64_t lane_group,
+    bool want_grad_value, bool want_grad_loc_attn) {
   check_lane_group(lane_group);
   const int64_t batch = value.size(0), num_value = value.size(1), num_heads = value.size(2),
                 channels = value.size(3);
   const int64_t num_query = sampling_locations.size(1), num_points = sampling_locations.size(4);
-  at::Tensor grad_value = at::zeros_like(value);
-  at::Tensor grad_loc = at::zeros_like(sampling_locations);
-  at::Tensor grad_attn = at::zeros_like(attention_weights);
+  at::Tensor grad_value, grad_loc, grad_attn;
+  if (want_grad_value) grad_value = at::zeros_like(value);
+  if (want_grad_loc_attn) {
+    grad_loc = at::empty_like(sampling_locations);
+    grad_attn = at::empty_like(attention_weights);
+  }
+  if (!want_grad_value && !want_grad_loc_attn) return {grad_value, grad_loc, grad_attn};
   if (batch * num_query * num_heads * channels == 0) return {grad_value, grad_loc, grad_attn};
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cpu_backward", [&] {
-    const auto run = lane_group == 1 ? backward_kernel<scalar_t, false>
-                                     : backward_kernel<scalar_t, true>;
+    const auto pick = [&](auto grad_value_flag, auto grad_loc_attn_flag) {
+      constexpr bool kV = decltype(grad_value_flag)::value;
+      constexpr bool kLA = decltype(grad_loc_attn_flag)::value;
+      return lane_group == 1 ? backward_kernel<scalar_t, false, kV, kLA>
+                             : backward_kernel<scalar_t, true, kV, kLA>;
+    };
+    const auto run = !want_grad_loc_attn ? pick(std::true_type{}, std::false_type{})
+                     : !want_grad_value  ? pick(std::false_type{}, std::true_type{})
+                                         : pick(std::true_type{}, std::true_type{});
     run(value.const_data_ptr<scalar_t>(), levels, sampling_locations.const_data_ptr<scalar_t>(),
         attention_weights.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
-        grad_value.mutable_data_ptr<scalar_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
-        grad_attn.mutable_data_ptr<scalar_t>(), batch, num_value, num_query, num_heads, channels,
-        num_points, lane_group);
+        want_grad_value ? grad_value.mutable_data_ptr<scalar_t>() : nullptr,
+        want_grad_loc_attn ? grad_loc.mutable_data_ptr<scalar_t>() : nullptr,
+        want_grad_loc_attn ? grad_attn.mutable_data_ptr<scalar_t>() : nullptr, batch, num_value,
+        num_query, num_heads, channels, num_points, lane_group);
   });
   return {grad_value, grad_loc, grad_attn};
 }

@@ -23,7 +23,7 @@ namespace {
 
 constexpr int kThreads = 256;                 // threads per block (a multiple of 32)
 constexpr int64_t kMaxBlocks = 4096;          // grid bound; the grid-stride loop does the rest
-constexpr size_t kMaxSharedBytes = 48 * 1024;  // default dynamic shared memory limit
+constexpr size_t kMaxSharedBytes = kCudaMaxSharedBytes;  // default dynamic shared memory limit
 
 struct AtomicAdd {
   template <typename scalar_t>
@@ -91,17 +91,16 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value, const msda::L
 }
 
 // Backward: the loop bound is padded to whole warps and idle lanes still take part in the
-// shuffles, so every warp runs the same iterations with a full mask.
-template <typename scalar_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ value, const msda::Levels levels,
-                                const scalar_t* __restrict__ loc,
-                                const scalar_t* __restrict__ attn,
-                                const scalar_t* __restrict__ grad_out,
-                                scalar_t* __restrict__ grad_value, scalar_t* __restrict__ grad_loc,
-                                scalar_t* __restrict__ grad_attn, int64_t num_value,
-                                int64_t num_query, int64_t num_heads, int64_t channels,
-                                int64_t num_points, int group, int64_t total,
-                                int64_t total_padded) {
+// shuffles, so every warp runs the same iterations with a full mask. kGradValue / kGradLocAttn
+// drop the work of gradients nobody needs (the choice is uniform over the grid).
+template <typename scalar_t, bool kGradValue, bool kGradLocAttn>
+__device__ __forceinline__ void backward_rows(
+    const scalar_t* __restrict__ value, const msda::Levels& levels,
+    const scalar_t* __restrict__ loc, const scalar_t* __restrict__ attn,
+    const scalar_t* __restrict__ grad_out, scalar_t* __restrict__ grad_value,
+    scalar_t* __restrict__ grad_loc, scalar_t* __restrict__ grad_attn, int64_t num_value,
+    int64_t num_query, int64_t num_heads, int64_t channels, int64_t num_points, int group,
+    int64_t total, int64_t total_padded) {
   const int lane = threadIdx.x % group;
   const int64_t num_levels = levels.num_levels;
   const int64_t spatial_stride = num_heads * channels;
@@ -125,23 +124,52 @@ __global__ void backward_kernel(const scalar_t* __restrict__ value, const msda::
           msda::Corners<scalar_t> c;
           msda::bilinear_corners(loc_row[2 * lp], loc_row[2 * lp + 1], levels.height[l],
                                  levels.width[l], c);
-          msda::backward_point(value + level_offset, grad_value + level_offset, spatial_stride,
-                               c, attn_row[lp], grad_out_row, static_cast<int64_t>(lane),
-                               channels, static_cast<int64_t>(group), add, ga, gx, gy);
+          msda::backward_point<kGradValue, kGradLocAttn>(
+              value + level_offset, kGradValue ? grad_value + level_offset : nullptr,
+              spatial_stride, c, attn_row[lp], grad_out_row, static_cast<int64_t>(lane),
+              channels, static_cast<int64_t>(group), add, ga, gx, gy);
         }
-        // Sum over the group's lanes (groups are aligned, so xor offsets < group stay inside).
-        for (int offset = group / 2; offset > 0; offset /= 2) {
-          ga += __shfl_xor_sync(0xffffffffu, ga, offset);
-          gx += __shfl_xor_sync(0xffffffffu, gx, offset);
-          gy += __shfl_xor_sync(0xffffffffu, gy, offset);
-        }
-        if (active && lane == 0) {
-          grad_attn[row * num_levels * num_points + lp] = ga;
-          grad_loc[(row * num_levels * num_points + lp) * 2] = gx;
-          grad_loc[(row * num_levels * num_points + lp) * 2 + 1] = gy;
+        if (kGradLocAttn) {
+          // Sum over the group's lanes (groups are aligned, so xor offsets < group stay inside).
+          for (int offset = group / 2; offset > 0; offset /= 2) {
+            ga += __shfl_xor_sync(0xffffffffu, ga, offset);
+            gx += __shfl_xor_sync(0xffffffffu, gx, offset);
+            gy += __shfl_xor_sync(0xffffffffu, gy, offset);
+          }
+          if (active && lane == 0) {
+            grad_attn[row * num_levels * num_points + lp] = ga;
+            grad_loc[(row * num_levels * num_points + lp) * 2] = gx;
+            grad_loc[(row * num_levels * num_points + lp) * 2 + 1] = gy;
+          }
         }
       }
     }
+  }
+}
+
+template <typename scalar_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ value, const msda::Levels levels,
+                                const scalar_t* __restrict__ loc,
+                                const scalar_t* __restrict__ attn,
+                                const scalar_t* __restrict__ grad_out,
+                                scalar_t* __restrict__ grad_value, scalar_t* __restrict__ grad_loc,
+                                scalar_t* __restrict__ grad_attn, int64_t num_value,
+                                int64_t num_query, int64_t num_heads, int64_t channels,
+                                int64_t num_points, int group, int64_t total,
+                                int64_t total_padded, bool want_grad_value,
+                                bool want_grad_loc_attn) {
+  if (want_grad_value && want_grad_loc_attn) {
+    backward_rows<scalar_t, true, true>(value, levels, loc, attn, grad_out, grad_value, grad_loc,
+                                        grad_attn, num_value, num_query, num_heads, channels,
+                                        num_points, group, total, total_padded);
+  } else if (want_grad_value) {
+    backward_rows<scalar_t, true, false>(value, levels, loc, attn, grad_out, grad_value, grad_loc,
+                                         grad_attn, num_value, num_query, num_heads, channels,
+                                         num_points, group, total, total_padded);
+  } else {
+    backward_rows<scalar_t, false, true>(value, levels, loc, attn, grad_out, grad_value, grad_loc,
+                                         grad_attn, num_value, num_query, num_heads, channels,
+                                         num_points, group, total, total_padded);
   }
 }
 
@@ -180,25 +208,38 @@ at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value, const msda::Leve
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_cuda_backward(
     const at::Tensor& value, const msda::Levels& levels, const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights, const at::Tensor& grad_output) {
+    const at::Tensor& attention_weights, const at::Tensor& grad_output, bool want_grad_value,
+    bool want_grad_loc_attn) {
   const c10::cuda::CUDAGuard device_guard(value.device());
   const int64_t batch = value.size(0), num_value = value.size(1), num_heads = value.size(2),
                 channels = value.size(3);
   const int64_t num_query = sampling_locations.size(1), num_points = sampling_locations.size(4);
-  at::Tensor grad_value = at::zeros_like(value);  // scattered with atomics
-  at::Tensor grad_loc = at::zeros_like(sampling_locations);
-  at::Tensor grad_attn = at::zeros_like(attention_weights);
+  at::Tensor grad_value, grad_loc, grad_attn;
+  if (want_grad_value) {
+    // Scattered with float atomics: the summation order, hence the last bits, vary per run.
+    at::globalContext().alertNotDeterministic("ms_deform_attn_cuda_backward");
+    grad_value = at::zeros_like(value);
+  }
+  if (want_grad_loc_attn) {
+    // Every element is stored exactly once by its row's lane 0 (no zero fill needed).
+    grad_loc = at::empty_like(sampling_locations);
+    grad_attn = at::empty_like(attention_weights);
+  }
   const int64_t rows = batch * num_query * num_heads;
-  if (rows == 0 || grad_loc.numel() == 0) return {grad_value, grad_loc, grad_attn};
+  if ((!want_grad_value && !want_grad_loc_attn) || rows == 0 || num_points == 0) {
+    return {grad_value, grad_loc, grad_attn};
+  }
   const Launch cfg = make_launch(rows, channels, kThreads);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cuda_backward", [&] {
     backward_kernel<scalar_t><<<cfg.blocks, cfg.threads, 0, stream>>>(
         value.const_data_ptr<scalar_t>(), levels, sampling_locations.const_data_ptr<scalar_t>(),
         attention_weights.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
-        grad_value.mutable_data_ptr<scalar_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
-        grad_attn.mutable_data_ptr<scalar_t>(), num_value, num_query, num_heads, channels,
-        num_points, cfg.group, cfg.total, cfg.total_padded);
+        want_grad_value ? grad_value.mutable_data_ptr<scalar_t>() : nullptr,
+        want_grad_loc_attn ? grad_loc.mutable_data_ptr<scalar_t>() : nullptr,
+        want_grad_loc_attn ? grad_attn.mutable_data_ptr<scalar_t>() : nullptr, num_value,
+        num_query, num_heads, channels, num_points, cfg.group, cfg.total, cfg.total_padded,
+        want_grad_value, want_grad_loc_attn);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_value, grad_loc, grad_attn};

@@ -137,12 +137,13 @@ MSDA_UNROLL
 }
 
 // Backward of one sampling point over the channels [d_begin, d_end) step d_step.
-//   grad_value receives attn * weight_k * grad_out[d] at each valid corner through add(ptr, v)
-//   (plain += on the CPU, atomicAdd on the GPU);
-//   grad_attn += sum_d grad_out[d] * sample[d];
-//   grad_x/y  += attn * sum_d grad_out[d] * d sample[d] / d x|y.
+//   kGradValue:   grad_value receives attn * weight_k * grad_out[d] at each valid corner through
+//                 add(ptr, v) (plain += on the CPU, atomicAdd on the GPU);
+//   kGradLocAttn: grad_attn += sum_d grad_out[d] * sample[d];
+//                 grad_x/y  += attn * sum_d grad_out[d] * d sample[d] / d x|y.
+// Gradients nobody needs are skipped at compile time (grad_value_level may then be null).
 // The partial sums cover only the given channels; the caller reduces them over all channels.
-template <typename scalar_t, typename AddFn>
+template <bool kGradValue, bool kGradLocAttn, typename scalar_t, typename AddFn>
 MSDA_INLINE void backward_point(const scalar_t* MSDA_RESTRICT value_level,
                                 scalar_t* MSDA_RESTRICT grad_value_level, int64_t spatial_stride,
                                 const Corners<scalar_t>& c, scalar_t attn,
@@ -155,16 +156,18 @@ MSDA_UNROLL
     const scalar_t coef = attn * c.weight[k];
     const int64_t offset = c.index[k] * spatial_stride;
     const scalar_t* MSDA_RESTRICT v = value_level + offset;
-    scalar_t* MSDA_RESTRICT gv = grad_value_level + offset;
+    scalar_t* MSDA_RESTRICT gv = kGradValue ? grad_value_level + offset : nullptr;
     scalar_t dot = 0;  // sum_d grad_out[d] * value_corner[d]
     for (int64_t d = d_begin; d < d_end; d += d_step) {
       const scalar_t g = grad_out[d];
-      dot += g * v[d];
-      add(gv + d, coef * g);
+      if (kGradLocAttn) dot += g * v[d];
+      if (kGradValue) add(gv + d, coef * g);
     }
-    grad_attn += c.weight[k] * dot;
-    grad_x += attn * c.dweight_dx[k] * dot;
-    grad_y += attn * c.dweight_dy[k] * dot;
+    if (kGradLocAttn) {
+      grad_attn += c.weight[k] * dot;
+      grad_x += attn * c.dweight_dx[k] * dot;
+      grad_y += attn * c.dweight_dy[k] * dot;
+    }
   }
 }
 
