@@ -9,7 +9,9 @@ inputs and dispatches:
   forward + backward at the ADE20k shapes, see docs/ms_deform_attn.md);
 - otherwise (extension missing, built without CUDA, no kernel image for the GPU, other devices,
   more than ``_C.MAX_LEVELS`` levels, D too wide for the CUDA forward) -> ``ms_deform_attn_pytorch``,
-  the exact ``grid_sample`` implementation. A CUDA fallback is logged once as a warning.
+  the exact ``grid_sample`` implementation. A CUDA fallback is logged once as a warning;
+- CUDA training under ``torch.use_deterministic_algorithms(True)`` (``value`` needs a gradient)
+  -> ``ms_deform_attn_pytorch_gather``, whose backward is deterministic there.
 
 The compiled kernels are the PyTorch custom op ``torch.ops.mta_clip.ms_deform_attn`` (with a
 fake implementation and registered autograd), which takes the level sizes as host integers:
@@ -39,6 +41,7 @@ else:
 __all__ = [
     "multi_scale_deformable_attention",
     "ms_deform_attn_pytorch",
+    "ms_deform_attn_pytorch_gather",
     "ms_deform_attn_compiled",
     "ms_deform_attn_op_available",
     "ms_deform_attn_op_import_error",
@@ -198,6 +201,48 @@ def ms_deform_attn_pytorch(
     weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, q, n_levels, n_points)
     out = (stacked * weights).sum(dim=(-1, -2))  # (B*heads, D, Q)
     return out.view(b, n_heads * d, q).transpose(1, 2).contiguous()
+
+
+def ms_deform_attn_pytorch_gather(
+    value: torch.Tensor,
+    spatial_shapes: SpatialShapes,
+    level_start_index: LevelStarts,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """PyTorch path built on ``torch.gather`` (same arguments and numbers as
+    ``ms_deform_attn_pytorch``). Its backward is a ``scatter_add``, which CUDA runs
+    deterministically under ``torch.use_deterministic_algorithms(True)`` (``grid_sample``'s CUDA
+    backward and the compiled op's ``grad_value`` atomics do not), so the dispatch uses it for
+    CUDA training in deterministic mode. Slower and larger than the other paths."""
+    levels = _level_sizes(spatial_shapes, level_start_index)
+    b, _, n_heads, d = value.shape
+    _, q, _, _, n_points, _ = sampling_locations.shape
+    v = value.permute(0, 2, 1, 3)  # (B, heads, S, D)
+    out = value.new_zeros(b, n_heads, q, d)
+    start = 0
+    for lvl, (h, w) in enumerate(levels):
+        loc = sampling_locations[:, :, :, lvl].transpose(1, 2)  # (B, heads, Q, P, 2)
+        attn = attention_weights[:, :, :, lvl].transpose(1, 2)  # (B, heads, Q, P)
+        x = loc[..., 0] * w - 0.5
+        y = loc[..., 1] * h - 0.5
+        # Points with no corner on the map (NaN / inf included) are moved to a finite spot
+        # outside it: no contribution and no gradient, as in the kernels.
+        inside = (x >= -1) & (x < w) & (y >= -1) & (y < h)
+        x = torch.where(inside, x, torch.full_like(x, -2.0))
+        y = torch.where(inside, y, torch.full_like(y, -2.0))
+        x0, y0 = x.floor(), y.floor()
+        fx, fy = x - x0, y - y0
+        corners = ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx))
+        for dy, dx, bilinear in corners:
+            cx, cy = x0 + dx, y0 + dy
+            valid = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
+            index = start + (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long()  # (B, heads, Q, P)
+            coef = attn * bilinear * valid.to(attn.dtype)
+            gathered = torch.gather(v, 2, index.reshape(b, n_heads, q * n_points, 1).expand(-1, -1, -1, d))
+            out = out + (gathered.view(b, n_heads, q, n_points, d) * coef[..., None]).sum(3)
+        start = start + h * w
+    return out.permute(0, 2, 1, 3).reshape(b, q, n_heads * d)
 
 
 # ---------------------------------------------------------------------------- custom op
@@ -468,6 +513,20 @@ def multi_scale_deformable_attention(
     """
     levels = _level_sizes(spatial_shapes, level_start_index)
     value, locations, weights = _prepare(value, levels, sampling_locations, attention_weights)
+    if _deterministic_cuda_backward_needed(value, locations, weights):
+        return ms_deform_attn_pytorch_gather(value, levels, None, locations, weights)
     if _use_compiled_op(value.device, len(levels), value.shape[3], value.dtype):
         return _ms_deform_attn_op(value, _flat_sizes(levels), locations, weights)
     return ms_deform_attn_pytorch(value, levels, None, locations, weights)
+
+
+def _deterministic_cuda_backward_needed(value, locations, weights) -> bool:
+    """CUDA training under ``torch.use_deterministic_algorithms(True)``: the compiled op's
+    ``grad_value`` atomics and ``grid_sample``'s backward would raise, the gather path is
+    deterministic. Location / weight gradients alone are deterministic in the compiled op."""
+    return (
+        value.device.type == "cuda"
+        and torch.are_deterministic_algorithms_enabled()
+        and torch.is_grad_enabled()
+        and value.requires_grad
+    )

@@ -15,6 +15,7 @@ from mta_clip.layers import (
     ms_deform_attn_compiled,
     ms_deform_attn_op_available,
     ms_deform_attn_pytorch,
+    ms_deform_attn_pytorch_gather,
     multi_scale_deformable_attention,
 )
 
@@ -152,6 +153,60 @@ def test_pytorch_path_gradcheck():
     assert torch.autograd.gradcheck(
         lambda v, loc, w: ms_deform_attn_pytorch(v, spatial_shapes, level_start_index, loc, w), args
     )
+
+
+@pytest.mark.parametrize("shapes,seed", [(SHAPES_A, 0), (SHAPES_B, 1)])
+def test_gather_path_matches_naive_forward_and_gradients(shapes, seed):
+    """The gather path (deterministic backward on CUDA) against the naive loops; points at NaN /
+    +-inf / far outside give zeros and finite (zero) gradients."""
+    inputs = make_inputs(shapes, batch=2, queries=5, heads=2, channels=3, points=3, seed=seed)
+    locations = inputs[3].clone()
+    locations[0, 0, 0, 0, 0] = torch.tensor([float("nan"), 0.5], dtype=torch.float64)
+    locations[0, 1, 1, 1, 1] = torch.tensor([float("inf"), -float("inf")], dtype=torch.float64)
+    locations[1, 2, 0, 2, 2] = torch.tensor([-5.0, 0.5], dtype=torch.float64)
+    clean = list(inputs)
+    clean[3] = torch.where(locations.isfinite(), locations, torch.full_like(locations, -5.0))
+    grad_out = torch.randn(2, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    ref_out, ref_grads = grads(naive_msda, clean, grad_out)  # the naive loops cannot take NaN
+    inputs[3] = locations
+    out, out_grads = grads(ms_deform_attn_pytorch_gather, inputs, grad_out)
+    assert (out - ref_out).abs().max().item() < 1e-12
+    for got, ref in zip(out_grads, ref_grads):
+        assert torch.isfinite(got).all()
+        assert (got - ref).abs().max().item() < 1e-12
+
+
+def test_gather_path_gradcheck():
+    value, spatial_shapes, level_start_index, locations, weights = make_inputs(
+        [(3, 4), (2, 3)], batch=1, queries=2, heads=2, channels=2, points=2, seed=14
+    )
+    args = [t.requires_grad_(True) for t in (value, locations, weights)]
+    assert torch.autograd.gradcheck(
+        lambda v, loc, w: ms_deform_attn_pytorch_gather(v, spatial_shapes, level_start_index, loc, w), args
+    )
+
+
+def test_deterministic_mode_picks_the_gather_path_only_for_cuda_value_gradients(monkeypatch):
+    value, _, _, locations, weights = make_inputs(SHAPES_A, 1, 2, 2, 3, 2)
+    cuda_like = torch.device("cuda", 0)
+
+    class OnCuda:  # the dispatch reads only .device and .requires_grad
+        def __init__(self, t, requires_grad):
+            self.device, self.requires_grad = cuda_like, requires_grad
+
+    needed = msda_module._deterministic_cuda_backward_needed
+    old = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert needed(OnCuda(value, True), locations, weights)
+        assert not needed(OnCuda(value, False), locations, weights)  # location gradients: deterministic
+        assert not needed(value.requires_grad_(True), locations, weights)  # CPU: the C++ kernel is deterministic
+        with torch.no_grad():
+            assert not needed(OnCuda(value, True), locations, weights)
+        torch.use_deterministic_algorithms(False)
+        assert not needed(OnCuda(value, True), locations, weights)
+    finally:
+        torch.use_deterministic_algorithms(old)
 
 
 # ---------------------------------------------------------------- C++ CPU kernel
@@ -721,3 +776,22 @@ def test_cuda_compile_and_export():
     program = torch.export.export(Attn(), (value, locations, weights))
     assert torch.ops.mta_clip.ms_deform_attn.default in [n.target for n in program.graph.nodes]
     torch.testing.assert_close(program.module()(value, locations, weights), eager[0], rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+def test_cuda_deterministic_mode_uses_the_gather_path():
+    """Under torch.use_deterministic_algorithms(True) CUDA training works (gather path) and is
+    bitwise reproducible; the result equals the CUDA op's."""
+    inputs = make_inputs(SHAPES_A + SHAPES_B, 2, 300, 4, 16, 4, dtype=torch.float32, device="cuda", seed=15)
+    grad_out = torch.randn(2, 300, 64, device="cuda")
+    reference = grads(ms_deform_attn_compiled, inputs, grad_out)
+    old = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        first = grads(multi_scale_deformable_attention, inputs, grad_out)
+        second = grads(multi_scale_deformable_attention, inputs, grad_out)
+    finally:
+        torch.use_deterministic_algorithms(old)
+    for a, b, ref in zip((first[0], *first[1]), (second[0], *second[1]), (reference[0], *reference[1])):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-5 * max(ref.abs().max().item(), 1.0))
