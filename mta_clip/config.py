@@ -263,6 +263,7 @@ def _add_imagenet_backbone_config(cfg: CN) -> None:
     vit.OUT_INDICES = [3, 5, 7, 11]  # 0-based blocks feeding res2, res3, res4, res5
     vit.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # ImageNetViT outputs (strides 4, 8, 16, 32)
     vit.PYRAMID_NORM = "SyncBN"  # Detectron2 norm in the x4 upsampling branch of the ViT pyramid
+    vit.PYRAMID_PRE_NORM = True  # GroupNorm(1, C) before each pyramid branch, as MODEL.CLIP.VIT (False: none)
     vit.DROP_PATH_RATE = 0.1  # stochastic depth of the last block, linear from 0 (Segmenter's ViT-S recipe: 0.1)
 
     cfg.MODEL.MIT = CN()

@@ -16,8 +16,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
-from torchvision.ops import StochasticDepth
 
+from ...layers.drop_path import DropPath
 from ..clip.weights import image_size_pair, resize_grid_pos_embed
 from .freeze import warn_unused_freeze_at
 from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
@@ -69,7 +69,7 @@ class ViTBlock(nn.Module):
         self.attn = _Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=_NORM_EPS)
         self.mlp = _Mlp(dim, int(dim * mlp_ratio))
-        self.drop_path = StochasticDepth(drop_path, mode="row")  # per-sample; identity in eval mode
+        self.drop_path = DropPath(drop_path, "sample")  # identity in eval mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -99,6 +99,7 @@ class ImageNetViT(Backbone):
         out_indices: Sequence[int] = (3, 5, 7, 11),
         out_features: Sequence[str] = LEVELS,
         pyramid_norm: str = "SyncBN",
+        pyramid_pre_norm: bool = True,
         drop_path_rate: float = 0.1,
         weights: Optional[Dict[str, torch.Tensor]] = None,
         weights_source: str = "",
@@ -111,6 +112,7 @@ class ImageNetViT(Backbone):
             out_indices: the 4 blocks (0-based) feeding res2, res3, res4, res5.
             out_features: subset of res2..res5.
             pyramid_norm: Detectron2 norm inside the pyramid's x4 upsampling branch.
+            pyramid_pre_norm: ``GroupNorm(1, embed_dim)`` before each pyramid branch (as the CLIP ViT).
             drop_path_rate: stochastic depth of the last block; block i gets rate * i / (depth - 1).
             weights: timm-layout state dict (classifier entries allowed); None = random init.
             weights_source: file name for messages.
@@ -140,7 +142,7 @@ class ImageNetViT(Backbone):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
         self.blocks = nn.ModuleList(
             [ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(used)])
-        self.pyramid = ViTPyramid(self._out_features, embed_dim, pyramid_norm)
+        self.pyramid = ViTPyramid(self._out_features, embed_dim, pyramid_norm, pre_norm=pyramid_pre_norm)
         self._init_trunk()
         if weights is not None:
             self._load(weights, weights_source or "ViT weights")
@@ -203,6 +205,7 @@ class ImageNetViT(Backbone):
             "out_indices": tuple(vit.OUT_INDICES),
             "out_features": tuple(vit.OUT_FEATURES),
             "pyramid_norm": vit.PYRAMID_NORM,
+            "pyramid_pre_norm": vit.PYRAMID_PRE_NORM,
             "drop_path_rate": vit.DROP_PATH_RATE,
             "weights": weights,
             "weights_source": vit.WEIGHTS,

@@ -21,8 +21,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
-from torchvision.ops import StochasticDepth
 
+from ...layers.drop_path import DropPath
 from .freeze import warn_unused_freeze_at
 from .weight_files import load_backbone_weights, read_backbone_weights
 
@@ -105,7 +105,7 @@ class _MiTBlock(nn.Module):
         self.attn = _EfficientSelfAttention(dim, heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=_NORM_EPS)
         self.mlp = _MixFFN(dim, int(dim * mlp_ratio))
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = DropPath(drop_path, "sample")
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), h, w))

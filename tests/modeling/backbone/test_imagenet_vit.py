@@ -75,7 +75,8 @@ def test_default_shapes_are_timm_vit_small():
     assert trunk == {k: tuple(v.shape) for k, v in ref.items() if not k.startswith(("norm.", "head."))}
     assert {k: (v.channels, v.stride) for k, v in ours.output_shape().items()} == {
         "res2": (384, 4), "res3": (384, 8), "res4": (384, 16), "res5": (384, 32)}
-    rates = [b.drop_path.p for b in ours.blocks]
+    assert isinstance(ours.pyramid["res2"][0], torch.nn.GroupNorm)  # MODEL.VIT.PYRAMID_PRE_NORM, as the CLIP ViT
+    rates = [b.drop_path.drop_prob for b in ours.blocks]
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.1, 12))
 
 

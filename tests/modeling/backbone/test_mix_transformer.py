@@ -150,7 +150,7 @@ def test_official_mit_b4_file_loads_with_default_config(tmp_path):
     torch.testing.assert_close(bb.block3[26].attn.kv.weight, sd["block3.26.attn.kv.weight"])
     assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
         "res2": (64, 4), "res3": (128, 8), "res4": (320, 16), "res5": (512, 32)}
-    rates = [b.drop_path.p for s in range(1, 5) for b in getattr(bb, f"block{s}")]
+    rates = [b.drop_path.drop_prob for s in range(1, 5) for b in getattr(bb, f"block{s}")]
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.1, 41))
 
     # a B2 file (depths 3, 4, 6, 3) under the B4 config: missing blocks named
