@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 LEVELS = [(64, 64), (32, 32), (16, 16)]
@@ -36,6 +37,7 @@ def _parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed steps (default: 20 cuda, 5 cpu)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--impl", choices=("all",) + IMPLS, default="all")
+    parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -197,6 +199,13 @@ def main(argv=None):
         out.write(
             f"| {r['impl']:<9} | {r['fwd_ms']:9.2f} | {r['bwd_ms']:9.2f} | {r['total_ms']:10.2f} | {peak} | {speed} |\n"
         )
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        payload = {"args": vars(args), "machine": _machine(args.device), "levels": LEVELS, "rows": rows}
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as f:
+            json.dump(payload, f, indent=1)
+        os.replace(f.name, args.json)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ Measured, each model in a fresh process (one after the other, never at the same 
 
 - train step: forward + loss + backward + optimizer step (the recipe's AdamW with full-model
   gradient clipping, ``mta_clip.solver.build_optimizer``); median over ``--iters`` steps after
-  ``--warmup`` steps. AMP follows ``SOLVER.AMP.ENABLED`` of the config (off in both recipes) and
-  is used on CUDA only.
+  ``--warmup`` steps. AMP (CUDA only): ``--amp bf16`` / ``fp16`` (autocast; fp16 with a gradient
+  scaler), ``off``, or ``config`` (default: fp16 where the config's ``SOLVER.AMP.ENABLED`` is on,
+  as Detectron2's AMP trainer does; off in both recipes). After the timed steps the loss and
+  every gradient of the last step must be finite (with fp16, the gradients once unscaled).
 - peak memory of a train step:
   CUDA: ``torch.cuda.max_memory_allocated`` over the timed steps (weights, gradients, optimizer
   state and activations: everything the process allocated through PyTorch).
@@ -129,6 +131,10 @@ def _parse_args(argv=None):
                              "inference call instead of timing")
     parser.add_argument("--json", default="", help="also write all measurements to this JSON file")
     parser.add_argument("--from-json", default="", help="print the tables of a file written by --json, measure nothing")
+    parser.add_argument("--amp", choices=("config", "off", "bf16", "fp16"), default="config",
+                        help="mixed precision on CUDA (default: fp16 if the config's SOLVER.AMP.ENABLED)")
+    parser.add_argument("--no-breakdown", action="store_true",
+                        help="skip the per-component breakdown, the text encoder alone and the text-mask ablation")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides for both models (KEY VALUE ...), last on the command line")
     parser.add_argument("--worker", choices=tuple(MODELS) + (PAIRED,), help=argparse.SUPPRESS)
@@ -333,16 +339,50 @@ def _deform_attn_path(device) -> str:
     return "PyTorch path"
 
 
-def _make_train_step(model, optimizer, batch, device, use_amp: bool):
-    """``train_step(timers) -> loss``: forward, losses, backward, optimizer step (AMP scaler with AMP)."""
+def _amp_dtype(args, cfg):
+    """The autocast dtype of ``--amp`` (None: no autocast). CUDA only."""
     import torch
 
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    if args.device != "cuda":
+        return None
+    choice = args.amp
+    if choice == "config":
+        choice = "fp16" if cfg.SOLVER.AMP.ENABLED else "off"
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def _amp_name(amp) -> str:
+    import torch
+
+    return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+
+
+def _autocast(device, amp):
+    import contextlib
+
+    import torch
+
+    return contextlib.nullcontext() if amp is None else torch.autocast(device_type=device.type, dtype=amp)
+
+
+def _grads_finite(model) -> bool:
+    import torch
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(grads) and all(bool(torch.isfinite(g).all()) for g in grads)
+
+
+def _make_train_step(model, optimizer, batch, device, amp):
+    """``train_step(timers) -> loss``: forward, losses, backward, optimizer step (``amp``: autocast
+    dtype or None; a gradient scaler with float16)."""
+    import torch
+
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
 
     def train_step(timers: Timers):
         timers.start("step")
         timers.start("forward")
-        with torch.autocast(device_type=device.type, enabled=use_amp):
+        with _autocast(device, amp):
             losses = model(batch)
         total = sum(losses.values())
         timers.stop("forward")
@@ -385,7 +425,7 @@ def _worker(args) -> dict:
     build_s = time.perf_counter() - t0
     model.train()
     optimizer = build_optimizer(cfg, model)
-    use_amp = cuda and cfg.SOLVER.AMP.ENABLED
+    use_amp = _amp_dtype(args, cfg)
     batch = _make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
     predictor = model.sem_seg_head.predictor
     num_queries = predictor.num_queries + getattr(predictor, "num_text_queries", 0)
@@ -408,7 +448,7 @@ def _worker(args) -> dict:
         "params_total": sum(p.numel() for p in model.parameters()),
         "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "build_s": build_s,
-        "amp": use_amp,
+        "amp": _amp_name(use_amp),
         "ms_deform_attn": _deform_attn_path(device),
     }
     if args.flops_only:
@@ -434,6 +474,10 @@ def _worker(args) -> dict:
         step_times.append(time.perf_counter() - start)
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{result['model']}: non-finite training loss {float(loss)}")
+    if not _grads_finite(model):
+        raise FloatingPointError(f"{result['model']}: non-finite gradients after the last timed step")
+    result["loss_last"] = float(loss)
+    result["grads_finite"] = True
     result["train_step_ms"] = statistics.median(step_times) * 1e3
     result["train_step_all_ms"] = [t * 1e3 for t in step_times]
     if cuda:
@@ -441,13 +485,13 @@ def _worker(args) -> dict:
         result["peak_method"] = "torch.cuda.max_memory_allocated over the timed steps"
         timers = Timers(sync_cuda=True)
         install(timers)
-        for _ in range(args.iters):
+        for _ in range(0 if args.no_breakdown else args.iters):
             train_step(timers)
     timers.unwrap_all()
     result["breakdown_ms"] = {k: v * 1e3 / args.iters for k, v in timers.total.items()}
 
     # ---- text encoder alone (forward, then backward to the learned contexts), decoder ablation
-    text_encoder = getattr(model, "text_encoder", None)
+    text_encoder = None if args.no_breakdown else getattr(model, "text_encoder", None)
     if text_encoder is not None:
         fwd, bwd = [], []
         for _ in range(args.iters):
@@ -504,14 +548,17 @@ def _worker(args) -> dict:
               for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
 
     def infer_once():
-        with torch.autocast(device_type=device.type, enabled=use_amp):
-            model(inputs)
+        with _autocast(device, use_amp):
+            return model(inputs)
 
     timers = Timers(sync_cuda=cuda)
     infer = []
     with torch.no_grad():
         for _ in range(max(1, args.warmup)):  # the first call fills MTA-CLIP's text cache
-            infer_once()
+            outputs = infer_once()
+        if not all(bool(torch.isfinite(o["sem_seg"]).all()) for o in outputs):
+            raise FloatingPointError(f"{result['model']}: non-finite inference scores")
+        result["inference_finite"] = True
         if not cuda:
             install(timers)
         for _ in range(args.iters):
@@ -522,7 +569,7 @@ def _worker(args) -> dict:
             timers.stop("step")
             sync()
             infer.append(time.perf_counter() - start)
-        if cuda:
+        if cuda and not args.no_breakdown:
             install(timers)
             timers.reset()
             for _ in range(args.iters):
@@ -548,7 +595,7 @@ def _paired(args) -> dict:
     models, steps = {}, {}
     for key in MODELS:
         cfg, model = _build(args, key)
-        use_amp = cuda and cfg.SOLVER.AMP.ENABLED
+        use_amp = _amp_dtype(args, cfg)
         batch = _make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         models[key] = (model, use_amp)
         steps[key] = _make_train_step(model.train(), build_optimizer(cfg, model), batch, device, use_amp)
@@ -557,7 +604,7 @@ def _paired(args) -> dict:
 
     def infer(key):
         model, use_amp = models[key]
-        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=use_amp):
+        with torch.no_grad(), _autocast(device, use_amp):
             model(inputs)
 
     def timed(fn, key) -> float:
@@ -622,7 +669,7 @@ def _count_flops(model, batch, args, use_amp, device) -> dict:
         return counter.get_total_flops()
 
     def step():
-        with torch.autocast(device_type=device.type, enabled=use_amp):
+        with _autocast(device, use_amp):
             losses = model(batch)
         sum(losses.values()).backward()
 
@@ -640,7 +687,7 @@ def _count_flops(model, batch, args, use_amp, device) -> dict:
     model.eval()
     inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
               for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
-    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=use_amp):
+    with torch.no_grad(), _autocast(device, use_amp):
         model(inputs)  # fills the text cache
 
         def infer():
@@ -664,7 +711,7 @@ def _text_mask_ablation(model, batch, iters, sync, use_amp, device) -> dict:
 
     handle = predictor.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=use_amp):
+        with torch.no_grad(), _autocast(device, use_amp):
             model(batch)
     finally:
         handle.remove()
@@ -676,7 +723,7 @@ def _text_mask_ablation(model, batch, iters, sync, use_amp, device) -> dict:
         for _ in range(iters):
             sync()
             start = time.perf_counter()
-            with torch.autocast(device_type=device.type, enabled=use_amp):
+            with _autocast(device, use_amp):
                 pred = predictor(*captured["args"], **captured["kwargs"])
             sync()
             times.append(time.perf_counter() - start)
@@ -796,6 +843,13 @@ def _flops_table(args, results: dict) -> str:
         tablefmt="github", disable_numparse=True)
 
 
+def _amp_label(amp) -> str:
+    """``amp`` of a result: "off" / "bf16" / "fp16" (older files: True = fp16, False = off)."""
+    if isinstance(amp, bool) or amp is None:
+        return "fp16" if amp else "off"
+    return amp
+
+
 def _tables(args, results: dict, machine: str) -> str:
     from tabulate import tabulate
 
@@ -811,7 +865,7 @@ def _tables(args, results: dict, machine: str) -> str:
     measured = [results[key] for key in MODELS if key in results]
     paths = sorted({r.get("ms_deform_attn", "?") for r in measured})
     lines.append(f"multi-scale deformable attention: {', '.join(paths)}; "
-                 f"AMP: {', '.join(sorted({'on' if r.get('amp') else 'off' for r in measured}))}")
+                 f"AMP: {', '.join(sorted({_amp_label(r.get('amp')) for r in measured}))}")
     if args.opts:
         lines.append(f"config overrides: {' '.join(args.opts)}")
     lines.append("")
@@ -859,15 +913,19 @@ def _tables(args, results: dict, machine: str) -> str:
                 f"(quartiles of the per-round ratio {p['ratio_q1']:.2f}x-{p['ratio_q3']:.2f}x; medians there: "
                 f"Mask2Former* {p['baseline_ms']:,.1f} ms, MTA-CLIP {p['mtaclip_ms']:,.1f} ms)"
             )
-    lines.append("")
-    where = "the timed steps" if args.device == "cpu" else f"{args.iters} extra steps with CUDA syncs at every timer"
-    lines.append(f"train-step breakdown, ms per step (mean over {where}):")
-    lines.append(_breakdown_table(base["breakdown_ms"], mta["breakdown_ms"], train=True,
-                                  text_bwd_alone=mta.get("text_encoder_alone_bwd_ms")))
-    lines.append("")
-    where = "the timed calls" if args.device == "cpu" else f"{args.iters} extra calls with CUDA syncs at every timer"
-    lines.append(f"inference breakdown, ms per call (mean over {where}; text features cached):")
-    lines.append(_breakdown_table(base["inference_breakdown_ms"], mta["inference_breakdown_ms"], train=False))
+    if base["breakdown_ms"] and mta["breakdown_ms"]:  # empty with --no-breakdown on CUDA
+        lines.append("")
+        where = ("the timed steps" if args.device == "cpu"
+                 else f"{args.iters} extra steps with CUDA syncs at every timer")
+        lines.append(f"train-step breakdown, ms per step (mean over {where}):")
+        lines.append(_breakdown_table(base["breakdown_ms"], mta["breakdown_ms"], train=True,
+                                      text_bwd_alone=mta.get("text_encoder_alone_bwd_ms")))
+    if base["inference_breakdown_ms"] and mta["inference_breakdown_ms"]:
+        lines.append("")
+        where = ("the timed calls" if args.device == "cpu"
+                 else f"{args.iters} extra calls with CUDA syncs at every timer")
+        lines.append(f"inference breakdown, ms per call (mean over {where}; text features cached):")
+        lines.append(_breakdown_table(base["inference_breakdown_ms"], mta["inference_breakdown_ms"], train=False))
     if "decoder_alone_textmask_none_ms" in mta:
         conf = mta["text_attention_mask"]
         with_masks = mta[f"decoder_alone_textmask_{conf}_ms"]
@@ -892,7 +950,10 @@ def main(argv=None):
     forwarded = ["--device", args.device, "--size", str(args.size), "--batch", str(args.batch),
                  "--infer-batch", str(args.infer_batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
                  "--infer-iters", str(args.infer_iters),
-                 "--backbone", args.backbone, "--classes-per-image", str(args.classes_per_image)]
+                 "--backbone", args.backbone, "--classes-per-image", str(args.classes_per_image),
+                 "--amp", args.amp]
+    if args.no_breakdown:
+        forwarded.append("--no-breakdown")
     if args.flops_only:
         forwarded.append("--flops-only")
     if args.opts:

@@ -3,6 +3,10 @@
 Metrics (mIoU, fwIoU, mACC, pACC, per-class IoU / ACC) are Detectron2's. After ``evaluate()`` the
 main process also writes ``per_class_<dataset>.csv`` and ``per_class_<dataset>.json`` into
 ``output_dir`` (temporary file + rename) and logs a readable per-class table.
+
+Label files are read by ``load_sem_seg_labels``: Detectron2's default loader asks numpy for an
+array without a copy (``np.array(image, copy=False)``), which numpy 2 refuses ("Unable to avoid
+copy"); this one works on numpy 1.x and 2.x.
 """
 import csv
 import io
@@ -15,11 +19,13 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from detectron2.evaluation import SemSegEvaluator
+from detectron2.utils.file_io import PathManager
+from PIL import Image
 from tabulate import tabulate
 
 from ..atomic_io import write_text_atomic
 
-__all__ = ["PerClassSemSegEvaluator", "format_per_class_table", "per_class_metrics"]
+__all__ = ["PerClassSemSegEvaluator", "format_per_class_table", "load_sem_seg_labels", "per_class_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +68,18 @@ def _json_number(x: float) -> Optional[float]:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
+def load_sem_seg_labels(filename: str, dtype=None) -> np.ndarray:
+    """(H, W) label array of a label image, a new writable array (numpy 1.x and 2.x)."""
+    with PathManager.open(filename, "rb") as f:
+        return np.array(Image.open(f), dtype=dtype)
+
+
 class PerClassSemSegEvaluator(SemSegEvaluator):
     """Detectron2's semantic-segmentation metrics, plus per-class CSV / JSON and a log table."""
+
+    def __init__(self, dataset_name, distributed=True, output_dir=None, *, sem_seg_loading_fn=load_sem_seg_labels,
+                 **kwargs):
+        super().__init__(dataset_name, distributed, output_dir, sem_seg_loading_fn=sem_seg_loading_fn, **kwargs)
 
     def evaluate(self):
         results = super().evaluate()

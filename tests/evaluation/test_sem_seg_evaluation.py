@@ -14,6 +14,7 @@ from PIL import Image
 
 from mta_clip.data import register_sem_seg_dataset
 from mta_clip.evaluation import PerClassSemSegEvaluator, format_per_class_table, per_class_metrics
+from mta_clip.evaluation.sem_seg_evaluation import load_sem_seg_labels
 
 CLASSES = ["sky", "road, route", "car"]  # a comma inside a name must survive the CSV
 
@@ -43,8 +44,8 @@ def dataset(tmp_path):
     MetadataCatalog.remove(name)
 
 
-def _run(evaluator_cls, name, preds, out_dir):
-    evaluator = evaluator_cls(name, distributed=False, output_dir=str(out_dir))
+def _run(evaluator_cls, name, preds, out_dir, **kwargs):
+    evaluator = evaluator_cls(name, distributed=False, output_dir=str(out_dir), **kwargs)
     evaluator.reset()
     for rec, pred in zip(DatasetCatalog.get(name), preds):
         scores = torch.nn.functional.one_hot(torch.from_numpy(pred), len(CLASSES)).permute(2, 0, 1).float()
@@ -70,7 +71,8 @@ def test_per_class_files_and_metrics(dataset, tmp_path, caplog):
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO, logger="mta_clip.evaluation.sem_seg_evaluation"):
         results = _run(PerClassSemSegEvaluator, name, preds, out)
-    plain = _run(SemSegEvaluator, name, preds, tmp_path / "plain")
+    # Detectron2's own metrics (its default label loader fails on numpy 2, hence ours)
+    plain = _run(SemSegEvaluator, name, preds, tmp_path / "plain", sem_seg_loading_fn=load_sem_seg_labels)
     assert results["sem_seg"].keys() == plain["sem_seg"].keys()
     for k, v in plain["sem_seg"].items():
         assert results["sem_seg"][k] == pytest.approx(v, nan_ok=True)
@@ -123,3 +125,32 @@ def test_table_layout():
     assert text[0].count("class") == 3
     assert "class0" in text[2] and "class3" in text[2] and "class6" in text[2]
     assert "6.00" in text[2] and "-" in text[2]
+
+
+def _numpy2_copy_semantics(monkeypatch):
+    """On numpy 1.x, make ``np.array(..., copy=False)`` refuse as numpy 2 does where a copy is
+    needed (always, for a PIL image); on numpy 2 the real behaviour is in force."""
+    if int(np.__version__.split(".")[0]) >= 2:
+        return
+    original = np.array
+
+    def array(obj, *args, copy=True, **kwargs):
+        if copy is False and isinstance(obj, Image.Image):
+            raise ValueError("Unable to avoid copy while creating an array as requested.")
+        return original(obj, *args, copy=copy, **kwargs)
+
+    monkeypatch.setattr(np, "array", array)
+
+
+def test_evaluation_under_numpy2_copy_semantics(dataset, tmp_path, monkeypatch):
+    name, gts, preds = dataset
+    expected = _run(PerClassSemSegEvaluator, name, preds, tmp_path / "before")
+    _numpy2_copy_semantics(monkeypatch)
+    with pytest.raises(ValueError, match="Unable to avoid copy"):  # Detectron2's default loader
+        _run(SemSegEvaluator, name, preds, tmp_path / "plain")
+    results = _run(PerClassSemSegEvaluator, name, preds, tmp_path / "out")
+    assert results["sem_seg"]["mIoU"] == pytest.approx(expected["sem_seg"]["mIoU"])
+    for c in range(2):
+        assert results["sem_seg"][f"IoU-{CLASSES[c]}"] == pytest.approx(_direct(gts, preds, c)[0])
+    labels = load_sem_seg_labels(DatasetCatalog.get(name)[0]["sem_seg_file_name"], dtype=int)
+    assert labels.flags.writeable and labels.dtype == np.int_ and np.array_equal(labels, gts[0])
