@@ -280,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.config_file and not args.weights:
         print("error: give --weights MODEL_FILE (written by train_net.py) and/or --config-file", file=sys.stderr)
         return 2
+    if args.weights and not os.path.isfile(args.weights):
+        print(f"error: --weights {args.weights}: no such file", file=sys.stderr)
+        return 2
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         print(f"error: --output {args.output} exists and is not a folder", file=sys.stderr)
         return 2

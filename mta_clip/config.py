@@ -168,6 +168,9 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
     cfg.INPUT.PAD_WITH_PIXEL_MEAN = False  # pad with MODEL.PIXEL_MEAN instead (authors: 0 after normalization)
     cfg.INPUT.COLOR_AUG_SSD_TRUNCATE = False  # photometric steps each truncate to uint8 (authors' mmseg) vs round once
+    cfg.INPUT.TRAIN_RESIZE = "shortest_edge"  # shortest_edge (MIN/MAX_SIZE_TRAIN, PIL) or ratio_range (mmseg, cv2)
+    cfg.INPUT.TRAIN_RESIZE_SCALE = (2048, 512)  # ratio_range: (long, short) scale multiplied by the random ratio
+    cfg.INPUT.TRAIN_RESIZE_RATIO_RANGE = (0.5, 2.0)  # ratio_range: the ratio is uniform in [low, high)
     cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)

@@ -167,6 +167,8 @@ def test_output_that_cannot_be_written_stops_before_the_model_is_built(tmp_path,
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--output" in err[0] and "cannot be created or written" in err[0]
+    assert demo.main(["--weights", str(tmp_path / "nope.pth"), "--input", str(image), "--output", str(tmp_path)]) == 2
+    assert "--weights" in capsys.readouterr().err
 
 
 def test_truncated_image_is_reported_with_its_name(model, tmp_path, capsys):
