@@ -11,11 +11,13 @@ On a machine without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
 import sys
 
+import mta_clip  # noqa: F401  (first: registers models and datasets, quiets third-party import warnings)
+
+# isort: split
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-import mta_clip  # noqa: F401  (registers models and datasets)
 from mta_clip.checkpointer import AtomicCheckpointer
 from mta_clip.engine import Trainer, check_launch_args, save_run_config, setup
 

@@ -7,9 +7,11 @@
     python demo/demo.py --config-file C --webcam [--output out/]
 
 Writes, for an image ``a/b.jpg`` (relative to a folder given as input, else its file name):
-  out/overlays/a/b.jpg   the image with the predicted regions (Detectron2's Visualizer) and a
-                         legend of the classes present (largest first, share of the image)
-  out/labels/a/b.png     raw label map (class index per pixel; uint16 PNG when C > 255)
+  out/overlays/a/b.png   lossless overlay at the input resolution (tiny inputs upscaled): the
+                         predicted regions, their class names inside the image, and a legend of
+                         the classes present ordered by class index (colour, name, share)
+  out/labels/a/b.png     label map: pixel values = class indices, saved as a palette PNG that
+                         shows the class colours in any viewer (16-bit grayscale when C > 256)
 For a video ``clip.mp4``: out/clip_overlay.mp4 and out/labels/clip/<frame>.png.
 Grayscale, RGBA and 16-bit images are converted; unreadable files are reported and skipped.
 Exit status 0 when every input was processed, 1 when some were skipped, 2 on bad arguments.
@@ -30,19 +32,24 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import mta_clip  # noqa: E402,F401  (first: quiets third-party import warnings)
+
+# isort: split
 from detectron2.data.catalog import Metadata  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from mta_clip.atomic_io import atomic_output  # noqa: E402
 from mta_clip.predictor import Predictor, to_bgr_uint8  # noqa: E402
+from mta_clip.visualization import (  # noqa: E402
+    overlay_legend_width,
+    render_overlay,
+    save_label_png,
+    short_names,
+)
 
 logger = logging.getLogger("mta_clip.demo")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-FONT_SCALE = 0.45
-ROW_H = 18
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -138,58 +145,16 @@ def read_image(path: str) -> np.ndarray:
 
 def display_metadata(metadata) -> Metadata:
     """Short display names (first synonym of 'a, b, c') and the dataset's colors."""
-    names = [str(n).split(",")[0].strip() for n in metadata.stuff_classes]
-    return Metadata(name=f"{metadata.name}_display", stuff_classes=names, stuff_colors=metadata.stuff_colors)
+    return Metadata(name=f"{metadata.name}_display", stuff_classes=short_names(metadata.stuff_classes),
+                    stuff_colors=[tuple(int(v) for v in c) for c in metadata.stuff_colors])
 
 
-def legend_width(names: Sequence[str]) -> int:
-    text_w = max(cv2.getTextSize(f"{n} 100.0%", FONT, FONT_SCALE, 1)[0][0] for n in names)
-    return text_w + 2 * ROW_H + 8
-
-
-def draw_legend(
-    image_rgb: np.ndarray, labels: np.ndarray, meta: Metadata, width: int, grow: bool = True
-) -> np.ndarray:
-    """Appends a white panel listing the classes present (largest first) with their colors.
-
-    ``grow``: make the canvas taller when the list does not fit (images); otherwise the list is cut
-    and ends with "..." (videos need a fixed frame size).
-    """
-    h = image_rgb.shape[0]
-    ids, counts = np.unique(labels, return_counts=True)
-    keep = ids < len(meta.stuff_classes)
-    ids, counts = ids[keep], counts[keep]
-    order = np.argsort(-counts, kind="stable")
-    entries = [(int(ids[i]), 100.0 * counts[i] / labels.size) for i in order]
-    rows_fit = max(1, (h - 8) // ROW_H)
-    if grow:
-        height = max(h, len(entries) * ROW_H + 8)
-    else:
-        height = h
-        if len(entries) > rows_fit:
-            entries = entries[: rows_fit - 1] + [(-1, 0.0)]
-    canvas = np.full((height, image_rgb.shape[1] + width, 3), 255, np.uint8)
-    canvas[:h, : image_rgb.shape[1]] = image_rgb
-    x0 = image_rgb.shape[1] + 6
-    for row, (cls, share) in enumerate(entries):
-        y = 4 + row * ROW_H
-        if cls < 0:
-            cv2.putText(canvas, "...", (x0, y + ROW_H - 5), FONT, FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
-            break
-        color = tuple(int(c) for c in meta.stuff_colors[cls])
-        cv2.rectangle(canvas, (x0, y + 2), (x0 + ROW_H - 4, y + ROW_H - 2), color, thickness=-1)
-        cv2.rectangle(canvas, (x0, y + 2), (x0 + ROW_H - 4, y + ROW_H - 2), (0, 0, 0), thickness=1)
-        text = f"{meta.stuff_classes[cls]} {share:.1f}%"
-        cv2.putText(canvas, text, (x0 + ROW_H + 2, y + ROW_H - 5), FONT, FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
-    return canvas
-
-
-def render(image_bgr: np.ndarray, labels: np.ndarray, meta: Metadata, width: int, alpha: float,
-           grow: bool = True) -> np.ndarray:
-    """-> (H', W + legend, 3) uint8 BGR overlay with legend."""
-    vis = Visualizer(image_bgr[:, :, ::-1], meta, instance_mode=ColorMode.IMAGE)
-    overlay = vis.draw_sem_seg(labels, alpha=alpha).get_image()
-    return draw_legend(overlay, labels, meta, width, grow=grow)[:, :, ::-1]
+def render(image_bgr: np.ndarray, labels: np.ndarray, meta: Metadata, alpha: float,
+           legend_width_px: Optional[int] = None) -> np.ndarray:
+    """-> BGR overlay with in-image labels and legend (``legend_width_px``: fixed size for videos)."""
+    vis = render_overlay(image_bgr[:, :, ::-1], labels, meta.stuff_classes, meta.stuff_colors, alpha=alpha,
+                         legend_width_px=legend_width_px, grow=legend_width_px is None)
+    return np.ascontiguousarray(vis[:, :, ::-1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,11 +171,7 @@ def write_image_atomic(path: str, image: np.ndarray) -> None:
         buf.tofile(tmp)
 
 
-def label_png(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return labels.astype(np.uint8 if num_classes <= 255 else np.uint16)
-
-
-def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str, meta: Metadata, width: int,
+def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str, meta: Metadata,
                args) -> Tuple[int, List[Tuple[str, str]]]:
     """Processes images in batches; returns (written, [(path, reason) skipped])."""
     written, failed = 0, []
@@ -224,10 +185,8 @@ def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str,
         outs = predictor.predict_batch([b[2] for b in batch], return_probs=False)
         for (_path, key, image), out in zip(batch, outs):
             labels = out["labels"]
-            write_image_atomic(os.path.join(out_dir, "labels", key + ".png"), label_png(labels, predictor.num_classes))
-            write_image_atomic(
-                os.path.join(out_dir, "overlays", key + ".jpg"), render(image, labels, meta, width, args.alpha)
-            )
+            save_label_png(os.path.join(out_dir, "labels", key + ".png"), labels, meta.stuff_colors)
+            write_image_atomic(os.path.join(out_dir, "overlays", key + ".png"), render(image, labels, meta, args.alpha))
             written += 1
         bar.update(len(batch))
         batch.clear()
@@ -257,16 +216,19 @@ def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 
 def run_stream(predictor: Predictor, capture: cv2.VideoCapture, name: str, out_dir: Optional[str],
-               meta: Metadata, width: int, args) -> int:
+               meta: Metadata, args) -> int:
     """Segments every frame; writes <name>_overlay.mp4 + label PNGs, or shows a window. -> frames."""
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer, tmp, final = None, None, None
+    width = None
     n = 0
     try:
         for frame in tqdm.tqdm(_frames(capture), total=total, desc=name, unit="frame"):
             labels = predictor(frame, return_probs=False)["labels"]
-            vis = render(frame, labels, meta, width, args.alpha, grow=False)
+            if width is None:  # every frame the same size, legend rows in class order
+                width = overlay_legend_width(meta.stuff_classes, *frame.shape[:2])
+            vis = render(frame, labels, meta, args.alpha, legend_width_px=width)
             if out_dir is None:
                 cv2.imshow(name, vis)
                 if cv2.waitKey(1) == 27:  # Esc
@@ -280,9 +242,7 @@ def run_stream(predictor: Predictor, capture: cv2.VideoCapture, name: str, out_d
                     if not writer.isOpened():
                         raise OSError(f"cannot open a video writer for {final}")
                 writer.write(vis)
-                write_image_atomic(
-                    os.path.join(out_dir, "labels", name, f"{n:06d}.png"), label_png(labels, predictor.num_classes)
-                )
+                save_label_png(os.path.join(out_dir, "labels", name, f"{n:06d}.png"), labels, meta.stuff_colors)
             n += 1
     finally:
         if writer is not None:
@@ -320,6 +280,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.config_file and not args.weights:
         print("error: give --weights MODEL_FILE (written by train_net.py) and/or --config-file", file=sys.stderr)
         return 2
+    if args.weights and not os.path.isfile(args.weights):
+        print(f"error: --weights {args.weights}: no such file", file=sys.stderr)
+        return 2
     if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
         print(f"error: --output {args.output} exists and is not a folder", file=sys.stderr)
         return 2
@@ -339,13 +302,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         predictor = Predictor(args.weights, device=args.device, opts=args.opts, dataset_files=args.dataset_file,
                               imports=args.imports)
     meta = display_metadata(predictor.metadata)
-    width = legend_width(meta.stuff_classes)
     failed: List[Tuple[str, str]] = list(missing)
     for m, why in missing:
         logger.warning("Skipping %s: %s", m, why)
     written = 0
     if images:
-        n, bad = run_images(predictor, images, args.output, meta, width, args)
+        n, bad = run_images(predictor, images, args.output, meta, args)
         written += n
         failed.extend(bad)
     for path in videos:
@@ -355,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             failed.append((path, "not a readable video"))
             continue
         name = os.path.splitext(os.path.basename(path))[0]
-        frames = run_stream(predictor, capture, name, args.output, meta, width, args)
+        frames = run_stream(predictor, capture, name, args.output, meta, args)
         capture.release()
         if frames == 0:
             failed.append((path, "no frame could be read"))
@@ -366,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not capture.isOpened():
             failed.append(("webcam", "cannot open camera 0"))
         else:
-            run_stream(predictor, capture, "webcam", args.output, meta, width, args)
+            run_stream(predictor, capture, "webcam", args.output, meta, args)
             capture.release()
     print(f"Done: {written} input(s) written to {args.output}, {len(failed)} skipped.")
     for path, reason in failed:

@@ -50,6 +50,18 @@ def _nvcc_version() -> str:
     return "not found"
 
 
+def _detectron2_ops() -> str:
+    """Detectron2's own compiled ops are not used by this project (its deformable attention is
+    ``mta_clip._C``), so their absence is normal."""
+    if importlib.util.find_spec("detectron2") is None:
+        return "detectron2 not installed"
+    try:
+        importlib.import_module("detectron2._C")
+    except ImportError:
+        return "not built (fine: this project does not use Detectron2's C++/CUDA ops)"
+    return "built"
+
+
 def _op_rows() -> List[Tuple[str, str]]:
     rows = []
     spec = importlib.util.find_spec("mta_clip._C")
@@ -96,6 +108,7 @@ def collect_env_info() -> str:
         ("torch CUDA build", str(torch.version.cuda)),
         ("torchvision", _version("torchvision")),
         ("detectron2", _version("detectron2")),
+        ("detectron2._C", _detectron2_ops()),
         ("open_clip", _version("open_clip")),
         (
             "mta_clip",

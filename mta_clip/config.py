@@ -51,6 +51,7 @@ def add_mtaclip_config(cfg: CN) -> CN:
     _add_clip_config(cfg)
     _add_imagenet_backbone_config(cfg)
     _add_mta_clip_config(cfg)
+    _add_logging_config(cfg)
     for old, new in RENAMED_KEYS.items():
         if not cfg.key_is_renamed(old):
             cfg.register_renamed_key(old, *((new,) if isinstance(new, str) else new))
@@ -167,6 +168,9 @@ def _add_data_config(cfg: CN) -> None:
     cfg.INPUT.PAD_VALUE = 128  # image pad value (0-255) for SIZE_DIVISIBILITY, before normalization (Mask2Former: 128)
     cfg.INPUT.PAD_WITH_PIXEL_MEAN = False  # pad with MODEL.PIXEL_MEAN instead (authors: 0 after normalization)
     cfg.INPUT.COLOR_AUG_SSD_TRUNCATE = False  # photometric steps each truncate to uint8 (authors' mmseg) vs round once
+    cfg.INPUT.TRAIN_RESIZE = "shortest_edge"  # shortest_edge (MIN/MAX_SIZE_TRAIN, PIL) or ratio_range (mmseg, cv2)
+    cfg.INPUT.TRAIN_RESIZE_SCALE = (2048, 512)  # ratio_range: (long, short) scale multiplied by the random ratio
+    cfg.INPUT.TRAIN_RESIZE_RATIO_RANGE = (0.5, 2.0)  # ratio_range: the ratio is uniform in [low, high)
     cfg.INPUT.IMAGE_SIZE = 1024  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MIN_SCALE = 0.1  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
     cfg.INPUT.MAX_SCALE = 2.0  # not used: large-scale jitter of instance recipes (Mask2Former YAML compatibility)
@@ -183,6 +187,7 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_AFTER_WARMUP = "multiply"  # "multiply": warm-up x poly; "restart" (authors): poly from 1 after
     cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY = "WEIGHT_DECAY_NORM"  # backbone norms' decay key; authors: "WEIGHT_DECAY"
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0  # weight decay of embedding parameters
+    cfg.SOLVER.CHECKPOINT_MAX_KEEP = 0  # newest periodic model_XXXXXXX.pth kept (plus model_final, model_best); 0 = all
 
 
 def _add_test_config(cfg: CN) -> None:
@@ -203,6 +208,10 @@ def _add_test_config(cfg: CN) -> None:
     cfg.TEST.BEST_CHECKPOINT.ENABLED = True  # keep model_best.pth of the best evaluation
     cfg.TEST.BEST_CHECKPOINT.METRIC = "sem_seg/mIoU"  # storage key of the tracked metric
     cfg.TEST.BEST_CHECKPOINT.MODE = "max"  # "max" or "min": which direction is better
+    cfg.TEST.VISUALIZE = CN()
+    cfg.TEST.VISUALIZE.NUM_PANELS = 4  # image|GT|prediction|errors panels per evaluation in inference/<dataset>/panels/
+    cfg.TEST.VISUALIZE.NUM_TENSORBOARD = 2  # panels logged as TensorBoard images at every training-time evaluation
+    cfg.TEST.VISUALIZE.CONFUSION_MATRIX = True  # write confusion_<dataset>.csv / .png and log the most confused pairs
     cfg.TEST.STRICT_WEIGHTS = True  # eval/demo/Predictor: weights that do not fit are an error (False: load what fits)
 
 
@@ -296,3 +305,12 @@ def _add_mta_clip_config(cfg: CN) -> None:
     mc.TEXT_ATTENTION_MASK = "predicted"  # text queries' cross-attention masks: "predicted" (authors) or "none"
     mc.TEXT_QUERY_POS = "learned"  # positional embedding of text queries: "learned" (authors) or "zero"
     mc.RECOMPUTE_SIMILARITY = True  # recompute Eqs. 5-6 in backward instead of storing them (same values, less memory)
+
+
+def _add_logging_config(cfg: CN) -> None:
+    """Training logs beyond Detectron2's metrics.json / TensorBoard files."""
+    cfg.WANDB = CN()
+    cfg.WANDB.ENABLED = False  # also log scalars and panels to Weights & Biases (needs `pip install wandb`)
+    cfg.WANDB.PROJECT = "mta_clip"  # W&B project name
+    cfg.WANDB.RUN_NAME = ""  # W&B run name; "" = the name of OUTPUT_DIR
+    cfg.WANDB.MODE = "offline"  # W&B mode: "offline" (sync later with `wandb sync`), "online" or "disabled"

@@ -117,18 +117,38 @@ class Trainer(DefaultTrainer):
                 logger.info("Dropped %d rows of metrics.json written after the checkpoint", dropped)
 
     def build_hooks(self):
-        """Detectron2's hooks, evaluation from ``TEST.EVAL_START`` on, then the best-checkpoint keeper."""
+        """Detectron2's hooks, evaluation from ``TEST.EVAL_START`` on, then the best-checkpoint keeper;
+        periodic checkpoints with SOLVER.CHECKPOINT_MAX_KEEP; a progress bar on a terminal."""
         from detectron2.engine import hooks
 
+        from .checkpoint_retention import PeriodicCheckpointHook
         from .evaluation import PeriodicEvalHook, build_best_checkpoint_hook
+        from .progress import ProgressBarHook, use_progress_bar
 
         ret = super().build_hooks()
         at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
         ret[at] = PeriodicEvalHook(self.cfg.TEST.EVAL_PERIOD, ret[at]._func, eval_start=self.cfg.TEST.EVAL_START)
+        ret = [
+            PeriodicCheckpointHook(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                   self.cfg.SOLVER.CHECKPOINT_MAX_KEEP)
+            if isinstance(h, hooks.PeriodicCheckpointer) else h
+            for h in ret
+        ]
+        if use_progress_bar():
+            ret.append(ProgressBarHook())
         best = build_best_checkpoint_hook(self.cfg, self.checkpointer) if comm.is_main_process() else None
         if best is not None:
             ret.insert(at + 1, best)
         return ret
+
+    def build_writers(self):
+        """Detectron2's writers (console, metrics.json, TensorBoard), W&B first when WANDB.ENABLED."""
+        writers = super().build_writers()
+        if self.cfg.WANDB.ENABLED:
+            from .wandb_writer import WandbWriter
+
+            writers.insert(0, WandbWriter(self.cfg))  # before TensorBoard's writer, which clears the images
+        return writers
 
     @classmethod
     def test(cls, cfg: CfgNode, model, evaluators=None):
@@ -207,8 +227,11 @@ class Trainer(DefaultTrainer):
         # The label checks of training, plus the label's size against its image.
         records = {r["sem_seg_file_name"]: r for r in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in r}
         loader = checked_label_loader(records, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
-        return DatasetEvaluators([PerClassSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
-                                                          sem_seg_loading_fn=loader)])
+        v = cfg.TEST.VISUALIZE
+        return DatasetEvaluators([PerClassSemSegEvaluator(
+            dataset_name, distributed=True, output_dir=output_folder, sem_seg_loading_fn=loader,
+            num_panels=v.NUM_PANELS, tensorboard_panels=v.NUM_TENSORBOARD, confusion_matrix=v.CONFUSION_MATRIX,
+        )])
 
 
 def check_launch_args(args) -> None:
@@ -259,8 +282,9 @@ def _opt_value(opts, key: str) -> str:
 
 def _log_setup(cfg: CfgNode, args) -> None:
     """Detectron2's ``default_setup`` minus writing ``config.yaml`` (``save_run_config`` does that
-    once the run has started): output folder, loggers, seeds."""
-    from detectron2.utils.collect_env import collect_env_info
+    once the run has started): output folder, loggers, seeds. The environment table is this
+    project's (Detectron2's calls the unused ``detectron2._C`` broken)."""
+    from .collect_env import collect_env_info
 
     if comm.is_main_process() and cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -323,6 +347,10 @@ def setup(args) -> CfgNode:
             f"{os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}), or add --resume to use the last checkpoint in "
             f"OUTPUT_DIR {cfg.OUTPUT_DIR}"
         )
+    if cfg.WANDB.ENABLED:
+        from .wandb_writer import import_wandb
+
+        import_wandb()  # a missing package is an error now, not after the model is built
     _log_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mta_clip")
     return cfg

@@ -4,6 +4,7 @@
     predictor = Predictor("configs/ade20k/...yaml", "model_final.pth", device="cuda")
     out = predictor(cv2.imread("street.jpg"))         # out["labels"] (H, W), out["probs"] (C, H, W)
     outs = predictor.predict_batch([img1, img2])      # one model call per ``batch_size`` images
+    cv2.imwrite("overlay.png", predictor.visualize(image, out))  # overlay + legend, BGR
 
 The image is resized like the test data (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); the outputs
 have the input's size. Test-time augmentation follows the config (TEST.AUG / TEST.SLIDE).
@@ -154,6 +155,17 @@ class Predictor:
             image = self.resize.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width}
+
+    def visualize(self, image_bgr: np.ndarray, result: Dict[str, np.ndarray], alpha: float = 0.55) -> np.ndarray:
+        """The overlay of ``result["labels"]`` on ``image_bgr`` with class names and a legend
+        (:func:`mta_clip.visualization.render_overlay`), as a BGR uint8 image; inputs smaller than
+        384 pixels are upscaled so that the text is readable."""
+        from .visualization import render_overlay, short_names
+
+        image = to_bgr_uint8(image_bgr)
+        names = short_names(self.metadata.stuff_classes)
+        vis = render_overlay(image[:, :, ::-1], result["labels"], names, self.metadata.stuff_colors, alpha=alpha)
+        return np.ascontiguousarray(vis[:, :, ::-1])
 
     def __call__(self, image_bgr: np.ndarray, return_probs: bool = True) -> Dict[str, np.ndarray]:
         """(H, W[, 3|4|1]) BGR image -> ``labels`` (H, W) int64 and ``probs`` (C, H, W) float32."""

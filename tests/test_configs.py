@@ -116,6 +116,7 @@ AUTHORS_VS_MASK2FORMER = {
     "INPUT.CROP.SINGLE_CATEGORY_MAX_AREA": (0.75, 1.0),
     "INPUT.PAD_WITH_PIXEL_MEAN": (True, False),
     "INPUT.COLOR_AUG_SSD_TRUNCATE": (True, False),
+    "INPUT.TRAIN_RESIZE": ("ratio_range", "shortest_edge"),
     "TEST.EVAL_START": (100000, 0),
     "TEST.EVAL_PERIOD": (1000, 5000),
     "TEST.AUG.SCALE_REFERENCE": ("original", "test_size"),

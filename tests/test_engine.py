@@ -151,6 +151,7 @@ def test_trainer_is_detectron2s_with_our_ddp_checkpointer_and_amp_only_on_cuda(t
     from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 
     import mta_clip.engine as engine
+    from mta_clip.checkpoint_retention import PeriodicCheckpointHook
     from mta_clip.checkpointer import AtomicCheckpointer
 
     original = (d2.create_ddp_model, d2.DetectionCheckpointer)
@@ -169,7 +170,8 @@ def test_trainer_is_detectron2s_with_our_ddp_checkpointer_and_amp_only_on_cuda(t
     assert (d2.create_ddp_model, d2.DetectionCheckpointer) == original  # Detectron2 left as it was
     assert calls == [{"find_unused_parameters": True, **engine._no_forward_buffer_sync()}]
     assert made == [str(tmp_path)] and type(trainer.checkpointer) is AtomicCheckpointer
-    periodic = next(h for h in trainer._hooks if isinstance(h, hooks.PeriodicCheckpointer))
+    periodic = next(h for h in trainer._hooks if isinstance(h, PeriodicCheckpointHook))  # replaces Detectron2's
+    assert not any(isinstance(h, hooks.PeriodicCheckpointer) for h in trainer._hooks)
     assert periodic.checkpointer is trainer.checkpointer
     expected = AMPTrainer if torch.cuda.is_available() else SimpleTrainer
     assert type(trainer._trainer) is expected and trainer.cfg.SOLVER.AMP.ENABLED == torch.cuda.is_available()

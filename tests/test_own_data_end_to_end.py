@@ -109,7 +109,7 @@ def test_eval_predictor_demo_from_the_model_file_alone(trained, tmp_path, capsys
                     "--output", str(tmp_path / "demo"), "--device", "cpu"])
     assert rc == 0, capsys.readouterr()
     for name in ("val_0", "val_1"):
-        labels = cv2.imread(str(tmp_path / "demo" / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        labels = np.asarray(Image.open(tmp_path / "demo" / "labels" / f"{name}.png"))  # palette PNG: indices
         image = cv2.imread(os.path.join(EXAMPLE, "images", "val", f"{name}.jpg"))
         np.testing.assert_array_equal(labels, predictor(image)["labels"])
     # The slim inference file: weights + description only, much smaller, same predictions.

@@ -102,3 +102,16 @@ def test_weights_are_checked_before_loading(tmp_path):
         Predictor(CONFIG, weights="https://example.com/model_final.pth", device="cpu")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         Predictor(CONFIG, weights=str(tmp_path / "nope.pth"), device="cpu")
+
+
+def test_visualize_returns_bgr_overlay_with_legend(predictor):
+    image = np.zeros((40, 50, 3), np.uint8)
+    labels = np.full((40, 50), 2, np.int64)
+    labels[:, 25:] = 4
+    vis = predictor.visualize(image, {"labels": labels}, alpha=1.0)
+    scale = -(-384 // 40)  # small inputs are upscaled to a 384-pixel short side
+    assert vis.dtype == np.uint8 and vis.shape[0] == 40 * scale and vis.shape[1] > 50 * scale
+    colors = predictor.metadata.stuff_colors  # RGB
+    # alpha 1 on a black image: a pixel inside each region has its class colour, in BGR order
+    assert tuple(vis[2 * scale, 5 * scale]) == tuple(colors[2][::-1])
+    assert tuple(vis[38 * scale, 48 * scale]) == tuple(colors[4][::-1])

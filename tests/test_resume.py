@@ -2,6 +2,7 @@
 uninterrupted run's; the batch stream itself; metrics.json without stale rows; changed configs."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path, restore_loggers):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
-        while not (killed / "model_0000003.pth").exists():
+        # Wait for the tag, not the file: the file is renamed into place before last_checkpoint moves.
+        while _tagged(killed) < "model_0000003.pth":
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.time() < deadline
             time.sleep(0.02)
@@ -97,16 +99,34 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path, restore_loggers):
         assert not (killed / "model_final.pth").exists(), "the run ended before it was killed"
         with open(killed / "metrics.json", "a") as f:  # rows the killed run wrote after its checkpoint
             f.write(json.dumps({"iteration": MAX_ITER - 1, "total_loss": -1.0}) + "\n" + '{"iteration": 9, "tot')
+        # A kill between writing model_0000003.pth and moving the tag: resume from the previous one.
+        between = tmp_path / "between"
+        shutil.copytree(killed, between)
+        (between / "config.yaml").write_text((killed / "config.yaml").read_text().replace(str(killed), str(between)))
+        (between / "last_checkpoint").write_text("model_0000001.pth")
         start, resumed = _run(_args(killed, "--resume"))
+        start_between, resumed_between = _run(_args(between, "--resume"))
         _, full = _run(_args(tmp_path / "full"))
     finally:
         torch.set_num_threads(threads)
     assert 4 <= start < MAX_ITER and sorted(resumed) == list(range(start, MAX_ITER))
+    assert start_between == 2 and sorted(resumed_between) == list(range(2, MAX_ITER))
     for it in range(start, MAX_ITER):
         assert resumed[it] == pytest.approx(full[it], rel=1e-6, abs=1e-7), (it, resumed, full)
-    rows = [json.loads(line) for line in (killed / "metrics.json").read_text().splitlines()]
-    iterations = [r["iteration"] for r in rows if "iteration" in r]
-    assert iterations == sorted(set(iterations)) and all(r.get("total_loss") != -1.0 for r in rows)
+    for it in range(2, MAX_ITER):
+        assert resumed_between[it] == pytest.approx(full[it], rel=1e-6, abs=1e-7), (it, resumed_between, full)
+    for out in (killed, between):
+        rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+        iterations = [r["iteration"] for r in rows if "iteration" in r]
+        assert iterations == sorted(set(iterations)) and all(r.get("total_loss") != -1.0 for r in rows), out
+
+
+def _tagged(out):
+    """The checkpoint ``out/last_checkpoint`` names ('' while there is none); it is written atomically."""
+    try:
+        return (out / "last_checkpoint").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_path, restore_loggers):

@@ -24,9 +24,11 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import mta_clip  # noqa: E402,F401  (first: registers the built-in datasets, quiets import warnings)
+
+# isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
-import mta_clip  # noqa: E402,F401  (registers the built-in datasets)
 from mta_clip.data.dataset_file import import_registration, register_dataset_file  # noqa: E402
 from mta_clip.data.datasets import load_dataset_dicts  # noqa: E402
 from mta_clip.data.file_checks import exif_orientation, oriented_size  # noqa: E402

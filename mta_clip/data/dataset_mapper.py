@@ -8,7 +8,7 @@ the model input of the data contract (docs/CONTRIBUTING.md):
 * ``instances``: ``Instances`` of size (H, W) with ``gt_classes`` (M,) int64 and ``gt_masks``
   (M, H, W) bool, one binary mask per class present in ``sem_seg`` (ignore excluded; M may be 0).
 
-Training augmentation: random short-side resize, random crop with a maximum single-category area,
+Training augmentation: random resize (``INPUT.TRAIN_RESIZE``), random crop with a maximum single-category area,
 SSD-style photometric distortion (image only), random flip, then padding to
 ``INPUT.SIZE_DIVISIBILITY``.
 """
@@ -26,6 +26,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 from fvcore.transforms.transform import Transform
 
+from ..config import choice
 from .file_checks import check_label_values
 
 __all__ = ["SemanticMaskFormerMapper", "ColorAugSSD", "PhotometricDistortTransform"]
@@ -178,6 +179,59 @@ class ColorAugSSD(T.Augmentation):
         )
 
 
+class CV2ResizeTransform(Transform):
+    """Resize to (new_h, new_w) with OpenCV: bilinear for the image, nearest for labels (mmcv's imresize)."""
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray) -> np.ndarray:
+        return cv2.resize(img, (self.new_w, self.new_h), interpolation=cv2.INTER_LINEAR)
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return cv2.resize(segmentation, (self.new_w, self.new_h), interpolation=cv2.INTER_NEAREST)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        coords[:, 0] = coords[:, 0] * (self.new_w * 1.0 / self.w)
+        coords[:, 1] = coords[:, 1] * (self.new_h * 1.0 / self.h)
+        return coords
+
+
+class RandomRatioResize(T.Augmentation):
+    """mmseg's ``RandomResize(scale, ratio_range, keep_ratio=True)`` (the authors' training resize).
+
+    A ratio r uniform in ``ratio_range`` scales ``scale`` = (long, short) to (int(long r), int(short r));
+    the image is then scaled by the largest factor that keeps its long side <= the first and its short
+    side <= the second, each side rounded half up (mmcv's ``rescale_size``), with OpenCV.
+    """
+
+    def __init__(self, scale: Sequence[int], ratio_range: Sequence[float]):
+        super().__init__()
+        if len(scale) != 2 or min(scale) <= 0:
+            raise ValueError(f"INPUT.TRAIN_RESIZE_SCALE={tuple(scale)}: expected two positive sizes (long, short)")
+        if len(ratio_range) != 2 or not 0 < ratio_range[0] <= ratio_range[1]:
+            raise ValueError(
+                f"INPUT.TRAIN_RESIZE_RATIO_RANGE={tuple(ratio_range)}: expected (low, high) with 0 < low <= high"
+            )
+        self.scale = tuple(int(s) for s in scale)
+        self.ratio_range = tuple(float(r) for r in ratio_range)
+
+    @staticmethod
+    def output_size(h: int, w: int, scale: Sequence[int], ratio: float):
+        """(new_h, new_w) for an (h, w) image at ``ratio``."""
+        long_edge, short_edge = int(max(scale) * ratio), int(min(scale) * ratio)
+        factor = min(long_edge / max(h, w), short_edge / min(h, w))
+        return int(h * factor + 0.5), int(w * factor + 0.5)
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        h, w = image.shape[:2]
+        low, high = self.ratio_range
+        ratio = float(np.random.random_sample() * (high - low) + low)
+        new_h, new_w = self.output_size(h, w, self.scale, ratio)
+        return CV2ResizeTransform(h, w, new_h, new_w)
+
+
 class SemanticMaskFormerMapper:
     """Dataset dict -> model input with per-class binary targets (see module docstring).
 
@@ -224,13 +278,17 @@ class SemanticMaskFormerMapper:
     def from_config(cls, cfg, is_train: bool = True) -> Dict:
         augs: List[T.Augmentation] = []
         if is_train:
-            augs.append(
-                T.ResizeShortestEdge(
-                    cfg.INPUT.MIN_SIZE_TRAIN,
-                    cfg.INPUT.MAX_SIZE_TRAIN,
-                    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+            resize = choice(("shortest_edge", "ratio_range"), cfg.INPUT.TRAIN_RESIZE, "INPUT.TRAIN_RESIZE")
+            if resize == "ratio_range":
+                augs.append(RandomRatioResize(cfg.INPUT.TRAIN_RESIZE_SCALE, cfg.INPUT.TRAIN_RESIZE_RATIO_RANGE))
+            else:
+                augs.append(
+                    T.ResizeShortestEdge(
+                        cfg.INPUT.MIN_SIZE_TRAIN,
+                        cfg.INPUT.MAX_SIZE_TRAIN,
+                        cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING,
+                    )
                 )
-            )
             if cfg.INPUT.CROP.ENABLED:
                 augs.append(
                     T.RandomCrop_CategoryAreaConstraint(

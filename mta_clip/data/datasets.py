@@ -21,7 +21,6 @@ Dataset dicts: ``file_name``, ``sem_seg_file_name``, ``height``, ``width``. Meta
 ``stuff_colors`` (RGB), ``ignore_label``, ``evaluator_type="sem_seg"``, ``image_root``,
 ``sem_seg_root``.
 """
-import colorsys
 import inspect
 import logging
 import os
@@ -81,15 +80,10 @@ def datasets_root() -> str:
 
 
 def default_palette(num_classes: int) -> List[Tuple[int, int, int]]:
-    """``num_classes`` distinct, deterministic RGB colors (golden-ratio hue walk)."""
-    colors = []
-    for i in range(num_classes):
-        hue = (i * 0.618033988749895) % 1.0
-        sat = 0.65 + 0.35 * ((i // 7) % 2)
-        val = 0.95 - 0.3 * ((i // 3) % 2)
-        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
-        colors.append((int(round(r * 255)), int(round(g * 255)), int(round(b * 255))))
-    return colors
+    """``num_classes`` distinct, deterministic RGB colors (``mta_clip.visualization.readable_palette``)."""
+    from ..visualization import readable_palette
+
+    return readable_palette(num_classes)
 
 
 def _collect(root: str, suffix: str) -> Dict[str, str]:

@@ -10,6 +10,9 @@ inputs and dispatches:
 - otherwise (extension missing, built without CUDA, no kernel image for the GPU, other devices,
   more than ``_C.MAX_LEVELS`` levels, D too wide for the CUDA forward) -> ``ms_deform_attn_pytorch``,
   the exact ``grid_sample`` implementation. A CUDA fallback is logged once as a warning;
+- while ``torch.jit.trace`` or the ONNX exporter records a graph (``graph_capture_active``) ->
+  ``ms_deform_attn_pytorch``: ONNX / TorchScript files hold plain operators that ONNX Runtime and
+  ``torch.jit.load`` run (plain ``torch.export`` keeps the custom op);
 - CUDA training under ``torch.use_deterministic_algorithms(True)`` (``value`` needs a gradient)
   -> ``ms_deform_attn_pytorch_gather``, whose backward is deterministic there.
 
@@ -45,6 +48,7 @@ __all__ = [
     "ms_deform_attn_compiled",
     "ms_deform_attn_op_available",
     "ms_deform_attn_op_import_error",
+    "graph_capture_active",
 ]
 
 logger = logging.getLogger(__name__)
@@ -497,6 +501,11 @@ def ms_deform_attn_compiled(
     return _ms_deform_attn_op(value, _flat_sizes(levels), locations, weights)
 
 
+def graph_capture_active() -> bool:
+    """Whether ``torch.jit.trace`` or the ONNX exporter (either one) is recording a graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def multi_scale_deformable_attention(
     value: torch.Tensor,
     spatial_shapes: SpatialShapes,
@@ -511,6 +520,8 @@ def multi_scale_deformable_attention(
     ``spatial_shapes`` as integer pairs (and ``level_start_index`` None or integers) nothing is
     read from the device and the call traces under ``torch.compile(fullgraph=True)``.
     """
+    if graph_capture_active():  # export: plain operators only, sizes as given (symbolic under torch.export)
+        return ms_deform_attn_pytorch(value, spatial_shapes, None, sampling_locations, attention_weights)
     levels = _level_sizes(spatial_shapes, level_start_index)
     value, locations, weights = _prepare(value, levels, sampling_locations, attention_weights)
     if _deterministic_cuda_backward_needed(value, locations, weights):

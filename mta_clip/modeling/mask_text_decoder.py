@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import choice
+from ..layers.ms_deform_attn import graph_capture_active
 from .masked_decoder import MLP, TRANSFORMER_DECODER_REGISTRY, MaskedDecoder
 
 
@@ -147,7 +148,7 @@ class MaskTextDecoder(MaskedDecoder):
     def forward(self, x, mask_features: torch.Tensor, text_embeddings: Optional[torch.Tensor] = None, **inputs):
         """As :meth:`MaskedDecoder.forward`; ``text_embeddings`` (K, C', D) from the text encoder."""
         use_text = self._text_queries_needed()
-        if use_text and self.text_attention_mask == "predicted":
+        if use_text and self.text_attention_mask == "predicted" and not graph_capture_active():
             # the text queries' masks are built at the memory resolutions: resize mask_features once
             with torch.no_grad():
                 inputs["resized_mask_features"] = {
@@ -217,7 +218,10 @@ class MaskTextDecoder(MaskedDecoder):
             # Text masks only build attention masks (never supervised): computed without autograd,
             # directly at the attention resolution (resizing commutes with the per-pixel dot product).
             with torch.no_grad():
-                small = resized_mask_features[_size_key(attn_size)]
+                if resized_mask_features is not None:
+                    small = resized_mask_features[_size_key(attn_size)]
+                else:  # while a graph is recorded for export: symbolic sizes cannot be dict keys
+                    small = F.interpolate(mask_features, size=attn_size, mode="bilinear", align_corners=False)
                 text_masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(text_q), small)
                 text_attn = text_masks.sigmoid().flatten(2) < 0.5
         else:

@@ -121,10 +121,10 @@ class DeformableEncoder(nn.Module):
         points = []
         for h, w in spatial_shapes:
             ys, xs = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device) / h,
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device) / w,
+                (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h,
+                (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w,
                 indexing="ij",
-            )
+            )  # = linspace(0.5, size - 0.5, size) / size bit for bit; linspace would fix a symbolic size
             points.append(torch.stack((xs.reshape(-1), ys.reshape(-1)), -1))
         ref = torch.cat(points, 0)
         return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)

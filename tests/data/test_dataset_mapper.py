@@ -444,3 +444,60 @@ def test_pad_with_pixel_mean_is_the_authors_zero_after_normalization(tmp_path):
     assert out["image"][:, 50, 60].tolist() == [104, 116, 124]
     assert (out["sem_seg"][40:, :] == IGNORE).all() and (out["sem_seg"][:, 56:] == IGNORE).all()
     assert np.array_equal(out["image"][:, :40, :56].numpy(), image[:, :, ::-1].transpose(2, 0, 1))
+
+
+def mmcv_rescaled_size(h, w, scale, ratio):
+    """mmseg RandomResize + mmcv rescale_size, step by step: (new_h, new_w)."""
+    target_long, target_short = int(scale[0] * ratio), int(scale[1] * ratio)
+    factor = min(target_long / max(h, w), target_short / min(h, w))
+    return int(h * float(factor) + 0.5), int(w * float(factor) + 0.5)
+
+
+@pytest.mark.parametrize("h, w, ratio, expected", [
+    (480, 640, 1.0, (512, 683)),  # short side bound: 512 / 480
+    (480, 640, 0.5, (256, 341)),
+    (480, 640, 1.3, (665, 887)),  # target (int(2662.4), int(665.6)) = (2662, 665)
+    (100, 1000, 1.0, (205, 2048)),  # long side bound: 2048 / 1000
+    (37, 53, 1.999, (1023, 1465)),  # upscaling; target (4093, 1023), 53 * 1023 / 37 = 1465.4
+])
+def test_ratio_range_sizes_follow_mmcv_rescale_size(h, w, ratio, expected):
+    from mta_clip.data.dataset_mapper import RandomRatioResize
+
+    assert mmcv_rescaled_size(h, w, (2048, 512), ratio) == expected  # hand-checked values
+    assert RandomRatioResize.output_size(h, w, (2048, 512), ratio) == expected
+
+
+def test_ratio_range_resize_is_the_authors_cv2_resize(tmp_path):
+    """INPUT.TRAIN_RESIZE ratio_range: ratio = low + U[0,1) (high - low) from NumPy's generator (mmseg's
+    draw), size from mmcv's arithmetic, pixels equal to cv2.resize (bilinear image, nearest label)."""
+    image, label = random_sample(seed=3, h=40, w=56)
+    d = write_sample(tmp_path, image, label)
+    cfg = make_cfg(TRAIN_RESIZE="ratio_range", TRAIN_RESIZE_SCALE=(100, 30), TRAIN_RESIZE_RATIO_RANGE=(0.5, 2.0))
+    mapper = SemanticMaskFormerMapper(cfg, is_train=True)
+    sizes = set()
+    for seed in range(6):
+        np.random.seed(seed)
+        out = mapper(dict(d))
+        check_contract(out)
+        np.random.seed(seed)
+        ratio = np.random.random_sample() * 1.5 + 0.5
+        new_h, new_w = mmcv_rescaled_size(40, 56, (100, 30), ratio)
+        sizes.add((new_h, new_w))
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        want_image = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        want_label = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+        assert np.array_equal(out["image"].numpy().transpose(1, 2, 0), want_image), seed
+        assert np.array_equal(out["sem_seg"].numpy(), want_label.astype(np.int64)), seed
+    assert len(sizes) >= 4  # a continuous ratio, not one size
+    # Mask2Former's resize (PIL) at the same size gives other pixels: the key matters.
+    shortest = SemanticMaskFormerMapper(make_cfg(MIN_SIZE_TRAIN=(new_h,)), is_train=True)(dict(d))
+    assert shortest["image"].shape == out["image"].shape and not torch.equal(shortest["image"], out["image"])
+
+
+def test_ratio_range_resize_bad_values_are_clear_errors():
+    with pytest.raises(ValueError, match="INPUT.TRAIN_RESIZE: got 'random'"):
+        SemanticMaskFormerMapper(make_cfg(TRAIN_RESIZE="random"), is_train=True)
+    with pytest.raises(ValueError, match=r"INPUT.TRAIN_RESIZE_RATIO_RANGE=\(2.0, 0.5\)"):
+        SemanticMaskFormerMapper(make_cfg(TRAIN_RESIZE="ratio_range", TRAIN_RESIZE_RATIO_RANGE=(2.0, 0.5)), True)
+    with pytest.raises(ValueError, match=r"INPUT.TRAIN_RESIZE_SCALE=\(512,\)"):
+        SemanticMaskFormerMapper(make_cfg(TRAIN_RESIZE="ratio_range", TRAIN_RESIZE_SCALE=(512,)), True)

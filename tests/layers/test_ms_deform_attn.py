@@ -795,3 +795,30 @@ def test_cuda_deterministic_mode_uses_the_gather_path():
     for a, b, ref in zip((first[0], *first[1]), (second[0], *second[1]), (reference[0], *reference[1])):
         assert torch.equal(a, b)
         torch.testing.assert_close(a, ref, rtol=1e-5, atol=1e-5 * max(ref.abs().max().item(), 1.0))
+
+
+def test_graph_capture_uses_the_pytorch_path_with_list_shapes(tmp_path):
+    """While torch.jit.trace or the ONNX exporter record a graph, the public function takes the
+    PyTorch path: the files hold plain operators (no custom op) and compute the same values."""
+    import onnxruntime
+
+    inputs = make_inputs(SHAPES_A, 1, 3, 2, 3, 2, dtype=torch.float32)
+    value, spatial_shapes, level_start_index, locations, weights = inputs
+    expected = naive_msda(*[t.double() if t.is_floating_point() else t for t in inputs]).float()
+    traced = torch.jit.trace(
+        lambda v, loc, w: multi_scale_deformable_attention(v, spatial_shapes, level_start_index, loc, w),
+        (value, locations, weights),
+    )
+    ops = {node.kind() for node in traced.graph.nodes()}
+    assert "aten::grid_sampler" in ops and not any("PythonOp" in k or "mta_clip" in k for k in ops)
+    torch.testing.assert_close(traced(value, locations, weights), expected, rtol=0, atol=1e-5)
+
+    class Attn(torch.nn.Module):
+        def forward(self, v, loc, w):
+            return multi_scale_deformable_attention(v, SHAPES_A, None, loc, w)
+
+    path = str(tmp_path / "attn.onnx")
+    torch.onnx.export(Attn(), (value, locations, weights), path, dynamo=True, input_names=["v", "loc", "w"])
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"v": value.numpy(), "loc": locations.numpy(), "w": weights.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=0, atol=1e-5)
