@@ -157,6 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = load_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", args.device])
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.CLIP.WEIGHTS = ""
+    cfg.MODEL.VIT.WEIGHTS = ""
+    cfg.MODEL.MIT.WEIGHTS = ""
     cfg.freeze()
     logging.getLogger("mta_clip").setLevel(logging.ERROR)  # "random init" warnings are expected here
     model = build_model(cfg)

@@ -145,7 +145,13 @@ class BestCheckpointHook(HookBase):
             return  # non-main processes only track the value
         os.makedirs(self.checkpointer.save_dir, exist_ok=True)
         path = self.checkpoint_path
-        save_torch_atomic({"model": self.checkpointer.model.state_dict(), "iteration": self.best_iter}, path)
+        data = {"model": self.checkpointer.model.state_dict(), "iteration": self.best_iter}
+        model_info = getattr(self.checkpointer, "model_info", None)
+        if model_info is not None:  # self-describing like the trainer's other files (class names, config)
+            from ..model_file import INFO_KEY
+
+            data[INFO_KEY] = model_info
+        save_torch_atomic(data, path)
         payload = {
             "metric": self.metric,
             "mode": self.mode,

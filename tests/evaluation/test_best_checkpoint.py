@@ -142,3 +142,20 @@ def test_periodic_eval_from_start_is_the_authors_val_loop(tmp_path, max_iter, st
     assert line in caplog.text
     with pytest.raises(ValueError, match="EVAL_START"):
         PeriodicEvalHook(period, evaluate, eval_start=-1)
+
+
+def test_best_file_carries_the_model_description(tmp_path):
+    """model_best.pth is self-describing like the trainer's other files (the checkpointer's model_info)."""
+    from mta_clip.checkpointer import AtomicCheckpointer
+    from mta_clip.model_file import INFO_KEY
+
+    model = TinyModel()
+    trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.05))
+    info = {"classes": ["a", "b", "c"], "config": "MODEL: {}"}
+    checkpointer = AtomicCheckpointer(model, str(tmp_path), model_info=info)
+    values = iter([1.0, 2.0])
+    best = BestCheckpointHook(checkpointer, metric="sem_seg/mIoU")
+    trainer.register_hooks([hooks.EvalHook(2, lambda: {"sem_seg": {"mIoU": next(values)}}), best])
+    trainer.train(0, 4)
+    state = torch.load(tmp_path / "model_best.pth", map_location="cpu", weights_only=False)
+    assert state[INFO_KEY] == info
