@@ -8,6 +8,7 @@ DEFAULT_CUDA_ARCH_LIST); the newest listed one always gets PTX too ("+PTX"), so 
 run, JIT-compiled by the driver, on GPUs newer than the list. Set CUDA_HOME=/usr/local/cuda where
 autodetection picks the wrong prefix.
 """
+
 import glob
 import os
 
@@ -83,12 +84,12 @@ def _extensions():
                 if not getattr(extension, "optional", False):
                     raise
                 # Never leave a stale library from an earlier build in the source tree.
-                stale = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                     self.get_ext_filename(extension.name))
+                stale = os.path.join(os.path.dirname(os.path.abspath(__file__)), self.get_ext_filename(extension.name))
                 if os.path.exists(stale):
                     os.remove(stale)
-                self.warn(f"building optional extension {extension.name} failed ({exc}); "
-                          "mta_clip will use the PyTorch path")
+                self.warn(
+                    f"building optional extension {extension.name} failed ({exc}); mta_clip will use the PyTorch path"
+                )
 
     return [ext], {"build_ext": _BuildExtension.with_options(use_ninja=True)}
 

@@ -9,6 +9,7 @@
 Multi-machine runs use Detectron2's launcher (--num-machines, --machine-rank, --dist-url).
 On a machine without CUDA, --num-gpus N runs N CPU processes (gloo).
 """
+
 import sys
 
 import mta_clip  # noqa: F401  (first: registers models and datasets, quiets third-party import warnings)
@@ -25,11 +26,18 @@ from mta_clip.engine import Trainer, check_launch_args, save_run_config, setup
 def get_parser():
     parser = default_argument_parser()
     parser.add_argument(
-        "--dataset-file", action="append", default=[], metavar="FILE",
+        "--dataset-file",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="dataset file (YAML/JSON: name, classes, image/label folders) to register; repeatable",
     )
     parser.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
         help="module or .py file to import first (e.g. code calling mta_clip.register_sem_seg_dataset); repeatable",
     )
     return parser
@@ -59,8 +67,14 @@ def cli(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
     return 0
 
 

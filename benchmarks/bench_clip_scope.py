@@ -18,6 +18,7 @@ Usage: ``OMP_NUM_THREADS=1 python benchmarks/bench_clip_scope.py [--size 256 --b
 Random weights: the gradient norms of a trained model differ; the table says how large the
 effect can be and what it costs, not its value at the end of a real training.
 """
+
 import argparse
 import importlib.util
 import math
@@ -69,8 +70,9 @@ def main(argv=None):
     max_norm = cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE
     rows = []
     for step in range(args.steps):
-        batch = bm._make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-                               seed=step)
+        batch = bm._make_batch(
+            args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, seed=step
+        )
         result = {}
         for variant, text_grad in (("ours", False), ("authors", True)):
             for p in text:
@@ -90,21 +92,29 @@ def main(argv=None):
         p.requires_grad_(False)
 
     print(f"Machine: {bm._machine(args.device)}")
-    print(f"MTA-CLIP {args.backbone} ADE20k recipe, random weights, {args.batch} x {args.size}^2 images, "
-          f"{args.classes_per_image} classes per image, text tower {sum(p.numel() for p in text) / 1e6:.1f}M params, "
-          f"max norm {max_norm}\n")
-    print("| step | |g_rest| | |g_text| | clip factor ours | clip factor authors | authors / ours | "
-          "fwd+bwd ours (s) | fwd+bwd authors (s) |")
+    print(
+        f"MTA-CLIP {args.backbone} ADE20k recipe, random weights, {args.batch} x {args.size}^2 images, "
+        f"{args.classes_per_image} classes per image, text tower {sum(p.numel() for p in text) / 1e6:.1f}M params, "
+        f"max norm {max_norm}\n"
+    )
+    print(
+        "| step | |g_rest| | |g_text| | clip factor ours | clip factor authors | authors / ours | "
+        "fwd+bwd ours (s) | fwd+bwd authors (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
         o, a = r["ours"], r["authors"]
-        print(f"| {i} | {a['g_rest']:.4g} | {a['g_text']:.4g} | {o['factor']:.4g} | {a['factor']:.4g} | "
-              f"{a['factor'] / o['factor']:.4f} | {o['time']:.2f} | {a['time']:.2f} |")
+        print(
+            f"| {i} | {a['g_rest']:.4g} | {a['g_text']:.4g} | {o['factor']:.4g} | {a['factor']:.4g} | "
+            f"{a['factor'] / o['factor']:.4f} | {o['time']:.2f} | {a['time']:.2f} |"
+        )
     t_o = statistics.median(r["ours"]["time"] for r in rows)
     t_a = statistics.median(r["authors"]["time"] for r in rows)
     ratio = statistics.median(r["authors"]["factor"] / r["ours"]["factor"] for r in rows)
-    print(f"\nmedian: clip factor authors / ours {ratio:.4f}; fwd+bwd {t_o:.2f} s -> {t_a:.2f} s "
-          f"(+{100 * (t_a / t_o - 1):.0f}%)")
+    print(
+        f"\nmedian: clip factor authors / ours {ratio:.4f}; fwd+bwd {t_o:.2f} s -> {t_a:.2f} s "
+        f"(+{100 * (t_a / t_o - 1):.0f}%)"
+    )
 
 
 if __name__ == "__main__":

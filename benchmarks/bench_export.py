@@ -18,6 +18,7 @@ Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_export.py --size 512 --repeats 5 --threads 1
 """
+
 import argparse
 import logging
 import os
@@ -50,8 +51,16 @@ def _build(key: str):
     meta = MetadataCatalog.get(DATASET_NAME)
     if not hasattr(meta, "stuff_classes"):
         meta.set(stuff_classes=list(ADE20K_CLASSES), prompt_classes=list(ADE20K_PROMPT_CLASSES), ignore_label=255)
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TRAIN", f"('{DATASET_NAME}',)",
-            "DATASETS.TEST", f"('{DATASET_NAME}',)"]
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.WEIGHTS",
+        "",
+        "DATASETS.TRAIN",
+        f"('{DATASET_NAME}',)",
+        "DATASETS.TEST",
+        f"('{DATASET_NAME}',)",
+    ]
     if key == "mtaclip":
         opts += ["MODEL.CLIP.WEIGHTS", ""]
     cfg = setup_cfg(os.path.join(ROOT, MODELS[key][1]), opts)
@@ -96,7 +105,7 @@ def main(argv=None) -> int:
             times = {r: [] for r in RUNTIMES}
             with torch.no_grad():
                 for rnd in range(args.repeats + 1):
-                    order = RUNTIMES[rnd % 3:] + RUNTIMES[: rnd % 3]
+                    order = RUNTIMES[rnd % 3 :] + RUNTIMES[: rnd % 3]
                     for name in order:
                         t0 = time.perf_counter()
                         runners[name](image)
@@ -107,15 +116,36 @@ def main(argv=None) -> int:
         export_s = {"eager": "", "onnxruntime": f"{onnx_export_s:.0f}", "torchscript": f"{ts_export_s:.0f}"}
         for name in RUNTIMES:
             ratio = statistics.median(t / e for t, e in zip(times[name], times["eager"]))
-            rows.append([MODELS[key][0], name, f"{1000 * statistics.median(times[name]):.0f}",
-                         f"{1000 * min(times[name]):.0f}", f"{ratio:.2f}",
-                         "" if name == "eager" else f"{100 * agree[name]:.3f}",
-                         export_s[name]])
+            rows.append(
+                [
+                    MODELS[key][0],
+                    name,
+                    f"{1000 * statistics.median(times[name]):.0f}",
+                    f"{1000 * min(times[name]):.0f}",
+                    f"{ratio:.2f}",
+                    "" if name == "eager" else f"{100 * agree[name]:.3f}",
+                    export_s[name],
+                ]
+            )
         del runners, graph, model
-    print(f"CPU latency, {args.size}x{args.size}, batch 1, {args.threads} thread(s), {args.repeats} rounds in turns "
-          f"(torch {torch.__version__}, ONNX {'fixed' if args.fixed_onnx else 'dynamic'} size)")
-    print(tabulate(rows, headers=["model", "runtime", "median ms", "min ms", "ratio to eager (median)",
-                                  "labels = eager (%)", "export s"]))
+    print(
+        f"CPU latency, {args.size}x{args.size}, batch 1, {args.threads} thread(s), {args.repeats} rounds in turns "
+        f"(torch {torch.__version__}, ONNX {'fixed' if args.fixed_onnx else 'dynamic'} size)"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "model",
+                "runtime",
+                "median ms",
+                "min ms",
+                "ratio to eager (median)",
+                "labels = eager (%)",
+                "export s",
+            ],
+        )
+    )
     return 0
 
 

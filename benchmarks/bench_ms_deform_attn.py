@@ -126,11 +126,7 @@ def _worker(args):
     fwd = statistics.median(t[0] for t in times) * 1e3
     bwd = statistics.median(t[1] for t in times) * 1e3
     both = statistics.median(t[0] + t[1] for t in times) * 1e3
-    print(
-        json.dumps(
-            {"impl": args.worker, "fwd_ms": fwd, "bwd_ms": bwd, "total_ms": both, "peak_mib": peak_mib}
-        )
-    )
+    print(json.dumps({"impl": args.worker, "fwd_ms": fwd, "bwd_ms": bwd, "total_ms": both, "peak_mib": peak_mib}))
 
 
 def _machine(device):
@@ -145,9 +141,7 @@ def _machine(device):
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None):

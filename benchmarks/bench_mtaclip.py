@@ -78,6 +78,7 @@ Targets (MTA-CLIP / baseline): train step <= 1.25x, peak memory <= 1.3x, inferen
 The text encoder's cost does not depend on the batch or the image size, so at a reduced shape
 the train-step ratio is larger than at the reference shape.
 """
+
 import argparse
 import ctypes
 import gc
@@ -100,6 +101,8 @@ IMAGENET_BACKBONES = ("ViT-S-16", "MiT-B4")  # baseline config maskformer2_<name
 
 def _backbone_title(name: str) -> str:
     return f"ImageNet {name}" if name in IMAGENET_BACKBONES else f"CLIP {name}"
+
+
 MODELS = {
     # key: (display name, config file pattern)
     "baseline": ("Mask2Former*", "maskformer2_clip_{}_bs16_160k.yaml"),
@@ -121,22 +124,40 @@ def _parse_args(argv=None):
     parser.add_argument("--infer-batch", type=int, default=1, help="images per inference call (default 1)")
     parser.add_argument("--iters", type=int, default=None, help="timed steps (default: 10 on cuda, 3 on cpu)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 3 cuda, 1 cpu)")
-    parser.add_argument("--infer-iters", type=int, default=None,
-                        help="rounds of the interleaved inference comparison (default: 50 cuda, 15 cpu)")
+    parser.add_argument(
+        "--infer-iters",
+        type=int,
+        default=None,
+        help="rounds of the interleaved inference comparison (default: 50 cuda, 15 cpu)",
+    )
     parser.add_argument("--backbone", choices=tuple(BACKBONES), default="RN50")
     parser.add_argument("--classes-per-image", type=int, default=8, help="target classes (masks) per image")
     parser.add_argument("--models", choices=("both",) + tuple(MODELS), default="both")
-    parser.add_argument("--flops-only", action="store_true",
-                        help="count FLOPs (torch.utils.flop_counter) of a train step, the text encoder and an "
-                             "inference call instead of timing")
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="count FLOPs (torch.utils.flop_counter) of a train step, the text encoder and an "
+        "inference call instead of timing",
+    )
     parser.add_argument("--json", default="", help="also write all measurements to this JSON file")
     parser.add_argument("--from-json", default="", help="print the tables of a file written by --json, measure nothing")
-    parser.add_argument("--amp", choices=("config", "off", "bf16", "fp16"), default="config",
-                        help="mixed precision on CUDA (default: fp16 if the config's SOLVER.AMP.ENABLED)")
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip the per-component breakdown, the text encoder alone and the text-mask ablation")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides for both models (KEY VALUE ...), last on the command line")
+    parser.add_argument(
+        "--amp",
+        choices=("config", "off", "bf16", "fp16"),
+        default="config",
+        help="mixed precision on CUDA (default: fp16 if the config's SOLVER.AMP.ENABLED)",
+    )
+    parser.add_argument(
+        "--no-breakdown",
+        action="store_true",
+        help="skip the per-component breakdown, the text encoder alone and the text-mask ablation",
+    )
+    parser.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides for both models (KEY VALUE ...), last on the command line",
+    )
     parser.add_argument("--worker", choices=tuple(MODELS) + (PAIRED,), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cuda = args.device == "cuda"
@@ -282,23 +303,37 @@ def _build(args, key: str):
 
     meta = MetadataCatalog.get(DATASET_NAME)
     if not hasattr(meta, "prompt_classes"):
-        meta.set(stuff_classes=list(ADE20K_CLASSES), prompt_classes=list(ADE20K_PROMPT_CLASSES),
-                 ignore_label=255, evaluator_type="sem_seg")
+        meta.set(
+            stuff_classes=list(ADE20K_CLASSES),
+            prompt_classes=list(ADE20K_PROMPT_CLASSES),
+            ignore_label=255,
+            evaluator_type="sem_seg",
+        )
     pattern = MODELS[key][1]
     if args.backbone in IMAGENET_BACKBONES:
         pattern = pattern.replace("maskformer2_clip_", "maskformer2_")
     config = os.path.join(ROOT, "configs", "ade20k", pattern.format(BACKBONES[args.backbone]))
     opts = [
-        "MODEL.DEVICE", args.device,
-        "MODEL.WEIGHTS", "",
-        "MODEL.CLIP.WEIGHTS", "",
-        "MODEL.CLIP.DOWNLOAD", "False",
-        "MODEL.CLIP.IMAGE_SIZE", f"[{args.size}, {args.size}]",
-        "MODEL.VIT.WEIGHTS", "",
-        "MODEL.VIT.IMAGE_SIZE", f"[{args.size}, {args.size}]",
-        "MODEL.MIT.WEIGHTS", "",
-        "DATASETS.TRAIN", f"('{DATASET_NAME}',)",
-        "DATASETS.TEST", f"('{DATASET_NAME}',)",
+        "MODEL.DEVICE",
+        args.device,
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.CLIP.WEIGHTS",
+        "",
+        "MODEL.CLIP.DOWNLOAD",
+        "False",
+        "MODEL.CLIP.IMAGE_SIZE",
+        f"[{args.size}, {args.size}]",
+        "MODEL.VIT.WEIGHTS",
+        "",
+        "MODEL.VIT.IMAGE_SIZE",
+        f"[{args.size}, {args.size}]",
+        "MODEL.MIT.WEIGHTS",
+        "",
+        "DATASETS.TRAIN",
+        f"('{DATASET_NAME}',)",
+        "DATASETS.TEST",
+        f"('{DATASET_NAME}',)",
         *args.opts,
     ]
     cfg = setup_cfg(config, opts)
@@ -544,8 +579,10 @@ def _worker(args) -> dict:
 
     # ---- inference latency (CPU: timers on the timed calls; CUDA: separate calls with syncs)
     model.eval()
-    inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
-              for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
+    inputs = [
+        {"image": x["image"], "height": x["height"], "width": x["width"]}
+        for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)
+    ]
 
     def infer_once():
         with _autocast(device, use_amp):
@@ -599,8 +636,10 @@ def _paired(args) -> dict:
         batch = _make_batch(args.size, args.batch, args.classes_per_image, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
         models[key] = (model, use_amp)
         steps[key] = _make_train_step(model.train(), build_optimizer(cfg, model), batch, device, use_amp)
-    inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
-              for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
+    inputs = [
+        {"image": x["image"], "height": x["height"], "width": x["width"]}
+        for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)
+    ]
 
     def infer(key):
         model, use_amp = models[key]
@@ -639,8 +678,21 @@ def _paired(args) -> dict:
     return {"train_step": train, "inference": rounds(infer, max(1, args.warmup), args.infer_iters)}
 
 
-def _grouped_conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
-                                output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+def _grouped_conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    bias,
+    stride,
+    padding,
+    dilation,
+    transposed,
+    output_padding,
+    groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """torch's count of ``convolution_backward`` with the weight-gradient term of a grouped conv divided
     by ``groups``: torch 2.14 counts that term as a dense conv (MiT's 3x3 depth-wise convs: 4C x too many)."""
     from torch.utils.flop_counter import conv_backward_flop
@@ -662,8 +714,9 @@ def _count_flops(model, batch, args, use_amp, device) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     def count(fn) -> int:
-        counter = FlopCounterMode(display=False, custom_mapping={
-            torch.ops.aten.convolution_backward: _grouped_conv_backward_flop})
+        counter = FlopCounterMode(
+            display=False, custom_mapping={torch.ops.aten.convolution_backward: _grouped_conv_backward_flop}
+        )
         with counter:
             fn()
         return counter.get_total_flops()
@@ -678,6 +731,7 @@ def _count_flops(model, batch, args, use_amp, device) -> dict:
     model.zero_grad(set_to_none=True)
     text_encoder = getattr(model, "text_encoder", None)
     if text_encoder is not None:
+
         def text():
             t = text_encoder()
             t.backward(torch.ones_like(t))
@@ -685,8 +739,10 @@ def _count_flops(model, batch, args, use_amp, device) -> dict:
         out["flops_text_encoder"] = count(text)
         model.zero_grad(set_to_none=True)
     model.eval()
-    inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]}
-              for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)]
+    inputs = [
+        {"image": x["image"], "height": x["height"], "width": x["width"]}
+        for x in _make_batch(args.size, args.infer_batch, 1, 1, seed=1)
+    ]
     with torch.no_grad(), _autocast(device, use_amp):
         model(inputs)  # fills the text cache
 
@@ -796,8 +852,11 @@ def _breakdown_table(bb: dict, bm: dict, train: bool, text_bwd_alone=None) -> st
         row(labels["criterion"], get(bb, "criterion"), get(bm, "criterion"))
         for sub in ("matcher", "loss_sim"):
             row(labels[sub], get(bb, sub), get(bm, sub))
-        row("  - CE, mask BCE + dice", get(bb, "criterion") - get(bb, "matcher", "loss_sim"),
-            get(bm, "criterion") - get(bm, "matcher", "loss_sim"))
+        row(
+            "  - CE, mask BCE + dice",
+            get(bb, "criterion") - get(bb, "matcher", "loss_sim"),
+            get(bm, "criterion") - get(bm, "matcher", "loss_sim"),
+        )
         row("backward (loss.backward())", get(bb, "backward"), get(bm, "backward"))
         if text_bwd_alone is not None:
             row("  - text encoder bwd (measured alone, not in the sum)", 0.0, text_bwd_alone, share=False)
@@ -808,8 +867,12 @@ def _breakdown_table(bb: dict, bm: dict, train: bool, text_bwd_alone=None) -> st
     row(other, get(bb, "step") - get(bb, *top), get(bm, "step") - get(bm, *top))
     row("total" if train else "total per call", get(bb, "step"), get(bm, "step"))
     try:
-        return tabulate_module.tabulate(rows, headers=["component", "Mask2Former*", "MTA-CLIP", "extra",
-                                                       "share of extra"], tablefmt="github", disable_numparse=True)
+        return tabulate_module.tabulate(
+            rows,
+            headers=["component", "Mask2Former*", "MTA-CLIP", "extra", "share of extra"],
+            tablefmt="github",
+            disable_numparse=True,
+        )
     finally:
         tabulate_module.PRESERVE_WHITESPACE = preserve
 
@@ -828,19 +891,42 @@ def _flops_table(args, results: dict) -> str:
         per_image = (r["flops_train_step"] - const) / args.batch
         totals[key] = {b: const + b * per_image for b in (2, 8)}
         totals[key]["inference"] = r["flops_inference"] / args.infer_batch
-        rows.append([r["model"], f"{r['flops_train_step'] / 1e9:,.1f}", f"{const / 1e9:,.1f}",
-                     f"{per_image / 1e9:,.1f}",
-                     f"{totals[key][2] / 1e9:,.1f}", f"{totals[key][8] / 1e9:,.1f}",
-                     f"{totals[key]['inference'] / 1e9:,.1f}"])
+        rows.append(
+            [
+                r["model"],
+                f"{r['flops_train_step'] / 1e9:,.1f}",
+                f"{const / 1e9:,.1f}",
+                f"{per_image / 1e9:,.1f}",
+                f"{totals[key][2] / 1e9:,.1f}",
+                f"{totals[key][8] / 1e9:,.1f}",
+                f"{totals[key]['inference'] / 1e9:,.1f}",
+            ]
+        )
     if len(totals) == 2:
         ratio = {k: totals["mtaclip"][k] / totals["baseline"][k] for k in (2, 8, "inference")}
         rows.append(["ratio", "", "", "", f"{ratio[2]:.2f}x", f"{ratio[8]:.2f}x", f"{ratio['inference']:.2f}x"])
-    head = (f"GFLOP (torch.utils.flop_counter: matmul / conv / attention FLOPs, no elementwise ops, no optimizer), "
-            f"image {args.size}x{args.size}; batch-2 and batch-8 columns = text encoder + batch x per-image part")
-    return head + "\n" + tabulate(
-        rows, headers=["model", f"train step, batch {args.batch}", "text encoder fwd+bwd (any batch)",
-                       "per image", "train step, batch 2", "train step, batch 8", "inference per image"],
-        tablefmt="github", disable_numparse=True)
+    head = (
+        f"GFLOP (torch.utils.flop_counter: matmul / conv / attention FLOPs, no elementwise ops, no optimizer), "
+        f"image {args.size}x{args.size}; batch-2 and batch-8 columns = text encoder + batch x per-image part"
+    )
+    return (
+        head
+        + "\n"
+        + tabulate(
+            rows,
+            headers=[
+                "model",
+                f"train step, batch {args.batch}",
+                "text encoder fwd+bwd (any batch)",
+                "per image",
+                "train step, batch 2",
+                "train step, batch 8",
+                "inference per image",
+            ],
+            tablefmt="github",
+            disable_numparse=True,
+        )
+    )
 
 
 def _amp_label(amp) -> str:
@@ -864,8 +950,10 @@ def _tables(args, results: dict, machine: str) -> str:
     lines.append(f"machine: {machine}")
     measured = [results[key] for key in MODELS if key in results]
     paths = sorted({r.get("ms_deform_attn", "?") for r in measured})
-    lines.append(f"multi-scale deformable attention: {', '.join(paths)}; "
-                 f"AMP: {', '.join(sorted({_amp_label(r.get('amp')) for r in measured}))}")
+    lines.append(
+        f"multi-scale deformable attention: {', '.join(paths)}; "
+        f"AMP: {', '.join(sorted({_amp_label(r.get('amp')) for r in measured}))}"
+    )
     if args.opts:
         lines.append(f"config overrides: {' '.join(args.opts)}")
     lines.append("")
@@ -876,24 +964,41 @@ def _tables(args, results: dict, machine: str) -> str:
     for r in (base, mta):
         if r is None:
             continue
-        rows.append([r["model"], r["queries"], f"{r['params_trainable'] / 1e6:.1f} / {r['params_total'] / 1e6:.1f}",
-                     _fmt(r["train_step_ms"]), _fmt(r.get("peak_mib")), _fmt(r["inference_ms"])])
-    lines.append(tabulate(rows, headers=["model", "queries", "params M (train / all)", "train step ms",
-                                         "peak memory MiB", "inference ms"], tablefmt="github"))
+        rows.append(
+            [
+                r["model"],
+                r["queries"],
+                f"{r['params_trainable'] / 1e6:.1f} / {r['params_total'] / 1e6:.1f}",
+                _fmt(r["train_step_ms"]),
+                _fmt(r.get("peak_mib")),
+                _fmt(r["inference_ms"]),
+            ]
+        )
+    lines.append(
+        tabulate(
+            rows,
+            headers=["model", "queries", "params M (train / all)", "train step ms", "peak memory MiB", "inference ms"],
+            tablefmt="github",
+        )
+    )
     peak_method = (mta or base)["peak_method"]
     lines.append(f"peak memory: {peak_method}")
     if all(r is not None and "resident_before_step_mib" in r for r in (base, mta)):
-        lines.append(f"resident before the step (weights, optimizer state, caches): Mask2Former* "
-                     f"{base['resident_before_step_mib']:,.1f} MiB, "
-                     f"MTA-CLIP {mta['resident_before_step_mib']:,.1f} MiB")
+        lines.append(
+            f"resident before the step (weights, optimizer state, caches): Mask2Former* "
+            f"{base['resident_before_step_mib']:,.1f} MiB, "
+            f"MTA-CLIP {mta['resident_before_step_mib']:,.1f} MiB"
+        )
     if base is None or mta is None:
         return "\n".join(lines)
 
     lines.append("")
     ratio_rows = []
-    for key, metric, label in (("train_step", "train_step_ms", "train step"),
-                               ("peak_memory", "peak_mib", "peak memory"),
-                               ("inference", "inference_ms", "inference")):
+    for key, metric, label in (
+        ("train_step", "train_step_ms", "train step"),
+        ("peak_memory", "peak_mib", "peak memory"),
+        ("inference", "inference_ms", "inference"),
+    ):
         a, b = mta.get(metric), base.get(metric)
         if PAIRED in results and key in results[PAIRED]:
             a, b = results[PAIRED][key]["ratio"], 1.0
@@ -901,10 +1006,12 @@ def _tables(args, results: dict, machine: str) -> str:
             ratio_rows.append([label, "n/a", f"<= {TARGETS[key]:.2f}x", "n/a"])
             continue
         ratio = a / b
-        ratio_rows.append([label, f"{ratio:.2f}x", f"<= {TARGETS[key]:.2f}x",
-                           "PASS" if ratio <= TARGETS[key] else "FAIL"])
-    lines.append(tabulate(ratio_rows, headers=["MTA-CLIP / Mask2Former*", "ratio", "target", "result"],
-                          tablefmt="github"))
+        ratio_rows.append(
+            [label, f"{ratio:.2f}x", f"<= {TARGETS[key]:.2f}x", "PASS" if ratio <= TARGETS[key] else "FAIL"]
+        )
+    lines.append(
+        tabulate(ratio_rows, headers=["MTA-CLIP / Mask2Former*", "ratio", "target", "result"], tablefmt="github")
+    )
     if PAIRED in results:
         for key, what in (("train_step", "train steps"), ("inference", "inference calls")):
             p = results[PAIRED][key]
@@ -915,15 +1022,23 @@ def _tables(args, results: dict, machine: str) -> str:
             )
     if base["breakdown_ms"] and mta["breakdown_ms"]:  # empty with --no-breakdown on CUDA
         lines.append("")
-        where = ("the timed steps" if args.device == "cpu"
-                 else f"{args.iters} extra steps with CUDA syncs at every timer")
+        where = (
+            "the timed steps" if args.device == "cpu" else f"{args.iters} extra steps with CUDA syncs at every timer"
+        )
         lines.append(f"train-step breakdown, ms per step (mean over {where}):")
-        lines.append(_breakdown_table(base["breakdown_ms"], mta["breakdown_ms"], train=True,
-                                      text_bwd_alone=mta.get("text_encoder_alone_bwd_ms")))
+        lines.append(
+            _breakdown_table(
+                base["breakdown_ms"],
+                mta["breakdown_ms"],
+                train=True,
+                text_bwd_alone=mta.get("text_encoder_alone_bwd_ms"),
+            )
+        )
     if base["inference_breakdown_ms"] and mta["inference_breakdown_ms"]:
         lines.append("")
-        where = ("the timed calls" if args.device == "cpu"
-                 else f"{args.iters} extra calls with CUDA syncs at every timer")
+        where = (
+            "the timed calls" if args.device == "cpu" else f"{args.iters} extra calls with CUDA syncs at every timer"
+        )
         lines.append(f"inference breakdown, ms per call (mean over {where}; text features cached):")
         lines.append(_breakdown_table(base["inference_breakdown_ms"], mta["inference_breakdown_ms"], train=False))
     if "decoder_alone_textmask_none_ms" in mta:
@@ -947,11 +1062,28 @@ def main(argv=None):
         result = _paired(args) if args.worker == PAIRED else _worker(args)
         print(json.dumps(result))
         return
-    forwarded = ["--device", args.device, "--size", str(args.size), "--batch", str(args.batch),
-                 "--infer-batch", str(args.infer_batch), "--iters", str(args.iters), "--warmup", str(args.warmup),
-                 "--infer-iters", str(args.infer_iters),
-                 "--backbone", args.backbone, "--classes-per-image", str(args.classes_per_image),
-                 "--amp", args.amp]
+    forwarded = [
+        "--device",
+        args.device,
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--infer-batch",
+        str(args.infer_batch),
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+        "--infer-iters",
+        str(args.infer_iters),
+        "--backbone",
+        args.backbone,
+        "--classes-per-image",
+        str(args.classes_per_image),
+        "--amp",
+        args.amp,
+    ]
     if args.no_breakdown:
         forwarded.append("--no-breakdown")
     if args.flops_only:

@@ -45,9 +45,18 @@ def build_decoder(device):
     torch.manual_seed(0)
     shapes = {k: ShapeSpec(channels=CHANNELS[k], stride=s) for k, s in STRIDES.items()}
     decoder = MSDeformAttnPixelDecoder(
-        shapes, transformer_dropout=0.0, transformer_nheads=8, transformer_dim_feedforward=1024,
-        transformer_enc_layers=6, transformer_n_points=4, conv_dim=256, mask_dim=256, norm="GN",
-        transformer_in_features=["res3", "res4", "res5"], common_stride=4)
+        shapes,
+        transformer_dropout=0.0,
+        transformer_nheads=8,
+        transformer_dim_feedforward=1024,
+        transformer_enc_layers=6,
+        transformer_n_points=4,
+        conv_dim=256,
+        mask_dim=256,
+        norm="GN",
+        transformer_in_features=["res3", "res4", "res5"],
+        common_stride=4,
+    )
     return decoder.to(device).train()
 
 
@@ -85,13 +94,16 @@ def main(argv=None):
     device = torch.device(args.device)
     decoder = build_decoder(device)
     gen = torch.Generator().manual_seed(1)
-    feats = {k: torch.randn(args.batch, CHANNELS[k], args.size // s, args.size // s, generator=gen).to(device)
-             for k, s in STRIDES.items()}
+    feats = {
+        k: torch.randn(args.batch, CHANNELS[k], args.size // s, args.size // s, generator=gen).to(device)
+        for k, s in STRIDES.items()
+    }
 
     def forward(fn):
         def run():
             with torch.no_grad():
                 fn(feats)
+
         return run
 
     def forward_backward(fn):
@@ -99,6 +111,7 @@ def main(argv=None):
             decoder.zero_grad(set_to_none=True)
             mask_features, _, multi = fn(feats)
             (mask_features.sum() + sum(m.sum() for m in multi)).backward()
+
         return run
 
     rows = []
@@ -108,20 +121,34 @@ def main(argv=None):
         if device.type == "cuda" and not compiled_op:
             msda.USE_COMPILED_ON_CPU = True  # the switch is CPU-only; CUDA always takes the op when built
             continue
-        rows.append((name, _time(forward(fn), device, args.warmup, args.repeats),
-                     _time(forward_backward(fn), device, args.warmup, args.repeats), None))
+        rows.append(
+            (
+                name,
+                _time(forward(fn), device, args.warmup, args.repeats),
+                _time(forward_backward(fn), device, args.warmup, args.repeats),
+                None,
+            )
+        )
     msda.USE_COMPILED_ON_CPU = True
     if args.compile:
         compiled = torch.compile(decoder.forward_features, fullgraph=True)
         t0 = time.perf_counter()
         forward_backward(compiled)()
         compile_s = time.perf_counter() - t0
-        rows.append(("compiled", _time(forward(compiled), device, args.warmup, args.repeats),
-                     _time(forward_backward(compiled), device, args.warmup, args.repeats), compile_s))
+        rows.append(
+            (
+                "compiled",
+                _time(forward(compiled), device, args.warmup, args.repeats),
+                _time(forward_backward(compiled), device, args.warmup, args.repeats),
+                compile_s,
+            )
+        )
 
     levels = "/".join(f"{args.size // STRIDES[k]}x{args.size // STRIDES[k]}" for k in ("res3", "res4", "res5"))
-    print(f"MSDeformAttn pixel decoder, {args.device}, float32: batch {args.batch}, {args.size}x{args.size} input "
-          f"(encoder levels {levels}), 6 layers, conv_dim 256, 8 heads, 4 points")
+    print(
+        f"MSDeformAttn pixel decoder, {args.device}, float32: batch {args.batch}, {args.size}x{args.size} input "
+        f"(encoder levels {levels}), 6 layers, conv_dim 256, 8 heads, 4 points"
+    )
     print(f"machine: {_machine(device)}; median of {args.repeats} steps after {args.warmup} warm-up\n")
     print("| mode | fwd ms | fwd+bwd ms | first call s |")
     print("|---|---|---|---|")

@@ -6,6 +6,7 @@ writes, the resumable conversion split by split (progress bar, optional worker p
 collected instead of aborting), the common command-line options and the printed summary with
 the exit status (0 done, 1 some files failed, 2 wrong folder layout).
 """
+
 import argparse
 import functools
 import os
@@ -112,9 +113,7 @@ def make_parser(description: str, dirname: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_and_report(
-    prepare: Callable[[], Tuple[Summary, List[Failure]]], title: str, split_width: int
-) -> int:
+def run_and_report(prepare: Callable[[], Tuple[Summary, List[Failure]]], title: str, split_width: int) -> int:
     """Runs ``prepare``, prints its summary (failures and layout errors to stderr); returns the exit status."""
     try:
         summary, failures = prepare()

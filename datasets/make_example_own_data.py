@@ -8,6 +8,7 @@ random places. 8 training and 2 validation JPEGs of 64x64, label PNGs with the c
 pixel and 255 (ignore) on a thin border around each shape, and ``example_own_data.yaml``, the
 dataset file that declares it. Deterministic; the committed copy was written by this script.
 """
+
 import argparse
 import os
 

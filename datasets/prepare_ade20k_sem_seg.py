@@ -10,6 +10,7 @@ Resumable: a label map already written is skipped (files are written to a tempor
 renamed, so an existing file is complete). ``--overwrite`` rewrites everything.
 Exit status: 0 done, 1 some files failed (listed), 2 wrong folder layout.
 """
+
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -60,9 +61,7 @@ def check_layout(root: str) -> str:
             elif not any(f.endswith(ext) for f in os.listdir(folder)):
                 problems.append(f"no *{ext} file in {folder}")
     if problems:
-        raise LayoutError(
-            f"Not an ADE20k folder: {'; '.join(problems)}.\n{EXPECTED_TREE}"
-        )
+        raise LayoutError(f"Not an ADE20k folder: {'; '.join(problems)}.\n{EXPECTED_TREE}")
     return base
 
 

@@ -10,6 +10,7 @@ other id, including the void classes, becomes 255). Resumable: files already wri
 (they are written to a temporary name and renamed). ``--overwrite`` rewrites everything.
 Exit status: 0 done, 1 some files failed (listed), 2 wrong folder layout.
 """
+
 import os
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple

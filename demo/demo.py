@@ -16,6 +16,7 @@ For a video ``clip.mp4``: out/clip_overlay.mp4 and out/labels/clip/<frame>.png.
 Grayscale, RGBA and 16-bit images are converted; unreadable files are reported and skipped.
 Exit status 0 when every input was processed, 1 when some were skipped, 2 on bad arguments.
 """
+
 import argparse
 import glob
 import logging
@@ -54,14 +55,29 @@ VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", metavar="FILE",
-                        help="model config (not needed with --weights of a model file written by train_net.py)")
-    parser.add_argument("--weights", metavar="FILE",
-                        help="model file; alone it gives the config, class names and palette too")
-    parser.add_argument("--dataset-file", action="append", default=[], metavar="FILE",
-                        help="dataset file to register (datasets named by the config); repeatable")
-    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
-                        help="module or .py file to import first (own dataset registration); repeatable")
+    parser.add_argument(
+        "--config-file",
+        metavar="FILE",
+        help="model config (not needed with --weights of a model file written by train_net.py)",
+    )
+    parser.add_argument(
+        "--weights", metavar="FILE", help="model file; alone it gives the config, class names and palette too"
+    )
+    parser.add_argument(
+        "--dataset-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="dataset file to register (datasets named by the config); repeatable",
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="module or .py file to import first (own dataset registration); repeatable",
+    )
     parser.add_argument("--input", nargs="+", default=[], help="image files, folders, glob patterns or videos")
     parser.add_argument("--webcam", action="store_true", help="read the default camera")
     parser.add_argument("--output", help="output folder (required except with --webcam)")
@@ -145,15 +161,26 @@ def read_image(path: str) -> np.ndarray:
 
 def display_metadata(metadata) -> Metadata:
     """Short display names (first synonym of 'a, b, c') and the dataset's colors."""
-    return Metadata(name=f"{metadata.name}_display", stuff_classes=short_names(metadata.stuff_classes),
-                    stuff_colors=[tuple(int(v) for v in c) for c in metadata.stuff_colors])
+    return Metadata(
+        name=f"{metadata.name}_display",
+        stuff_classes=short_names(metadata.stuff_classes),
+        stuff_colors=[tuple(int(v) for v in c) for c in metadata.stuff_colors],
+    )
 
 
-def render(image_bgr: np.ndarray, labels: np.ndarray, meta: Metadata, alpha: float,
-           legend_width_px: Optional[int] = None) -> np.ndarray:
+def render(
+    image_bgr: np.ndarray, labels: np.ndarray, meta: Metadata, alpha: float, legend_width_px: Optional[int] = None
+) -> np.ndarray:
     """-> BGR overlay with in-image labels and legend (``legend_width_px``: fixed size for videos)."""
-    vis = render_overlay(image_bgr[:, :, ::-1], labels, meta.stuff_classes, meta.stuff_colors, alpha=alpha,
-                         legend_width_px=legend_width_px, grow=legend_width_px is None)
+    vis = render_overlay(
+        image_bgr[:, :, ::-1],
+        labels,
+        meta.stuff_classes,
+        meta.stuff_colors,
+        alpha=alpha,
+        legend_width_px=legend_width_px,
+        grow=legend_width_px is None,
+    )
     return np.ascontiguousarray(vis[:, :, ::-1])
 
 
@@ -171,8 +198,9 @@ def write_image_atomic(path: str, image: np.ndarray) -> None:
         buf.tofile(tmp)
 
 
-def run_images(predictor: Predictor, items: List[Tuple[str, str]], out_dir: str, meta: Metadata,
-               args) -> Tuple[int, List[Tuple[str, str]]]:
+def run_images(
+    predictor: Predictor, items: List[Tuple[str, str]], out_dir: str, meta: Metadata, args
+) -> Tuple[int, List[Tuple[str, str]]]:
     """Processes images in batches; returns (written, [(path, reason) skipped])."""
     written, failed = 0, []
     bar = tqdm.tqdm(total=len(items), desc="images", unit="img", disable=len(items) < 2)
@@ -215,8 +243,9 @@ def _frames(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
         yield frame
 
 
-def run_stream(predictor: Predictor, capture: cv2.VideoCapture, name: str, out_dir: Optional[str],
-               meta: Metadata, args) -> int:
+def run_stream(
+    predictor: Predictor, capture: cv2.VideoCapture, name: str, out_dir: Optional[str], meta: Metadata, args
+) -> int:
     """Segments every frame; writes <name>_overlay.mp4 + label PNGs, or shows a window. -> frames."""
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -296,11 +325,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: --output {args.output}: {problem}", file=sys.stderr)
             return 2
     if args.config_file:
-        predictor = Predictor(args.config_file, args.weights, device=args.device, opts=args.opts,
-                              dataset_files=args.dataset_file, imports=args.imports)
+        predictor = Predictor(
+            args.config_file,
+            args.weights,
+            device=args.device,
+            opts=args.opts,
+            dataset_files=args.dataset_file,
+            imports=args.imports,
+        )
     else:
-        predictor = Predictor(args.weights, device=args.device, opts=args.opts, dataset_files=args.dataset_file,
-                              imports=args.imports)
+        predictor = Predictor(
+            args.weights, device=args.device, opts=args.opts, dataset_files=args.dataset_file, imports=args.imports
+        )
     meta = display_metadata(predictor.metadata)
     failed: List[Tuple[str, str]] = list(missing)
     for m, why in missing:

@@ -13,6 +13,7 @@ present, and a download of the label PNG (palette PNG: pixel values = class indi
 fetched from the internet; models are loaded on first use and kept. ``--weights ""`` runs a
 randomly initialized model of ``--config-file`` (to try the page without a trained model).
 """
+
 import argparse
 import logging
 import os
@@ -41,12 +42,25 @@ RANDOM_WEIGHTS = "random weights (no file)"
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=None, metavar="FILE",
-                        help="model config (not needed for model files written by train_net.py)")
-    parser.add_argument("--weights", nargs="+", default=None, metavar="PTH",
-                        help='model files to choose from in the page ("" = random weights of --config-file)')
-    parser.add_argument("--samples", nargs="*", default=None,
-                        help="sample images or folders (default: up to 6 toy validation images if present)")
+    parser.add_argument(
+        "--config-file",
+        default=None,
+        metavar="FILE",
+        help="model config (not needed for model files written by train_net.py)",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=None,
+        metavar="PTH",
+        help='model files to choose from in the page ("" = random weights of --config-file)',
+    )
+    parser.add_argument(
+        "--samples",
+        nargs="*",
+        default=None,
+        help="sample images or folders (default: up to 6 toy validation images if present)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
     parser.add_argument("--port", type=int, default=7860)
@@ -74,8 +88,14 @@ def find_samples(items: Optional[Sequence[str]], limit: int = 12) -> List[str]:
 class Segmenter:
     """Predictors per model file, built on first use; the function behind the page's button."""
 
-    def __init__(self, config_file: Optional[str], weights: Sequence[str], device: str = "cpu",
-                 opts: Sequence[str] = (), output_dir: Optional[str] = None):
+    def __init__(
+        self,
+        config_file: Optional[str],
+        weights: Sequence[str],
+        device: str = "cpu",
+        opts: Sequence[str] = (),
+        output_dir: Optional[str] = None,
+    ):
         self.config_file = config_file
         self.device = device
         self.opts = list(opts)
@@ -99,15 +119,17 @@ class Segmenter:
             if choice not in self._predictors:
                 logger.info("Loading %s", choice)
                 if self.config_file:
-                    predictor = Predictor(self.config_file, weights=self.choices[choice], device=self.device,
-                                          opts=self.opts)
+                    predictor = Predictor(
+                        self.config_file, weights=self.choices[choice], device=self.device, opts=self.opts
+                    )
                 else:  # a model file written by train_net.py: config and class names inside
                     predictor = Predictor(self.choices[choice], device=self.device, opts=self.opts)
                 self._predictors[choice] = predictor
             return self._predictors[choice]
 
-    def __call__(self, image_rgb: Optional[np.ndarray], choice: str, alpha: float = 0.55
-                 ) -> Tuple[np.ndarray, List[List], str]:
+    def __call__(
+        self, image_rgb: Optional[np.ndarray], choice: str, alpha: float = 0.55
+    ) -> Tuple[np.ndarray, List[List], str]:
         """RGB image -> (overlay RGB, [[class, share %]] by class index, path of the label PNG)."""
         if image_rgb is None:
             raise ValueError("upload an image or pick a sample first")
@@ -132,22 +154,33 @@ def build_app(segmenter: Segmenter, samples: Sequence[str]):
     import gradio as gr
 
     with gr.Blocks(title="MTA-CLIP segmentation", analytics_enabled=False) as app:
-        gr.Markdown("## MTA-CLIP semantic segmentation\nUpload an image (or pick a sample), choose a model "
-                    "file, press **Segment**.")
+        gr.Markdown(
+            "## MTA-CLIP semantic segmentation\nUpload an image (or pick a sample), choose a model "
+            "file, press **Segment**."
+        )
         with gr.Row():
             with gr.Column():
                 image = gr.Image(label="Image", type="numpy", sources=["upload", "clipboard"], elem_id="input_image")
-                model = gr.Dropdown(choices=list(segmenter.choices), value=next(iter(segmenter.choices)),
-                                    label="Model file", elem_id="model_choice")
+                model = gr.Dropdown(
+                    choices=list(segmenter.choices),
+                    value=next(iter(segmenter.choices)),
+                    label="Model file",
+                    elem_id="model_choice",
+                )
                 alpha = gr.Slider(0.0, 1.0, value=0.55, step=0.05, label="Overlay opacity")
                 button = gr.Button("Segment", variant="primary", elem_id="segment_button")
                 if samples:
                     gr.Examples(examples=[[s] for s in samples], inputs=[image], label="Samples")
             with gr.Column():
-                overlay = gr.Image(label="Overlay", type="numpy", format="png", interactive=False,
-                                   elem_id="overlay_image")
-                shares = gr.Dataframe(headers=["class", "share %"], label="Classes present (by class index)",
-                                      interactive=False, elem_id="class_shares")
+                overlay = gr.Image(
+                    label="Overlay", type="numpy", format="png", interactive=False, elem_id="overlay_image"
+                )
+                shares = gr.Dataframe(
+                    headers=["class", "share %"],
+                    label="Classes present (by class index)",
+                    interactive=False,
+                    elem_id="class_shares",
+                )
                 label_file = gr.File(label="Label PNG (pixel values = class indices)", elem_id="label_png")
         button.click(segmenter, inputs=[image, model, alpha], outputs=[overlay, shares, label_file])
     return app
@@ -156,10 +189,19 @@ def build_app(segmenter: Segmenter, samples: Sequence[str]):
 def launch(app, host: str, port: int, block: bool = True):
     import gradio as gr
 
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])  # no web fonts: works offline
-    return app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
-                      quiet=True, ssr_mode=False, theme=theme, footer_links=[])
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )  # no web fonts: works offline
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        quiet=True,
+        ssr_mode=False,
+        theme=theme,
+        footer_links=[],
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,6 +2,7 @@
 
 Importing the package registers its models, backbones and datasets.
 """
+
 import warnings
 
 # Detectron2 / fvcore call torch.jit.script at import time; torch >= 2.10 answers with a

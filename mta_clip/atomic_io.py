@@ -3,6 +3,7 @@
 A stop in the middle of a write (killed job, full disk, exception) leaves the previous file, if
 any, untouched and no temporary file behind.
 """
+
 import os
 import re
 from contextlib import contextmanager

@@ -12,6 +12,7 @@ through a temporary file and ``os.replace``, which makes a new directory entry: 
 linked elsewhere is never changed in place. ``model_best.pth`` is written by
 ``BestCheckpointHook`` and never deleted here.
 """
+
 import logging
 import os
 import re
@@ -85,8 +86,12 @@ class PeriodicCheckpointHook(HookBase):
             os.remove(path)
             deleted.append(path)
         if deleted:
-            logger.info("Deleted %d old checkpoint(s) (SOLVER.CHECKPOINT_MAX_KEEP=%d): %s", len(deleted),
-                        self.max_keep, ", ".join(os.path.basename(p) for p in deleted))
+            logger.info(
+                "Deleted %d old checkpoint(s) (SOLVER.CHECKPOINT_MAX_KEEP=%d): %s",
+                len(deleted),
+                self.max_keep,
+                ", ".join(os.path.basename(p) for p in deleted),
+            )
         return deleted
 
     def save_final(self, iteration: int, periodic_just_saved: bool) -> None:

@@ -10,6 +10,7 @@ names, palette, config) when the checkpointer is given one. Loading is strict on
 (evaluation, demo, Predictor): weights that do not fit the model are an error listing them.
 Temporary files left by a killed save are removed when the next checkpointer starts.
 """
+
 import os
 from typing import Any, Dict, Optional
 
@@ -31,8 +32,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raises ValueError listing them; otherwise a warning counts what was skipped.
     """
 
-    def __init__(self, model, save_dir: str = "", *, model_info: Optional[Dict[str, Any]] = None,
-                 strict: bool = False, **kwargs):
+    def __init__(
+        self, model, save_dir: str = "", *, model_info: Optional[Dict[str, Any]] = None, strict: bool = False, **kwargs
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.model_info = model_info
         self.strict = strict
@@ -55,7 +57,8 @@ class AtomicCheckpointer(DetectionCheckpointer):
             lines += [f"  not in the model: {k}" for k in unexpected]
             raise ValueError(
                 f"the weights do not fit the model ({len(shapes)} shape mismatches, {len(missing)} missing, "
-                f"{len(unexpected)} unexpected tensors):\n" + "\n".join(lines[:40])
+                f"{len(unexpected)} unexpected tensors):\n"
+                + "\n".join(lines[:40])
                 + (f"\n  ... and {len(lines) - 40} more" if len(lines) > 40 else "")
                 + "\nCheck that the config is the one the weights were trained with (TEST.STRICT_WEIGHTS False "
                 "loads what fits)."
@@ -64,7 +67,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
         self.logger.warning(
             "Loaded %d of the %d tensors of the weights file: %d skipped (%d with another shape, %d not in the "
             "model); %d tensors of the model keep their initialization.",
-            total - skipped, total, skipped, len(shapes), len(unexpected), len(missing) + len(shapes),
+            total - skipped,
+            total,
+            skipped,
+            len(shapes),
+            len(unexpected),
+            len(missing) + len(shapes),
         )
         return incompatible
 

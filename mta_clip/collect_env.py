@@ -72,18 +72,12 @@ def _op_rows() -> List[Tuple[str, str]]:
     rows.append(("mta_clip._C loadable", "yes" if error is None else f"no ({error})"))
     if error is None:
         cuda_version = msda._C.cuda_version()
-        built = (
-            f"yes (CUDA {cuda_version // 1000}.{cuda_version % 1000 // 10})" if msda._C.with_cuda() else "no"
-        )
+        built = f"yes (CUDA {cuda_version // 1000}.{cuda_version % 1000 // 10})" if msda._C.with_cuda() else "no"
         rows.append(("mta_clip._C CUDA kernels", built))
     rows.append(
         (
             "deform attn on CPU",
-            (
-                "C++ kernel"
-                if msda.ms_deform_attn_op_available("cpu") and msda.USE_COMPILED_ON_CPU
-                else "PyTorch path"
-            ),
+            ("C++ kernel" if msda.ms_deform_attn_op_available("cpu") and msda.USE_COMPILED_ON_CPU else "PyTorch path"),
         )
     )
     rows.append(

@@ -7,6 +7,7 @@ Keys kept only so that Mask2Former / Detectron2 YAML files load say "not used" i
 A key that was renamed stays in ``RENAMED_KEYS``: a YAML file or an override that still uses the
 old name is an error naming the new one.
 """
+
 import logging
 from typing import Dict, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -71,8 +72,12 @@ def choice(options: Union[Sequence[str], Mapping[str, T]], value: str, key: str)
     return options[name] if isinstance(options, Mapping) else name
 
 
-def setup_cfg(config_file: str, opts: Optional[Sequence[str]] = None, dataset_files: Sequence[str] = (),
-              imports: Sequence[str] = ()) -> CN:
+def setup_cfg(
+    config_file: str,
+    opts: Optional[Sequence[str]] = None,
+    dataset_files: Sequence[str] = (),
+    imports: Sequence[str] = (),
+) -> CN:
     """Detectron2 defaults + this project's keys, then the YAML, then ``opts`` overrides (not frozen);
     then the dataset files (``DATASETS.FILES`` + ``dataset_files``) and ``imports`` are registered
     and ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` follows the training data (``prepare_datasets``).

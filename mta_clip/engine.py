@@ -2,6 +2,7 @@
 
 No model logic lives here: the model comes from ``cfg.MODEL.META_ARCHITECTURE``.
 """
+
 import contextlib
 import functools
 import inspect
@@ -85,8 +86,11 @@ class Trainer(DefaultTrainer):
                 cfg.freeze()
         ddp_kwargs = dict(find_unused_parameters=cfg.MODEL.FIND_UNUSED_PARAMETERS, **_no_forward_buffer_sync())
         ddp = functools.partial(_ddp_for_detectron2, ddp_kwargs=ddp_kwargs)
-        with _replaced(detectron2_defaults, create_ddp_model=ddp,
-                       DetectionCheckpointer=functools.partial(self.build_checkpointer, cfg)):
+        with _replaced(
+            detectron2_defaults,
+            create_ddp_model=ddp,
+            DetectionCheckpointer=functools.partial(self.build_checkpointer, cfg),
+        ):
             super().__init__(cfg)
 
     def build_checkpointer(self, cfg: CfgNode, model: torch.nn.Module, save_dir: str, **kwargs) -> AtomicCheckpointer:
@@ -129,9 +133,11 @@ class Trainer(DefaultTrainer):
         at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
         ret[at] = PeriodicEvalHook(self.cfg.TEST.EVAL_PERIOD, ret[at]._func, eval_start=self.cfg.TEST.EVAL_START)
         ret = [
-            PeriodicCheckpointHook(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
-                                   self.cfg.SOLVER.CHECKPOINT_MAX_KEEP)
-            if isinstance(h, hooks.PeriodicCheckpointer) else h
+            PeriodicCheckpointHook(
+                self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.CHECKPOINT_MAX_KEEP
+            )
+            if isinstance(h, hooks.PeriodicCheckpointer)
+            else h
             for h in ret
         ]
         if use_progress_bar():
@@ -198,8 +204,9 @@ class Trainer(DefaultTrainer):
         from .data.file_checks import ExplainReadErrors
         from .evaluation.test_time_augmentation import test_mapper_augmentations
 
-        mapper = DatasetMapper(is_train=False, augmentations=test_mapper_augmentations(cfg),
-                               image_format=cfg.INPUT.FORMAT)
+        mapper = DatasetMapper(
+            is_train=False, augmentations=test_mapper_augmentations(cfg), image_format=cfg.INPUT.FORMAT
+        )
         return build_detection_test_loader(cfg, dataset_name, mapper=ExplainReadErrors(mapper))
 
     @classmethod
@@ -228,20 +235,28 @@ class Trainer(DefaultTrainer):
         records = {r["sem_seg_file_name"]: r for r in DatasetCatalog.get(dataset_name) if "sem_seg_file_name" in r}
         loader = checked_label_loader(records, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         v = cfg.TEST.VISUALIZE
-        return DatasetEvaluators([PerClassSemSegEvaluator(
-            dataset_name, distributed=True, output_dir=output_folder, sem_seg_loading_fn=loader,
-            num_panels=v.NUM_PANELS, tensorboard_panels=v.NUM_TENSORBOARD, confusion_matrix=v.CONFUSION_MATRIX,
-        )])
+        return DatasetEvaluators(
+            [
+                PerClassSemSegEvaluator(
+                    dataset_name,
+                    distributed=True,
+                    output_dir=output_folder,
+                    sem_seg_loading_fn=loader,
+                    num_panels=v.NUM_PANELS,
+                    tensorboard_panels=v.NUM_TENSORBOARD,
+                    confusion_matrix=v.CONFUSION_MATRIX,
+                )
+            ]
+        )
 
 
 def check_launch_args(args) -> None:
     """Catches launcher arguments that would otherwise make every process wait forever."""
     if args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
-        raise ValueError(
-            f"--machine-rank {args.machine_rank} must be in [0, --num-machines {args.num_machines})"
-        )
-    if args.num_machines > 1 and (not args.dist_url or args.dist_url == "auto"
-                                  or "127.0.0.1" in args.dist_url or "localhost" in args.dist_url):
+        raise ValueError(f"--machine-rank {args.machine_rank} must be in [0, --num-machines {args.num_machines})")
+    if args.num_machines > 1 and (
+        not args.dist_url or args.dist_url == "auto" or "127.0.0.1" in args.dist_url or "localhost" in args.dist_url
+    ):
         raise ValueError(
             f"--num-machines {args.num_machines} needs --dist-url tcp://<address of machine 0>:<port>, the same "
             f"on every machine; got {args.dist_url!r}"
@@ -339,8 +354,10 @@ def setup(args) -> CfgNode:
     cfg.freeze()
     if not args.resume:
         check_weights_file(cfg)
-    if args.eval_only and not cfg.MODEL.WEIGHTS and not (
-        args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if (
+        args.eval_only
+        and not cfg.MODEL.WEIGHTS
+        and not (args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")))
     ):
         raise ValueError(
             "--eval-only needs weights to evaluate: set MODEL.WEIGHTS to a checkpoint (e.g. "

@@ -23,6 +23,7 @@ ONNX: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript) with H and 
 dynamic. TorchScript: ``torch.jit.trace``, which records sizes as constants: the file serves
 the traced size only, and a scripted wrapper refuses other sizes with a clear error.
 """
+
 import json
 import logging
 import warnings
@@ -172,8 +173,14 @@ def sample_image(size: Sequence[int], batch: int = 1, dtype: str = "uint8", seed
     return img if dtype == "uint8" else img.float()
 
 
-def export_onnx(graph: SegmentationGraph, path: str, sample: torch.Tensor, dynamic: bool = True,
-                metadata: Optional[Dict] = None, opset: int = 18) -> None:
+def export_onnx(
+    graph: SegmentationGraph,
+    path: str,
+    sample: torch.Tensor,
+    dynamic: bool = True,
+    metadata: Optional[Dict] = None,
+    opset: int = 18,
+) -> None:
     """Writes ``graph`` as an ONNX file (atomically) with ``metadata`` as JSON in ``metadata_props``.
 
     ``dynamic``: H and W are dynamic axes (H, W >= :func:`min_image_size`); else the file
@@ -198,8 +205,16 @@ def export_onnx(graph: SegmentationGraph, path: str, sample: torch.Tensor, dynam
         dynamic_shapes = {"image": dims}
     with torch.no_grad():
         program = torch.onnx.export(
-            graph, (sample,), None, dynamo=True, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=dynamic_shapes, opset_version=opset, external_data=False, verbose=False,
+            graph,
+            (sample,),
+            None,
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
         )
     proto = program.model_proto
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -236,15 +251,22 @@ class _FixedSizeModule(nn.Module):
             raise ValueError("expected a (B, H, W, 3) BGR image")
         if image.shape[1] != self.height or image.shape[2] != self.width:
             raise ValueError(
-                "this TorchScript file was traced at a fixed size (H, W) = (" + str(self.height) + ", "
-                + str(self.width) + "); got (" + str(image.shape[1]) + ", " + str(image.shape[2])
+                "this TorchScript file was traced at a fixed size (H, W) = ("
+                + str(self.height)
+                + ", "
+                + str(self.width)
+                + "); got ("
+                + str(image.shape[1])
+                + ", "
+                + str(image.shape[2])
                 + "): resize the image or export again with --size H W"
             )
         return self.traced(image)
 
 
-def export_torchscript(graph: SegmentationGraph, path: str, sample: torch.Tensor,
-                       metadata: Optional[Dict] = None) -> None:
+def export_torchscript(
+    graph: SegmentationGraph, path: str, sample: torch.Tensor, metadata: Optional[Dict] = None
+) -> None:
     """Writes ``graph`` traced at ``sample``'s size as TorchScript (atomically), with ``metadata``
     as JSON in the extra file ``mta_clip``. The file refuses other image sizes with a clear error."""
     from .atomic_io import atomic_output
@@ -282,7 +304,7 @@ def read_metadata(path: str) -> Dict:
 
 
 def detect_format(path: str) -> str:
-    """"onnx" or "torchscript" from the file's first bytes (TorchScript files are zip archives)."""
+    """ "onnx" or "torchscript" from the file's first bytes (TorchScript files are zip archives)."""
     with open(path, "rb") as f:
         head = f.read(4)
     return "torchscript" if head[:2] == b"PK" else "onnx"
@@ -338,8 +360,9 @@ def compare_outputs(graph: SegmentationGraph, exported: ExportedModel, image: to
     }
 
 
-def check_export(graph: SegmentationGraph, path: str, images: Sequence[torch.Tensor],
-                 max_label_mismatch: float = MAX_LABEL_MISMATCH) -> List[Dict]:
+def check_export(
+    graph: SegmentationGraph, path: str, images: Sequence[torch.Tensor], max_label_mismatch: float = MAX_LABEL_MISMATCH
+) -> List[Dict]:
     """Runs the exported file on ``images`` and compares with PyTorch; raises ExportCheckError when
     the labels differ on more than ``max_label_mismatch`` of the pixels of any image."""
     exported = ExportedModel(path)
@@ -348,8 +371,13 @@ def check_export(graph: SegmentationGraph, path: str, images: Sequence[torch.Ten
         r = compare_outputs(graph, exported, img)
         r["size"] = [int(img.shape[1]), int(img.shape[2])]
         results.append(r)
-        logger.info("check %s at %s: max |probs diff| %.3g, labels differ on %.4f%% of pixels",
-                    path, tuple(img.shape[1:3]), r["max_abs_prob_diff"], 100 * r["label_mismatch"])
+        logger.info(
+            "check %s at %s: max |probs diff| %.3g, labels differ on %.4f%% of pixels",
+            path,
+            tuple(img.shape[1:3]),
+            r["max_abs_prob_diff"],
+            100 * r["label_mismatch"],
+        )
         if r["label_mismatch"] > max_label_mismatch:
             raise ExportCheckError(
                 f"{path}: labels differ from PyTorch's on {100 * r['label_mismatch']:.3f}% of the pixels of a "
@@ -360,8 +388,9 @@ def check_export(graph: SegmentationGraph, path: str, images: Sequence[torch.Ten
 
 
 # --------------------------------------------------------------------------- one call
-def export_metadata(cfg, class_names: Sequence[str], palette: Sequence[Sequence[int]], ignore_label: int = 255,
-                    **extra) -> Dict:
+def export_metadata(
+    cfg, class_names: Sequence[str], palette: Sequence[Sequence[int]], ignore_label: int = 255, **extra
+) -> Dict:
     """The self-description stored in the exported file (JSON-serializable dict)."""
     names = [str(n) for n in class_names]
     colors = [[int(c) for c in rgb] for rgb in palette]
@@ -386,8 +415,7 @@ def export_metadata(cfg, class_names: Sequence[str], palette: Sequence[Sequence[
             "min_size_test": int(cfg.INPUT.MIN_SIZE_TEST),
             "max_size_test": int(cfg.INPUT.MAX_SIZE_TEST),
         },
-        "outputs": {"probs": "(B, C, H, W) float32, per-pixel class distribution",
-                    "labels": "(B, H, W) int64"},
+        "outputs": {"probs": "(B, C, H, W) float32, per-pixel class distribution", "labels": "(B, H, W) int64"},
         "torch_version": torch.__version__,
     }
     meta.update(extra)

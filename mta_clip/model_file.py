@@ -18,6 +18,7 @@ Detectron2's ``model`` / ``optimizer`` / ``scheduler`` / ``iteration``, a ``"mta
 (so MTA-CLIP's text encoder finds its prompt names without the dataset being registered);
 ``write_inference_file`` keeps only the weights and this dict (no optimizer state).
 """
+
 import logging
 import os
 from typing import Any, Dict, Optional, Sequence
@@ -120,8 +121,13 @@ def register_model_metadata(info: Dict[str, Any]) -> str:
     return name
 
 
-def config_from_model_file(path: str, opts: Optional[Sequence[str]] = None, dataset_files: Sequence[str] = (),
-                           imports: Sequence[str] = (), for_prediction: bool = True) -> CfgNode:
+def config_from_model_file(
+    path: str,
+    opts: Optional[Sequence[str]] = None,
+    dataset_files: Sequence[str] = (),
+    imports: Sequence[str] = (),
+    for_prediction: bool = True,
+) -> CfgNode:
     """The resolved config stored in a model file, with ``MODEL.WEIGHTS = path`` and ``opts`` on top
     (not frozen). ``for_prediction``: the model's class list is registered as metadata and used as
     ``DATASETS.TRAIN`` (no dataset needed); otherwise the stored dataset files are registered

@@ -11,6 +11,7 @@ have the input's size. Test-time augmentation follows the config (TEST.AUG / TES
 ``probs`` are per-pixel class distributions: the model's scores divided by their per-pixel sum
 (the Mask2Former score sum_q softmax(class)*sigmoid(mask) is not normalized).
 """
+
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -52,8 +53,12 @@ def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def load_config(config_file: str, opts: Optional[Sequence[str]] = None, dataset_files: Sequence[str] = (),
-                imports: Sequence[str] = ()):
+def load_config(
+    config_file: str,
+    opts: Optional[Sequence[str]] = None,
+    dataset_files: Sequence[str] = (),
+    imports: Sequence[str] = (),
+):
     """Detectron2 defaults + this project's keys + ``config_file`` + ``opts`` (not frozen); the
     dataset files / imports are registered first."""
     return setup_cfg(config_file, list(opts or []), dataset_files, imports)
@@ -70,15 +75,20 @@ def _metadata_for(cfg, info: Optional[Dict] = None) -> Metadata:
 
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if info is not None and len(info["classes"]) == num_classes:
-        return Metadata(name=f"model_file:{info.get('dataset', '')}", stuff_classes=list(info["classes"]),
-                        stuff_colors=[tuple(c) for c in info["palette"]], ignore_label=int(info["ignore_label"]))
+        return Metadata(
+            name=f"model_file:{info.get('dataset', '')}",
+            stuff_classes=list(info["classes"]),
+            stuff_colors=[tuple(c) for c in info["palette"]],
+            ignore_label=int(info["ignore_label"]),
+        )
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         meta = MetadataCatalog.get(name)
         if len(getattr(meta, "stuff_classes", [])) == num_classes:
             return meta
     names = [f"class {i}" for i in range(num_classes)]
-    return Metadata(name="mta_clip_predictor", stuff_classes=names, stuff_colors=default_palette(num_classes),
-                    ignore_label=255)
+    return Metadata(
+        name="mta_clip_predictor", stuff_classes=names, stuff_colors=default_palette(num_classes), ignore_label=255
+    )
 
 
 class Predictor:
@@ -117,8 +127,10 @@ class Predictor:
                 cfg.MODEL.WEIGHTS = weights
         else:
             if weights is not None:
-                raise ValueError(f"Predictor({config_file!r}, weights={weights!r}): give a config file with weights, "
-                                 "or a model file alone")
+                raise ValueError(
+                    f"Predictor({config_file!r}, weights={weights!r}): give a config file with weights, "
+                    "or a model file alone"
+                )
             cfg = config_from_model_file(config_file, opts, dataset_files, imports, for_prediction=True)
         if cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES <= 0:
             raise ValueError(

@@ -4,6 +4,7 @@ On an interactive terminal (stderr is a TTY) the main process shows one bar; log
 to the console during training go through ``tqdm.write`` so they do not break the bar. When the
 output is a file or a pipe nothing changes: Detectron2's plain metric lines every 20 iterations.
 """
+
 import logging
 import sys
 from contextlib import ExitStack
@@ -39,8 +40,15 @@ class ProgressBarHook(HookBase):
     def before_train(self):
         self._stack = ExitStack()
         self._stack.enter_context(logging_redirect_tqdm([logging.getLogger(n) for n in _LOGGERS]))
-        self.bar = tqdm.tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, unit="it",
-                             desc="train", file=self.stream, dynamic_ncols=True, smoothing=0.05)
+        self.bar = tqdm.tqdm(
+            total=self.trainer.max_iter,
+            initial=self.trainer.start_iter,
+            unit="it",
+            desc="train",
+            file=self.stream,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
 
     def after_step(self):
         if self.bar is None:

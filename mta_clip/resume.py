@@ -18,6 +18,7 @@ Detectron2 replays the data from iteration 0 after a resume and restarts every r
 Multi-process runs: the batches of every rank are exact as well; the model-side generators are
 those of rank 0 only, so the other ranks restart theirs and losses agree only approximately.
 """
+
 import copy
 import itertools
 import json
@@ -46,8 +47,14 @@ logger = logging.getLogger(__name__)
 
 # Keys a resumed run may change: they do not change what the run computes up to its end.
 RESUMABLE_KEYS = {
-    "SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "DATALOADER.NUM_WORKERS", "MODEL.WEIGHTS",
-    "MODEL.DEVICE", "OUTPUT_DIR", "VIS_PERIOD",
+    "SOLVER.MAX_ITER",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "TEST.EVAL_PERIOD",
+    "DATALOADER.NUM_WORKERS",
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "OUTPUT_DIR",
+    "VIS_PERIOD",
 }
 
 
@@ -138,7 +145,10 @@ def build_resumable_train_loader(cfg, mapper) -> DataLoader:
     stream = ResumableBatchStream(dicts, mapper, total // world, seed, comm.get_rank(), world)
     workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(
-        stream, batch_size=None, num_workers=workers, collate_fn=_identity,
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
         generator=torch.Generator().manual_seed(_seed(seed, 2)),  # leaves the global generator alone
         prefetch_factor=2 if workers > 0 else None,
     )
@@ -153,8 +163,12 @@ class RNGStates:
         state = {
             "world_size": comm.get_world_size(),
             "torch": torch.get_rng_state(),
-            "numpy": {"keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "numpy": {
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "gauss": float(gauss),
+            },
             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -4,6 +4,7 @@ Detectron2's ``merge_from_file`` falls back to ``yaml.unsafe_load`` (which runs 
 tags) unless told not to; here a refused tag is a ``ValueError`` naming the file, the line and the
 tag, for config files, their ``_BASE_`` files and dataset files alike.
 """
+
 from typing import Any
 
 import yaml
@@ -19,8 +20,7 @@ def _tag(error: yaml.constructor.ConstructorError) -> str:
     return text.replace("tag:yaml.org,2002:", "!!")
 
 
-def unsafe_tag_error(error: yaml.constructor.ConstructorError, what: str = "config file",
-                     path: str = "") -> ValueError:
+def unsafe_tag_error(error: yaml.constructor.ConstructorError, what: str = "config file", path: str = "") -> ValueError:
     """The ValueError for a tag that safe loading refused (file from the error's mark if known)."""
     mark = error.problem_mark
     name = path or (mark.name if mark is not None else "<unknown file>")

@@ -1,4 +1,5 @@
 """Optimizer (parameter groups, full-model gradient clipping) and the warm-up + poly schedule."""
+
 import itertools
 import logging
 from typing import Any, Dict, List, Set, Type
@@ -14,9 +15,16 @@ from .config import choice
 logger = logging.getLogger(__name__)
 
 _NORM_TYPES = (
-    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm,
-    torch.nn.GroupNorm, torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d,
-    torch.nn.LayerNorm, torch.nn.LocalResponseNorm,
+    torch.nn.BatchNorm1d,
+    torch.nn.BatchNorm2d,
+    torch.nn.BatchNorm3d,
+    torch.nn.SyncBatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.InstanceNorm1d,
+    torch.nn.InstanceNorm2d,
+    torch.nn.InstanceNorm3d,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
 )
 
 
@@ -29,8 +37,12 @@ def check_solver_config(cfg: CfgNode) -> None:
         ("SOLVER.BASE_LR", sv.BASE_LR, sv.BASE_LR >= 0, "must be >= 0"),
         ("SOLVER.BACKBONE_MULTIPLIER", sv.BACKBONE_MULTIPLIER, sv.BACKBONE_MULTIPLIER >= 0, "must be >= 0"),
         ("SOLVER.WEIGHT_DECAY", sv.WEIGHT_DECAY, sv.WEIGHT_DECAY >= 0, "must be >= 0"),
-        ("SOLVER.WARMUP_ITERS", sv.WARMUP_ITERS, 0 <= sv.WARMUP_ITERS <= max(sv.MAX_ITER, 0),
-         f"must be in [0, SOLVER.MAX_ITER = {sv.MAX_ITER}] (a warm-up longer than the run)"),
+        (
+            "SOLVER.WARMUP_ITERS",
+            sv.WARMUP_ITERS,
+            0 <= sv.WARMUP_ITERS <= max(sv.MAX_ITER, 0),
+            f"must be in [0, SOLVER.MAX_ITER = {sv.MAX_ITER}] (a warm-up longer than the run)",
+        ),
         ("SOLVER.CHECKPOINT_PERIOD", sv.CHECKPOINT_PERIOD, sv.CHECKPOINT_PERIOD > 0, "must be > 0"),
     ]
     for key, value, ok, expected in checks:
@@ -54,8 +66,9 @@ def param_groups(cfg: CfgNode, model: torch.nn.Module) -> List[Dict[str, Any]]:
     from detectron2.layers import FrozenBatchNorm2d
 
     norm_types = _NORM_TYPES + (FrozenBatchNorm2d,)
-    backbone_norm = choice(BACKBONE_NORM_WEIGHT_DECAYS, cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY,
-                           "SOLVER.BACKBONE_NORM_WEIGHT_DECAY")
+    backbone_norm = choice(
+        BACKBONE_NORM_WEIGHT_DECAYS, cfg.SOLVER.BACKBONE_NORM_WEIGHT_DECAY, "SOLVER.BACKBONE_NORM_WEIGHT_DECAY"
+    )
     zero_lr = {id(p) for m in model.modules() if hasattr(m, "zero_lr_parameters") for p in m.zero_lr_parameters()}
     groups: List[Dict[str, Any]] = []
     seen: Set[int] = set()
@@ -131,8 +144,9 @@ class WarmupPoly(ParamScheduler):
     going from ``warmup_factor`` to 1 ("linear") or fixed at ``warmup_factor`` ("constant").
     """
 
-    def __init__(self, power: float, constant_ending: float, warmup_factor: float, warmup_length: float,
-                 warmup_method: str):
+    def __init__(
+        self, power: float, constant_ending: float, warmup_factor: float, warmup_length: float, warmup_method: str
+    ):
         if warmup_method not in ("linear", "constant"):
             raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
         self._poly = PolynomialDecayParamScheduler(base_value=1.0, power=power)
@@ -164,8 +178,15 @@ class WarmupThenPoly(ParamScheduler):
     iteration), held at ``constant_ending`` once it would fall below it (0 = off).
     """
 
-    def __init__(self, power: float, constant_ending: float, warmup_factor: float, warmup_iters: int,
-                 warmup_method: str, max_iter: int):
+    def __init__(
+        self,
+        power: float,
+        constant_ending: float,
+        warmup_factor: float,
+        warmup_iters: int,
+        warmup_method: str,
+        max_iter: int,
+    ):
         if warmup_method not in ("linear", "constant"):
             raise ValueError(f"SOLVER.WARMUP_METHOD must be 'linear' or 'constant', got {warmup_method!r}")
         self._power = power
@@ -201,12 +222,19 @@ def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
     mode = choice(POLY_LR_AFTER_WARMUP, cfg.SOLVER.POLY_LR_AFTER_WARMUP, "SOLVER.POLY_LR_AFTER_WARMUP")
     if mode == "multiply":
         sched = WarmupPoly(
-            cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
-            min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0), cfg.SOLVER.WARMUP_METHOD,
+            cfg.SOLVER.POLY_LR_POWER,
+            cfg.SOLVER.POLY_LR_CONSTANT_ENDING,
+            cfg.SOLVER.WARMUP_FACTOR,
+            min(cfg.SOLVER.WARMUP_ITERS / cfg.SOLVER.MAX_ITER, 1.0),
+            cfg.SOLVER.WARMUP_METHOD,
         )
     else:
         sched = WarmupThenPoly(
-            cfg.SOLVER.POLY_LR_POWER, cfg.SOLVER.POLY_LR_CONSTANT_ENDING, cfg.SOLVER.WARMUP_FACTOR,
-            cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.MAX_ITER,
+            cfg.SOLVER.POLY_LR_POWER,
+            cfg.SOLVER.POLY_LR_CONSTANT_ENDING,
+            cfg.SOLVER.WARMUP_FACTOR,
+            cfg.SOLVER.WARMUP_ITERS,
+            cfg.SOLVER.WARMUP_METHOD,
+            cfg.SOLVER.MAX_ITER,
         )
     return LRMultiplier(optimizer, multiplier=sched, max_iter=cfg.SOLVER.MAX_ITER)

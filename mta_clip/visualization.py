@@ -12,6 +12,7 @@ draw the same pictures. Images are RGB ``uint8`` arrays ``(H, W, 3)``; label map
 - :func:`label_png`: a "P" mode PNG whose pixel values are the class indices and whose palette
   holds the class colours, so any image viewer shows the colours.
 """
+
 import colorsys
 import io
 import os
@@ -43,10 +44,26 @@ Color = Tuple[int, int, int]
 # Distinct, mid-lightness colours that read well over photos; the first is not red so that a
 # first class such as "sky" does not look alarming. Used in this order, then a hue walk.
 _READABLE_BASE: Tuple[Color, ...] = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (219, 219, 141), (158, 218, 229), (57, 59, 121),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (219, 219, 141),
+    (158, 218, 229),
+    (57, 59, 121),
 )
 IGNORE_COLOR: Color = (0, 0, 0)
 ERROR_COLOR: Color = (230, 25, 25)
@@ -189,8 +206,12 @@ class LabelBox:
         self.cls, self.text, self.x0, self.y0, self.x1, self.y1 = cls, text, x0, y0, x1, y1
 
     def overlaps(self, other: "LabelBox", gap: int = 0) -> bool:
-        return not (self.x1 + gap <= other.x0 or other.x1 + gap <= self.x0
-                    or self.y1 + gap <= other.y0 or other.y1 + gap <= self.y0)
+        return not (
+            self.x1 + gap <= other.x0
+            or other.x1 + gap <= self.x0
+            or self.y1 + gap <= other.y0
+            or other.y1 + gap <= self.y0
+        )
 
     def __repr__(self) -> str:
         return f"LabelBox({self.cls}, {self.text!r}, {self.x0}, {self.y0}, {self.x1}, {self.y1})"
@@ -265,8 +286,9 @@ def _draw_boxes(canvas: np.ndarray, boxes: Sequence[LabelBox], colors, font_size
 # ------------------------------------------------------------------------------------------------
 
 
-def legend_entries(labels: np.ndarray, num_classes: int,
-                   classes: Optional[Sequence[int]] = None) -> List[Tuple[int, float]]:
+def legend_entries(
+    labels: np.ndarray, num_classes: int, classes: Optional[Sequence[int]] = None
+) -> List[Tuple[int, float]]:
     """[(class index, % of the labelled pixels)] of the classes present, ordered by class index.
 
     ``classes``: list these classes (in index order) even when absent (share 0).
@@ -316,8 +338,7 @@ def draw_legend(
     sw = font_size
     for r, (cls, share) in enumerate(rows):
         y = 4 + r * row_h
-        draw.rectangle([6, y + 3, 6 + sw, y + 3 + sw], fill=tuple(int(c) for c in colors[cls]),
-                       outline=(0, 0, 0))
+        draw.rectangle([6, y + 3, 6 + sw, y + 3 + sw], fill=tuple(int(c) for c in colors[cls]), outline=(0, 0, 0))
         draw.text((12 + sw, y + 3), f"{names[cls]}  {share:.1f}%", font=font, fill=(0, 0, 0))
     if more:
         draw.text((12 + sw, 4 + len(rows) * row_h + 3), f"+ {more} more", font=font, fill=(0, 0, 0))

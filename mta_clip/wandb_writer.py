@@ -4,6 +4,7 @@ Logs the scalars of the event storage (losses, learning rate, evaluation metrics
 put into it (evaluation panels). ``wandb`` is not a dependency of this project: enabling the
 writer without it installed is a clear error at trainer construction.
 """
+
 import os
 
 from detectron2.utils.events import EventWriter, get_event_storage
@@ -33,8 +34,7 @@ class WandbWriter(EventWriter):
         mode = choice(("offline", "online", "disabled"), w.MODE, "WANDB.MODE")
         self._wandb = import_wandb()
         name = w.RUN_NAME or os.path.basename(os.path.normpath(cfg.OUTPUT_DIR))
-        self._run = self._wandb.init(project=w.PROJECT, name=name, dir=cfg.OUTPUT_DIR, mode=mode,
-                                     config=_plain(cfg))
+        self._run = self._wandb.init(project=w.PROJECT, name=name, dir=cfg.OUTPUT_DIR, mode=mode, config=_plain(cfg))
         self._window = window_size
         self._last_write = -1
         self._images_done = set()

@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: a tiny random CLIP file, open_clip references, small model configs and
 random toy weights built from the toy YAMLs."""
+
 import importlib.util
 import os
 import warnings

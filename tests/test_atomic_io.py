@@ -1,4 +1,5 @@
 """atomic_io: a failed write keeps the previous file and leaves no temporary file."""
+
 import os
 
 import pytest

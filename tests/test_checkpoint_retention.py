@@ -1,5 +1,6 @@
 """Training keeps exactly the configured checkpoints; model_final shares the last one's file;
 training-time evaluation puts prediction panels into the TensorBoard event file."""
+
 import os
 
 import pytest
@@ -10,10 +11,24 @@ from mta_clip.checkpoint_retention import PeriodicCheckpointHook
 from mta_clip.engine import Trainer
 from tests.conftest import toy_cfg
 
-OPTS = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "1",
-        "SOLVER.CHECKPOINT_MAX_KEEP", "2", "TEST.EVAL_PERIOD", "100", "TEST.VISUALIZE.NUM_TENSORBOARD", "2",
-        "TEST.VISUALIZE.NUM_PANELS", "1"]
+OPTS = [
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1",
+    "SOLVER.CHECKPOINT_MAX_KEEP",
+    "2",
+    "TEST.EVAL_PERIOD",
+    "100",
+    "TEST.VISUALIZE.NUM_TENSORBOARD",
+    "2",
+    "TEST.VISUALIZE.NUM_PANELS",
+    "1",
+]
 
 
 def _train(out, max_iter, resume, *extra):

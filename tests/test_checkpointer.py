@@ -1,4 +1,5 @@
 """AtomicCheckpointer (resume always finds a whole file) and check_weights_file."""
+
 import os
 
 import pytest

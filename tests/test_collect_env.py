@@ -65,4 +65,3 @@ def test_collect_env_module_runs_quietly(tmp_path):
         assert row.startswith("not built (fine")
     else:
         assert row == "built"
-

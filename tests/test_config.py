@@ -1,4 +1,5 @@
 """mta_clip/config.py: renamed keys are errors naming the new key; setup_cfg's order of merges."""
+
 import os
 
 import pytest

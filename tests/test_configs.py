@@ -1,4 +1,5 @@
 """Every YAML loads; the baseline recipes reproduce the published Mask2Former recipes."""
+
 import glob
 import os
 
@@ -85,10 +86,13 @@ def test_recipe_matches_published_resolved_config(dataset):
     assert not mismatches, "\n".join(mismatches)
 
 
-@pytest.mark.parametrize("path,num_classes", [
-    ("configs/ade20k/mtaclip_R50_bs16_160k.yaml", 150),
-    ("configs/cityscapes/mtaclip_R101_bs8_90k.yaml", 19),
-])
+@pytest.mark.parametrize(
+    "path,num_classes",
+    [
+        ("configs/ade20k/mtaclip_R50_bs16_160k.yaml", 150),
+        ("configs/cityscapes/mtaclip_R101_bs8_90k.yaml", 19),
+    ],
+)
 def test_paper_configs_build_the_mask_text_model(path, num_classes):
     """Full-size MTA-CLIP from the paper configs (random CLIP weights): K*(C+1) text queries."""
     import torch
@@ -172,8 +176,12 @@ def _restated(path):
     return found
 
 
-BASE_YAML = [p for p in ALL_YAML if (os.path.basename(p).startswith("Base-") or os.sep + "toy" + os.sep in p)
-             and os.path.relpath(p, ROOT) not in PUBLISHED_MIRRORS]
+BASE_YAML = [
+    p
+    for p in ALL_YAML
+    if (os.path.basename(p).startswith("Base-") or os.sep + "toy" + os.sep in p)
+    and os.path.relpath(p, ROOT) not in PUBLISHED_MIRRORS
+]
 
 
 @pytest.mark.parametrize("path", BASE_YAML, ids=lambda p: os.path.relpath(p, ROOT))
@@ -183,6 +191,8 @@ def test_base_yamls_do_not_restate_inherited_values(path):
 
 def test_restated_values_are_found(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(f"_BASE_: {os.path.join(ROOT, RECIPES['ade20k'])}\nMODEL:\n  MASK_FORMER:\n    DEC_LAYERS: 10\n"
-                    "    HIDDEN_DIM: 128\nSOLVER:\n  IMS_PER_BATCH: 16\n")
+    path.write_text(
+        f"_BASE_: {os.path.join(ROOT, RECIPES['ade20k'])}\nMODEL:\n  MASK_FORMER:\n    DEC_LAYERS: 10\n"
+        "    HIDDEN_DIM: 128\nSOLVER:\n  IMS_PER_BATCH: 16\n"
+    )
     assert _restated(str(path)) == ["MODEL.MASK_FORMER.DEC_LAYERS", "SOLVER.IMS_PER_BATCH"]

@@ -1,4 +1,5 @@
 """demo/demo.py on generated images, a broken file and a short video (toy config, CPU)."""
+
 import importlib.util
 import os
 import sys
@@ -40,8 +41,23 @@ def test_images_folder_and_bad_files(model, tmp_path, capsys):
     single = tmp_path / "single.png"
     cv2.imwrite(str(single), color[:10, :12])
     out = tmp_path / "out"
-    rc = demo.main(["--config-file", CONFIG, "--input", str(src), str(single), str(tmp_path / "missing.jpg"),
-                    "--output", str(out), "--device", "cpu", "--opts", "MODEL.WEIGHTS", weights])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            str(src),
+            str(single),
+            str(tmp_path / "missing.jpg"),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     assert rc == 1  # two inputs skipped, the run went on
     printed = capsys.readouterr().out
     assert "4 input(s) written" in printed and "broken.png" in printed and "missing.jpg" in printed
@@ -77,8 +93,21 @@ def test_video(model, tmp_path):
         writer.write(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     writer.release()
     out = tmp_path / "out"
-    rc = demo.main(["--config-file", CONFIG, "--input", path, "--output", str(out), "--device", "cpu",
-                    "--opts", "MODEL.WEIGHTS", weights])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            path,
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     assert rc == 0
     assert sorted(os.listdir(out / "labels" / "clip")) == ["000000.png", "000001.png", "000002.png"]
     capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
@@ -99,8 +128,20 @@ def test_arguments(capsys, tmp_path):
     assert demo.main(["--config-file", CONFIG, "--input", str(a_file), "--output", str(a_file)]) == 2
     assert "is not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "empty"), str(tmp_path / "nope.jpg"),
-                      "--output", str(tmp_path / "out")]) == 2
+    assert (
+        demo.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--input",
+                str(tmp_path / "empty"),
+                str(tmp_path / "nope.jpg"),
+                "--output",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "folder has no image" in err and "nope.jpg: no such file" in err
     assert not (tmp_path / "out").exists()
@@ -133,8 +174,20 @@ def test_webcam(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo.cv2, "VideoCapture", fake_capture)
     out = tmp_path / "out"
-    rc = demo.main(["--config-file", CONFIG, "--webcam", "--output", str(out), "--device", "cpu",
-                    "--opts", "MODEL.WEIGHTS", weights])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--webcam",
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     assert rc == 0 and opened == [0]
     assert sorted(os.listdir(out / "labels" / "webcam")) == ["000000.png", "000001.png"]
     assert os.path.isfile(out / "webcam_overlay.mp4")
@@ -148,8 +201,20 @@ def test_webcam_that_cannot_open_is_reported(model, tmp_path, monkeypatch, capsy
             return False
 
     monkeypatch.setattr(demo.cv2, "VideoCapture", lambda source: Closed())
-    rc = demo.main(["--config-file", CONFIG, "--webcam", "--output", str(tmp_path), "--device", "cpu",
-                    "--opts", "MODEL.WEIGHTS", weights])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--webcam",
+            "--output",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     assert rc == 1
     assert "cannot open camera 0" in capsys.readouterr().out
 
@@ -175,8 +240,21 @@ def test_truncated_image_is_reported_with_its_name(model, tmp_path, capsys):
     weights, _ = model
     ok, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     (tmp_path / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
-    rc = demo.main(["--config-file", CONFIG, "--input", str(tmp_path / "cut.jpg"), "--output", str(tmp_path / "o"),
-                    "--device", "cpu", "--opts", "MODEL.WEIGHTS", weights])
+    rc = demo.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--input",
+            str(tmp_path / "cut.jpg"),
+            "--output",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            "--opts",
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     assert rc == 1
     out = capsys.readouterr().out
     assert "cut.jpg" in out and "truncated" in out and "tools/validate_dataset.py" in out

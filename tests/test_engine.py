@@ -1,4 +1,5 @@
 """Trainer: a training step + evaluation of the toy configs, all-ignore labels, 2 CPU processes."""
+
 import json
 import os
 import subprocess
@@ -14,8 +15,16 @@ from mta_clip.data.toy import TOY_CLASSES
 from mta_clip.engine import Trainer, check_launch_args, setup
 from tests.conftest import ROOT, toy_cfg
 
-SMALL = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
-         "TEST.BEST_CHECKPOINT.ENABLED", "True"]
+SMALL = [
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "TEST.BEST_CHECKPOINT.ENABLED",
+    "True",
+]
 
 
 def _train(cfg):
@@ -32,8 +41,9 @@ def _metrics(out_dir):
 
 @pytest.mark.parametrize("config", ["mask2former_toy.yaml", "mtaclip_toy.yaml"])
 def test_train_steps_then_evaluate(tmp_path, tiny_clip_file, config):
-    cfg = toy_cfg(config, [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
-                           "MODEL.CLIP.WEIGHTS", tiny_clip_file])
+    cfg = toy_cfg(
+        config, [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path), "MODEL.CLIP.WEIGHTS", tiny_clip_file]
+    )
     results, _ = _train(cfg)
     assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
     assert os.path.isfile(tmp_path / "model_final.pth")
@@ -54,13 +64,35 @@ def test_all_ignore_label_trains(tmp_path):
         Image.fromarray(np.full((96, 96), 255, np.uint8)).save(lbl_dir / f"{i}.png")
     name = "test_all_ignore_train"
     if name not in DatasetCatalog.list():
-        DatasetCatalog.register(name, lambda: [
-            {"file_name": str(img_dir / f"{i}.png"), "sem_seg_file_name": str(lbl_dir / f"{i}.png"),
-             "height": 96, "width": 96} for i in range(2)])
+        DatasetCatalog.register(
+            name,
+            lambda: [
+                {
+                    "file_name": str(img_dir / f"{i}.png"),
+                    "sem_seg_file_name": str(lbl_dir / f"{i}.png"),
+                    "height": 96,
+                    "width": 96,
+                }
+                for i in range(2)
+            ],
+        )
         MetadataCatalog.get(name).set(stuff_classes=list(TOY_CLASSES), ignore_label=255, evaluator_type="sem_seg")
-    cfg = toy_cfg("mask2former_toy.yaml", [*SMALL, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path / "out"),
-                                           "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()",
-                                           "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "False"])
+    cfg = toy_cfg(
+        "mask2former_toy.yaml",
+        [
+            *SMALL,
+            "SOLVER.MAX_ITER",
+            "2",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "DATASETS.TRAIN",
+            f"('{name}',)",
+            "DATASETS.TEST",
+            "()",
+            "DATALOADER.FILTER_EMPTY_ANNOTATIONS",
+            "False",
+        ],
+    )
     _train(cfg)
     rows = _metrics(tmp_path / "out")
     assert all(np.isfinite(r["total_loss"]) for r in rows if "total_loss" in r)
@@ -70,11 +102,26 @@ def test_all_ignore_label_trains(tmp_path):
 def test_two_cpu_processes(tmp_path):
     """`--num-gpus 2` without CUDA runs two gloo processes (DDP without device ids)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--num-gpus", "2", "--dist-url", "auto",
-           "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
-           "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.IMS_PER_BATCH", "4",
-           "DATALOADER.NUM_WORKERS", "0",
-           "OUTPUT_DIR", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--num-gpus",
+        "2",
+        "--dist-url",
+        "auto",
+        "--config-file",
+        os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "OUTPUT_DIR",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout + proc.stderr or "World size: 2" in proc.stdout + proc.stderr
@@ -99,11 +146,14 @@ def test_eval_only_without_weights_and_missing_config_are_clear_errors(tmp_path)
         setup(_args("OUTPUT_DIR", str(tmp_path)))
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--num-machines", "2", "--machine-rank", "5", "--dist-url", "tcp://10.0.0.1:29500"], "--machine-rank 5"),
-    (["--num-machines", "2"], "needs --dist-url"),
-    (["--num-machines", "2", "--dist-url", "tcp://127.0.0.1:29500"], "needs --dist-url"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--num-machines", "2", "--machine-rank", "5", "--dist-url", "tcp://10.0.0.1:29500"], "--machine-rank 5"),
+        (["--num-machines", "2"], "needs --dist-url"),
+        (["--num-machines", "2", "--dist-url", "tcp://127.0.0.1:29500"], "needs --dist-url"),
+    ],
+)
 def test_launch_arguments_that_would_hang_are_rejected(argv, match):
     with pytest.raises(ValueError, match=match):
         check_launch_args(_args(*argv))
@@ -114,10 +164,28 @@ def test_launch_arguments_that_would_hang_are_rejected(argv, match):
 def test_train_net_resume_and_eval_only(tmp_path):
     """train_net.py: train 2 iterations, --resume continues to 3, --eval-only evaluates the weights."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    base = [sys.executable, os.path.join(ROOT, "train_net.py"),
-            "--config-file", os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml")]
-    opts = ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path),
-            "SOLVER.CHECKPOINT_PERIOD", "1", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "SOLVER.WARMUP_ITERS", "1"]
+    base = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--config-file",
+        os.path.join(ROOT, "configs", "toy", "mask2former_toy.yaml"),
+    ]
+    opts = [
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+    ]
 
     def run(*args):
         proc = subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -128,8 +196,15 @@ def test_train_net_resume_and_eval_only(tmp_path):
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
     log = run("--resume", *opts, "SOLVER.MAX_ITER", "3")
     assert "Starting training from iteration 2" in log
-    log = run("--eval-only", "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
-              "DATALOADER.NUM_WORKERS", "0")
+    log = run(
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(tmp_path / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(tmp_path / "eval"),
+        "DATALOADER.NUM_WORKERS",
+        "0",
+    )
     assert "copypaste: mIoU" in log
 
 
@@ -157,8 +232,20 @@ def test_trainer_is_detectron2s_with_our_ddp_checkpointer_and_amp_only_on_cuda(t
     original = (d2.create_ddp_model, d2.DetectionCheckpointer)
     calls = []
     monkeypatch.setattr(engine, "create_ddp_model", lambda model, **kw: calls.append(kw) or model)
-    cfg = toy_cfg("mask2former_toy.yaml", [*SMALL, "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(tmp_path),
-                                           "SOLVER.AMP.ENABLED", "True", "MODEL.FIND_UNUSED_PARAMETERS", "True"])
+    cfg = toy_cfg(
+        "mask2former_toy.yaml",
+        [
+            *SMALL,
+            "SOLVER.MAX_ITER",
+            "1",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SOLVER.AMP.ENABLED",
+            "True",
+            "MODEL.FIND_UNUSED_PARAMETERS",
+            "True",
+        ],
+    )
     made = []
 
     class Recording(Trainer):

@@ -6,6 +6,7 @@ backbone. The reference is the meta-architecture's own eval forward (``model([{"
 Detectron2's ImageList padding and ``sem_seg_postprocess``), which shares no code with the exported
 graph's preprocessing and semantic inference.
 """
+
 import json
 import os
 
@@ -37,15 +38,37 @@ def _model(kind, clip_files):
     if kind == "baseline":
         cfg = toy_cfg("mask2former_toy.yaml", SMALL)
     elif kind == "mtaclip":  # CLIP ResNet backbone and text tower from one tiny RN50-layout CLIP
-        cfg = toy_cfg("mtaclip_toy.yaml", SMALL + ["MODEL.CLIP.WEIGHTS", clip_files["RN50"],
-                                                  "MODEL.BACKBONE.NAME", "CLIPResNet",
-                                                  "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"])
+        cfg = toy_cfg(
+            "mtaclip_toy.yaml",
+            SMALL
+            + [
+                "MODEL.CLIP.WEIGHTS",
+                clip_files["RN50"],
+                "MODEL.BACKBONE.NAME",
+                "CLIPResNet",
+                "MODEL.CLIP.TEXT.NUM_PROMPTS",
+                "2",
+            ],
+        )
     else:
-        cfg = toy_cfg("mtaclip_toy.yaml", SMALL + [
-            "MODEL.CLIP.WEIGHTS", clip_files["ViT-B-16"], "MODEL.CLIP.MODEL_NAME", "ViT-B-16",
-            "MODEL.BACKBONE.NAME", "CLIPViT", "MODEL.CLIP.VIT.OUT_INDICES", "[0, 1, 2, 3]",
-            "MODEL.CLIP.VIT.PYRAMID_NORM", "BN", "MODEL.CLIP.TEXT.NUM_PROMPTS", "2",
-        ])
+        cfg = toy_cfg(
+            "mtaclip_toy.yaml",
+            SMALL
+            + [
+                "MODEL.CLIP.WEIGHTS",
+                clip_files["ViT-B-16"],
+                "MODEL.CLIP.MODEL_NAME",
+                "ViT-B-16",
+                "MODEL.BACKBONE.NAME",
+                "CLIPViT",
+                "MODEL.CLIP.VIT.OUT_INDICES",
+                "[0, 1, 2, 3]",
+                "MODEL.CLIP.VIT.PYRAMID_NORM",
+                "BN",
+                "MODEL.CLIP.TEXT.NUM_PROMPTS",
+                "2",
+            ],
+        )
     model = build_model(cfg).eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics; sharper masks and classes, so that the
         for m in model.modules():  # labels vary over the image as a trained model's do
@@ -176,8 +199,16 @@ def test_torchscript_matches_pytorch(kind, clip_files, tmp_path):
     cfg, model = _model(kind, clip_files)
     for i, (h, w) in enumerate(SIZES):
         path = str(tmp_path / f"{kind}_{h}x{w}.ts")
-        export_model(model, path, "torchscript", cfg.INPUT.FORMAT, size=(h, w), dynamic=False,
-                     metadata=export_metadata(cfg, NAMES, PALETTE), input_dtype="float32" if i else "uint8")
+        export_model(
+            model,
+            path,
+            "torchscript",
+            cfg.INPUT.FORMAT,
+            size=(h, w),
+            dynamic=False,
+            metadata=export_metadata(cfg, NAMES, PALETTE),
+            input_dtype="float32" if i else "uint8",
+        )
         runner = ExportedModel(path)
         assert runner.format == "torchscript"
         assert runner.metadata["class_names"] == NAMES and runner.metadata["image_size"] == [h, w]

@@ -1,4 +1,5 @@
-"""The whole tree passes `ruff check` with the project's configuration (ruff.toml, ruff pinned in requirements.txt)."""
+"""The tree passes `ruff check` and `ruff format --check` (settings: ruff.toml; ruff pinned in requirements.txt)."""
+
 import os
 import shutil
 import subprocess
@@ -15,10 +16,23 @@ def _ruff() -> str:
 
 
 def test_ruff_check_passes_on_the_tree():
-    result = subprocess.run([_ruff(), "check", "--no-cache", "--output-format", "concise", "."],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [_ruff(), "check", "--no-cache", "--output-format", "concise", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     report = result.stdout + result.stderr
     assert result.returncode == 0, f"ruff check . found problems (fix them; settings in ruff.toml):\n{report}"
+
+
+def test_ruff_format_leaves_the_tree_unchanged():
+    result = subprocess.run(
+        [_ruff(), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, f"ruff format would change files (run `ruff format .`):\n{report}"
 
 
 def test_ruff_uses_the_pinned_version_and_project_settings():
@@ -26,6 +40,7 @@ def test_ruff_uses_the_pinned_version_and_project_settings():
         pinned = [line.split("==")[1].strip() for line in f if line.lower().startswith("ruff==")]
     version = subprocess.run([_ruff(), "--version"], capture_output=True, text=True).stdout.split()[-1]
     assert pinned == [version]
-    shown = subprocess.run([_ruff(), "check", "--show-settings", "mta_clip/config.py"], cwd=ROOT,
-                           capture_output=True, text=True).stdout
+    shown = subprocess.run(
+        [_ruff(), "check", "--show-settings", "mta_clip/config.py"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     assert "line_length = 120" in shown and os.path.join(ROOT, "ruff.toml") in shown

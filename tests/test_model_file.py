@@ -1,4 +1,5 @@
 """Model files: strict loading with an opt-out, the fine-tuning warning's counts, custom CLIP shapes."""
+
 import logging
 
 import pytest
@@ -46,8 +47,10 @@ def test_fine_tuning_warning_counts_skipped_tensors(tmp_path, caplog):
     model = _Net()
     with caplog.at_level(logging.WARNING):
         AtomicCheckpointer(model).load(path)
-    assert "Loaded 2 of the 5 tensors of the weights file: 3 skipped (2 with another shape, 1 not in the model); " \
-           "2 tensors of the model keep their initialization" in caplog.text
+    assert (
+        "Loaded 2 of the 5 tensors of the weights file: 3 skipped (2 with another shape, 1 not in the model); "
+        "2 tensors of the model keep their initialization" in caplog.text
+    )
     assert torch.equal(model.a.weight, source.a.weight)
 
 
@@ -70,11 +73,20 @@ def test_a_file_without_description_needs_a_config(tmp_path):
 
 
 def test_custom_clip_shapes_round_trip_through_the_model_name():
-    arch = CLIPArch(embed_dim=32, vision_layers=(1, 1, 1, 1), vision_width=16, vision_patch_size=None,
-                    vision_image_size=64, context_length=77, vocab_size=49408, text_width=64, text_heads=1,
-                    text_layers=2)
+    arch = CLIPArch(
+        embed_dim=32,
+        vision_layers=(1, 1, 1, 1),
+        vision_width=16,
+        vision_patch_size=None,
+        vision_image_size=64,
+        context_length=77,
+        vocab_size=49408,
+        text_width=64,
+        text_heads=1,
+        text_layers=2,
+    )
     name = arch.model_name()
     assert name.startswith("custom:") and CLIPArch.from_official(name) == arch
     assert CLIPArch.from_official("RN50").model_name() == "RN50"
     with pytest.raises(ValueError, match="not a valid custom CLIP"):
-        CLIPArch.from_official("custom:{\"embed_dim\": 1}")
+        CLIPArch.from_official('custom:{"embed_dim": 1}')

@@ -1,5 +1,6 @@
 """A user's own data from the command line only: train on a dataset declared by a dataset file,
 evaluate from the model file alone, run the demo and the Predictor from the model file alone."""
+
 import importlib.util
 import json
 import os
@@ -65,13 +66,38 @@ def trained(tmp_path_factory, tiny_clip_file, restore_loggers):
     shutil.copy(tiny_clip_file, clip)
     out = str(tmp / "run")
     _forget_example_datasets()
-    args = train_net.get_parser().parse_args([
-        "--config-file", os.path.join(ROOT, "configs", "toy", "mtaclip_toy.yaml"), "--dataset-file", DATASET_FILE,
-        "DATASETS.TRAIN", "('example_own_data_train',)", "DATASETS.TEST", "('example_own_data_val',)",
-        "MODEL.CLIP.WEIGHTS", clip, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(64,)",
-        "INPUT.CROP.SIZE", "(64, 64)", "INPUT.MIN_SIZE_TEST", "64", "OUTPUT_DIR", out,
-    ])
+    args = train_net.get_parser().parse_args(
+        [
+            "--config-file",
+            os.path.join(ROOT, "configs", "toy", "mtaclip_toy.yaml"),
+            "--dataset-file",
+            DATASET_FILE,
+            "DATASETS.TRAIN",
+            "('example_own_data_train',)",
+            "DATASETS.TEST",
+            "('example_own_data_val',)",
+            "MODEL.CLIP.WEIGHTS",
+            clip,
+            "MODEL.DEVICE",
+            "cpu",
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(64,)",
+            "INPUT.CROP.SIZE",
+            "(64, 64)",
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "OUTPUT_DIR",
+            out,
+        ]
+    )
     train_net.main(args)
     with open(os.path.join(out, "metrics.json")) as f:
         miou = [json.loads(line)["sem_seg/mIoU"] for line in f if "sem_seg/mIoU" in line]
@@ -96,8 +122,9 @@ def test_eval_predictor_demo_from_the_model_file_alone(trained, tmp_path, capsys
     out, train_miou = trained
     weights = os.path.join(out, "model_final.pth")
     # --eval-only with no config file: the config (and its dataset file) come from the model file.
-    args = train_net.get_parser().parse_args(["--eval-only", "MODEL.WEIGHTS", weights,
-                                              "OUTPUT_DIR", str(tmp_path / "e")])
+    args = train_net.get_parser().parse_args(
+        ["--eval-only", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "e")]
+    )
     results = train_net.main(args)
     assert results["sem_seg"]["mIoU"] == pytest.approx(train_miou, abs=1e-6)
     predictor = Predictor(weights)
@@ -105,8 +132,18 @@ def test_eval_predictor_demo_from_the_model_file_alone(trained, tmp_path, capsys
     expected = _miou(predictor, os.path.join(EXAMPLE, "images", "val"), os.path.join(EXAMPLE, "labels", "val"))
     assert results["sem_seg"]["mIoU"] == pytest.approx(expected, abs=1e-4)
     # The demo from the model file alone writes the Predictor's labels.
-    rc = demo.main(["--weights", weights, "--input", os.path.join(EXAMPLE, "images", "val"),
-                    "--output", str(tmp_path / "demo"), "--device", "cpu"])
+    rc = demo.main(
+        [
+            "--weights",
+            weights,
+            "--input",
+            os.path.join(EXAMPLE, "images", "val"),
+            "--output",
+            str(tmp_path / "demo"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0, capsys.readouterr()
     for name in ("val_0", "val_1"):
         labels = np.asarray(Image.open(tmp_path / "demo" / "labels" / f"{name}.png"))  # palette PNG: indices

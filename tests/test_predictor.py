@@ -1,4 +1,5 @@
 """mta_clip.predictor.Predictor on the toy baseline config with random weights (CPU)."""
+
 import numpy as np
 import pytest
 import torch
@@ -81,8 +82,18 @@ def test_batches(predictor):
 
 
 def test_test_time_augmentation_switches(weights):
-    opts = ["TEST.AUG.ENABLED", "True", "TEST.AUG.SCALES", "[0.75, 1.0]", "TEST.SLIDE.ENABLED", "True",
-            "TEST.SLIDE.CROP_SIZE", "[64, 64]", "TEST.SLIDE.STRIDE", "[48, 48]"]
+    opts = [
+        "TEST.AUG.ENABLED",
+        "True",
+        "TEST.AUG.SCALES",
+        "[0.75, 1.0]",
+        "TEST.SLIDE.ENABLED",
+        "True",
+        "TEST.SLIDE.CROP_SIZE",
+        "[64, 64]",
+        "TEST.SLIDE.STRIDE",
+        "[48, 48]",
+    ]
     predictor = Predictor(CONFIG, weights=weights, device="cpu", opts=opts)
     assert isinstance(predictor.model, SemSegTTA) and predictor.model.flip
     out = predictor(_image(20, 30, 2))

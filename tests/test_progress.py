@@ -1,4 +1,5 @@
 """Progress bar on a terminal, plain log lines otherwise."""
+
 import io
 
 from detectron2.utils.events import EventStorage

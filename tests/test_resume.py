@@ -1,5 +1,6 @@
 """Exact resume: kill -9 a CPU run, --resume, and the losses of the resumed iterations equal the
 uninterrupted run's; the batch stream itself; metrics.json without stale rows; changed configs."""
+
 import json
 import os
 import shutil
@@ -36,8 +37,9 @@ def test_batch_stream_is_a_function_of_seed_and_position():
     resumed = ResumableBatchStream(data, _fake_mapper, batch_size=2, seed=3)
     resumed.start_batch = 4
     assert np.array_equal(np.random.get_state()[1], state)  # the global generators are left alone
-    loader = DataLoader(resumed, batch_size=None, num_workers=2, collate_fn=_identity,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        resumed, batch_size=None, num_workers=2, collate_fn=_identity, generator=torch.Generator().manual_seed(0)
+    )
     assert [b for _, b in zip(range(3), iter(loader))] == first[4:7]  # also with 2 workers
     rank1 = ResumableBatchStream(data, _fake_mapper, batch_size=2, seed=3, rank=1, world_size=2)
     assert rank1.batch(0) == fresh.batch(1)  # ranks take consecutive slices of one stream
@@ -59,13 +61,43 @@ def _argv(out, *extra):
     """Command line of the test runs: flags of ``extra`` (``--resume``) first, its KEY VALUE pairs last."""
     flags = [e for e in extra if e.startswith("--")]
     return [
-        "--config-file", TOY_BASELINE_CONFIG, "--dataset-file", DATASET_FILE, *flags,
-        "DATASETS.TRAIN", "('example_own_data_train',)", "DATASETS.TEST", "()", "INPUT.MIN_SIZE_TRAIN", "(56, 64, 72)",
-        "INPUT.CROP.SIZE", "(56, 56)", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", str(MAX_ITER),
-        "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "7", "MODEL.DEVICE", "cpu",
-        "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1",
-        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(out),
-        *[e for e in extra if not e.startswith("--")]]
+        "--config-file",
+        TOY_BASELINE_CONFIG,
+        "--dataset-file",
+        DATASET_FILE,
+        *flags,
+        "DATASETS.TRAIN",
+        "('example_own_data_train',)",
+        "DATASETS.TEST",
+        "()",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(56, 64, 72)",
+        "INPUT.CROP.SIZE",
+        "(56, 56)",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.MAX_ITER",
+        str(MAX_ITER),
+        "SOLVER.WARMUP_ITERS",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "SEED",
+        "7",
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.MASK_FORMER.DEC_LAYERS",
+        "2",
+        "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+        "1",
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+        "256",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "OUTPUT_DIR",
+        str(out),
+        *[e for e in extra if not e.startswith("--")],
+    ]
 
 
 def _run(args):
@@ -85,8 +117,14 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path, restore_loggers):
     try:
         killed = tmp_path / "killed"
         cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), *_argv(killed, "DATALOADER.NUM_WORKERS", "1")]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.time() + 300
         # Wait for the tag, not the file: the file is renamed into place before last_checkpoint moves.
         while _tagged(killed) < "model_0000003.pth":
@@ -136,9 +174,12 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
     (out / "last_checkpoint").write_text("model_0000001.pth")
     before = sorted(os.listdir(out))
     saved = (out / "config.yaml").read_text()
-    with pytest.raises(ValueError, match=r"(?s)differs from the run's .*config.yaml in 2 key\(s\).*"
-                                         r"MODEL.MASK_FORMER.NUM_OBJECT_QUERIES: 20 in the run, 10 now.*"
-                                         r"SOLVER.BASE_LR: 0.0005 in the run, 0.001 now"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)differs from the run's .*config.yaml in 2 key\(s\).*"
+        r"MODEL.MASK_FORMER.NUM_OBJECT_QUERIES: 20 in the run, 10 now.*"
+        r"SOLVER.BASE_LR: 0.0005 in the run, 0.001 now",
+    ):
         setup(_args(out, "--resume", "SOLVER.BASE_LR", "0.001", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10"))
     assert sorted(os.listdir(out)) == before and (out / "config.yaml").read_text() == saved
     # MAX_ITER may change (to extend a run); a run that fails to start keeps the saved config.
@@ -150,9 +191,24 @@ def test_resume_with_another_config_is_refused_before_anything_is_written(tmp_pa
     gone = tmp_path / "gone.yaml"
     gone.write_text("name: gone_test\nclasses: [a, b, c]\nimages: nowhere/images\nlabels: nowhere/labels\n")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        train_net.main(train_net.get_parser().parse_args([
-            "--config-file", TOY_BASELINE_CONFIG, "--dataset-file", str(gone), "DATASETS.TRAIN", "('gone_test',)",
-            "DATASETS.TEST", "()", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(out)]))
+        train_net.main(
+            train_net.get_parser().parse_args(
+                [
+                    "--config-file",
+                    TOY_BASELINE_CONFIG,
+                    "--dataset-file",
+                    str(gone),
+                    "DATASETS.TRAIN",
+                    "('gone_test',)",
+                    "DATASETS.TEST",
+                    "()",
+                    "SOLVER.WARMUP_ITERS",
+                    "0",
+                    "OUTPUT_DIR",
+                    str(out),
+                ]
+            )
+        )
     assert (out / "config.yaml").read_text() == saved
 
 
@@ -164,4 +220,5 @@ def test_keys_added_by_a_later_version_do_not_block_a_resume():
     saved = cfg.dump().replace("  EXACT_RESUME: true\n", "")  # a run started before the key existed
     assert "EXACT_RESUME" not in saved and config_differences(saved, cfg) == {}
     assert config_differences(saved.replace("BASE_LR: 0.0005", "BASE_LR: 0.001"), cfg) == {
-        "SOLVER.BASE_LR": (0.001, 0.0005)}
+        "SOLVER.BASE_LR": (0.001, 0.0005)
+    }

@@ -1,4 +1,5 @@
 """Config files are data: a !!python tag in a config or its _BASE_ is refused, naming file and tag."""
+
 import pytest
 
 from mta_clip.config import setup_cfg
@@ -16,7 +17,10 @@ def test_python_tag_in_config_or_base_is_refused_and_not_run(tmp_path, in_base):
     else:
         (tmp_path / "top.yaml").write_text(f"_BASE_: {TOY_BASELINE_CONFIG}\n{evil}")
         bad = "top.yaml"
-    with pytest.raises(ValueError, match=rf"config file .*{bad}, line \d+: the tag !!python/object/apply:os.system "
-                                         "is not allowed"):
+    with pytest.raises(
+        ValueError,
+        match=rf"config file .*{bad}, line \d+: the tag !!python/object/apply:os.system "
+        "is not allowed",
+    ):
         setup_cfg(str(tmp_path / "top.yaml"))
     assert not marker.exists()

@@ -1,4 +1,5 @@
 """Optimizer parameter groups, full-model gradient clipping and the warm-up + poly schedule."""
+
 import math
 
 import pytest
@@ -21,9 +22,22 @@ class _Toy(nn.Module):
 
 
 def _cfg(*opts):
-    cfg = toy_cfg("mask2former_toy.yaml", ["SOLVER.BASE_LR", "0.01", "SOLVER.WEIGHT_DECAY", "0.05",
-                                           "SOLVER.BACKBONE_MULTIPLIER", "0.1", "SOLVER.WEIGHT_DECAY_NORM", "0.0",
-                                           "SOLVER.WEIGHT_DECAY_EMBED", "0.0", *opts])
+    cfg = toy_cfg(
+        "mask2former_toy.yaml",
+        [
+            "SOLVER.BASE_LR",
+            "0.01",
+            "SOLVER.WEIGHT_DECAY",
+            "0.05",
+            "SOLVER.BACKBONE_MULTIPLIER",
+            "0.1",
+            "SOLVER.WEIGHT_DECAY_NORM",
+            "0.0",
+            "SOLVER.WEIGHT_DECAY_EMBED",
+            "0.0",
+            *opts,
+        ],
+    )
     return cfg
 
 
@@ -40,8 +54,19 @@ def test_param_groups_lr_and_weight_decay():
 
 def test_full_model_gradient_clipping_clips_the_global_norm():
     model = nn.Linear(3, 2)
-    opt = build_optimizer(_cfg("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.5", "SOLVER.OPTIMIZER", "SGD",
-                               "SOLVER.MOMENTUM", "0.0", "SOLVER.WEIGHT_DECAY", "0.0"), model)
+    opt = build_optimizer(
+        _cfg(
+            "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+            "0.5",
+            "SOLVER.OPTIMIZER",
+            "SGD",
+            "SOLVER.MOMENTUM",
+            "0.0",
+            "SOLVER.WEIGHT_DECAY",
+            "0.0",
+        ),
+        model,
+    )
     model.weight.grad = torch.full_like(model.weight, 3.0)
     model.bias.grad = torch.full_like(model.bias, 4.0)
     norm = math.sqrt(6 * 9 + 2 * 16)
@@ -59,9 +84,20 @@ def test_unknown_optimizer_is_a_clear_error():
 
 @pytest.mark.parametrize("ending", [0.0, 0.2])
 def test_warmup_poly_schedule_matches_formula(ending):
-    cfg = _cfg("SOLVER.MAX_ITER", "100", "SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
-               "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.POLY_LR_POWER", "0.9",
-               "SOLVER.POLY_LR_CONSTANT_ENDING", str(ending))
+    cfg = _cfg(
+        "SOLVER.MAX_ITER",
+        "100",
+        "SOLVER.WARMUP_ITERS",
+        "10",
+        "SOLVER.WARMUP_FACTOR",
+        "0.1",
+        "SOLVER.LR_SCHEDULER_NAME",
+        "WarmupPolyLR",
+        "SOLVER.POLY_LR_POWER",
+        "0.9",
+        "SOLVER.POLY_LR_CONSTANT_ENDING",
+        str(ending),
+    )
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
     sched = build_lr_scheduler(cfg, opt)
     lrs = []
@@ -103,9 +139,22 @@ def _mmengine_lrs(base_lr, max_iter, warmup_iters, start_factor, power):
 
 
 def test_restart_schedule_is_the_authors_mmengine_schedule():
-    cfg = _cfg("SOLVER.MAX_ITER", "60", "SOLVER.WARMUP_ITERS", "15", "SOLVER.WARMUP_FACTOR", "0.1",
-               "SOLVER.WARMUP_METHOD", "linear", "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR",
-               "SOLVER.POLY_LR_POWER", "0.9", "SOLVER.POLY_LR_AFTER_WARMUP", "restart")
+    cfg = _cfg(
+        "SOLVER.MAX_ITER",
+        "60",
+        "SOLVER.WARMUP_ITERS",
+        "15",
+        "SOLVER.WARMUP_FACTOR",
+        "0.1",
+        "SOLVER.WARMUP_METHOD",
+        "linear",
+        "SOLVER.LR_SCHEDULER_NAME",
+        "WarmupPolyLR",
+        "SOLVER.POLY_LR_POWER",
+        "0.9",
+        "SOLVER.POLY_LR_AFTER_WARMUP",
+        "restart",
+    )
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
     sched = build_lr_scheduler(cfg, opt)
     lrs = []
@@ -147,13 +196,16 @@ def test_backbone_norm_weight_decay_follows_the_authors_custom_key():
         param_groups(_cfg("SOLVER.BACKBONE_NORM_WEIGHT_DECAY", "zero"), _Toy())
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("SOLVER.MAX_ITER", "0", "SOLVER.MAX_ITER = 0 must be > 0"),
-    ("SOLVER.BASE_LR", "-0.1", "SOLVER.BASE_LR = -0.1 must be >= 0"),
-    ("SOLVER.WARMUP_ITERS", "500", r"SOLVER.WARMUP_ITERS = 500 must be in \[0, SOLVER.MAX_ITER = 400\]"),
-    ("SOLVER.IMS_PER_BATCH", "0", "SOLVER.IMS_PER_BATCH = 0 must be > 0"),
-    ("SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD = 0 must be > 0"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("SOLVER.MAX_ITER", "0", "SOLVER.MAX_ITER = 0 must be > 0"),
+        ("SOLVER.BASE_LR", "-0.1", "SOLVER.BASE_LR = -0.1 must be >= 0"),
+        ("SOLVER.WARMUP_ITERS", "500", r"SOLVER.WARMUP_ITERS = 500 must be in \[0, SOLVER.MAX_ITER = 400\]"),
+        ("SOLVER.IMS_PER_BATCH", "0", "SOLVER.IMS_PER_BATCH = 0 must be > 0"),
+        ("SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD = 0 must be > 0"),
+    ],
+)
 def test_impossible_solver_values_name_the_key(key, value, match):
     from mta_clip.solver import check_solver_config
 

@@ -1,4 +1,5 @@
 """mta_clip.visualization: sizes, palette PNGs, label boxes, legend order, panels."""
+
 import io
 import itertools
 import subprocess
@@ -96,7 +97,7 @@ def test_label_boxes_inside_image_and_disjoint(seed):
         h, w = big.shape
         for b in boxes:
             assert 0 <= b.x0 < b.x1 <= w and 0 <= b.y0 < b.y1 <= h, b
-            assert (big[b.y0:b.y1, b.x0:b.x1] == b.cls).any(), b  # on its own region
+            assert (big[b.y0 : b.y1, b.x0 : b.x1] == b.cls).any(), b  # on its own region
             assert b.text == names[b.cls]
         for a, b in itertools.combinations(boxes, 2):
             assert a.x1 <= b.x0 or b.x1 <= a.x0 or a.y1 <= b.y0 or b.y1 <= a.y0, (a, b)
@@ -154,7 +155,7 @@ def test_panels_errors_tile():
     x0 = 3 * (tile + 4)
     title_h = out.shape[0] - tile
     assert 0 < title_h < 60
-    errors = out[title_h:title_h + tile, x0:x0 + tile]
+    errors = out[title_h : title_h + tile, x0 : x0 + tile]
     wrong = np.repeat(np.repeat((pred != gt) & (gt != 255), s, 0), s, 1)
     ignored = np.repeat(np.repeat(gt == 255, s, 0), s, 1)
     red = (errors == np.array(vis.ERROR_COLOR, np.uint8)).all(axis=2)

@@ -1,4 +1,5 @@
 """Weights & Biases writer: a clear error when enabled without the package; what it logs."""
+
 import sys
 import types
 
@@ -13,8 +14,12 @@ from tests.conftest import TOY_BASELINE_CONFIG, toy_cfg
 
 def test_enabled_without_wandb_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError, installed or not
-    args = types.SimpleNamespace(config_file=TOY_BASELINE_CONFIG, resume=False, eval_only=False,
-                                 opts=["WANDB.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)])
+    args = types.SimpleNamespace(
+        config_file=TOY_BASELINE_CONFIG,
+        resume=False,
+        eval_only=False,
+        opts=["WANDB.ENABLED", "True", "OUTPUT_DIR", str(tmp_path)],
+    )
     with pytest.raises(RuntimeError, match=r"WANDB.ENABLED is True but .*pip install wandb.*WANDB.ENABLED False"):
         setup(args)
 

@@ -1,5 +1,6 @@
 """demo/web_demo.py in a real headless Chromium (Debian's chromium + chromium-driver, Selenium):
 the page loads, an image is submitted, an overlay and a label PNG come back."""
+
 import importlib.util
 import io
 import os
@@ -16,9 +17,18 @@ from PIL import Image
 from mta_clip.visualization import display_scale
 from tests.conftest import ROOT, TOY_BASELINE_CONFIG, save_random_toy_weights
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1400,1000"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+]
 
 
 def _load_web_demo():
@@ -82,8 +92,12 @@ def test_page_upload_segment_download(served, tmp_path):
         driver.find_element(By.CSS_SELECTOR, "#input_image input[type=file]").send_keys(path)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#input_image img"))
         driver.find_element(By.CSS_SELECTOR, "#segment_button").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#overlay_image img")
-                   and d.find_elements(By.CSS_SELECTOR, "#label_png a"))
+        wait.until(
+            lambda d: (
+                d.find_elements(By.CSS_SELECTOR, "#overlay_image img")
+                and d.find_elements(By.CSS_SELECTOR, "#label_png a")
+            )
+        )
         overlay_url = driver.find_element(By.CSS_SELECTOR, "#overlay_image img").get_attribute("src")
         label_url = driver.find_element(By.CSS_SELECTOR, "#label_png a").get_attribute("href")
         table = driver.find_element(By.CSS_SELECTOR, "#class_shares").text

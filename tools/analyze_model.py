@@ -15,6 +15,7 @@ config are ignored; weights do not change counts), so the analysis needs only th
 MTA-CLIP's frozen prompt text encoder runs once per model (its output is cached at test time): its
 FLOPs are reported apart from the per-image FLOPs, which do not include it.
 """
+
 import argparse
 import logging
 import os
@@ -93,10 +94,31 @@ def _sdpa_flops(inputs, outputs) -> int:
 
 # Element-wise / indexing operators whose cost is negligible next to the matmuls and convolutions.
 _CHEAP_OPS = (
-    "aten::all", "aten::any", "aten::clone", "aten::cos", "aten::sin", "aten::linspace", "aten::lt",
-    "aten::gt", "aten::le", "aten::ge", "aten::eq", "aten::masked_fill", "aten::masked_fill_",
-    "aten::pad", "aten::pow", "aten::repeat", "aten::resolve_conj", "aten::resolve_neg", "aten::sum",
-    "aten::mean", "aten::cumsum", "aten::arange", "aten::meshgrid", "aten::stack", "aten::unflatten",
+    "aten::all",
+    "aten::any",
+    "aten::clone",
+    "aten::cos",
+    "aten::sin",
+    "aten::linspace",
+    "aten::lt",
+    "aten::gt",
+    "aten::le",
+    "aten::ge",
+    "aten::eq",
+    "aten::masked_fill",
+    "aten::masked_fill_",
+    "aten::pad",
+    "aten::pow",
+    "aten::repeat",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::sum",
+    "aten::mean",
+    "aten::cumsum",
+    "aten::arange",
+    "aten::meshgrid",
+    "aten::stack",
+    "aten::unflatten",
     "aten::embedding",
 )
 
@@ -135,7 +157,7 @@ def flop_rows(flops: FlopCountAnalysis, depth: int) -> List[List]:
     for name, n in flops.by_module().items():
         if name == "":
             continue
-        name = name[len("model"):].lstrip(".") if name.startswith("model") else name
+        name = name[len("model") :].lstrip(".") if name.startswith("model") else name
         by_module[name] = n
     rows = []
     for name, n in by_module.items():
@@ -184,11 +206,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             flops = flop_analysis(model, args.size, args.device)
             total = flops.total()
         if text_encoder is not None:
-            print(f"\nText encoder, once per model (K={text_encoder.num_prompts} prompts x C classes, cached "
-                  f"at test time): {text / 1e9:.3f} GFLOPs")
+            print(
+                f"\nText encoder, once per model (K={text_encoder.num_prompts} prompts x C classes, cached "
+                f"at test time): {text / 1e9:.3f} GFLOPs"
+            )
         print(f"\nFLOPs per {args.size}x{args.size} image (1 multiply-add = 1 flop):")
-        print(tabulate(flop_rows(flops, args.depth), headers=["module", "GFLOPs"], tablefmt="pipe",
-                       colalign=("left", "right")))
+        print(
+            tabulate(
+                flop_rows(flops, args.depth), headers=["module", "GFLOPs"], tablefmt="pipe", colalign=("left", "right")
+            )
+        )
         print(f"Total per image: {total / 1e9:.3f} GFLOPs")
         unsupported = flops.unsupported_ops()
         if unsupported:

@@ -10,6 +10,7 @@ of every assignment as the key's meaning; keys whose comment starts with "not us
 apart); the defaults are the values of a config built with ``add_mtaclip_config``. A key without a
 comment is an error.
 """
+
 import argparse
 import ast
 import io
@@ -93,8 +94,11 @@ def read_sections(path: str = CONFIG_SOURCE) -> List[Section]:
                 raise ValueError(f"{path}:{stmt.end_lineno}: config key {name} has no comment")
             keys.append(Key(name, comment, stmt.end_lineno))
         body_start = fn.body[0].end_lineno + 1 if ast.get_docstring(fn) else fn.body[0].lineno
-        notes = [text for line, text in sorted(comments.items())
-                 if body_start <= line <= fn.end_lineno and line not in statement_lines]
+        notes = [
+            text
+            for line, text in sorted(comments.items())
+            if body_start <= line <= fn.end_lineno and line not in statement_lines
+        ]
         sections.append(Section(fn.name, ast.get_docstring(fn) or fn.name, notes, keys))
     return sections
 
@@ -134,6 +138,7 @@ def render(sections: List[Section], renamed: Dict[str, Union[str, Tuple[str, str
         "the defaults below.",
         "",
     ]
+
     def row(key: Key) -> str:
         return f"| `{key.name}` | `{_cell(_format_value(_default(cfg, key.name)))}` | {_cell(key.comment)} |"
 
@@ -145,13 +150,22 @@ def render(sections: List[Section], renamed: Dict[str, Union[str, Tuple[str, str
         lines += header + [row(key) for key in section.keys if not is_unused(key)] + [""]
     unused = [key for section in sections for key in section.keys if is_unused(key)]
     if unused:
-        lines += ["## Kept for YAML compatibility, not used", "",
-                  "Mask2Former / Detectron2 YAML files set these keys; nothing in this project reads them.", ""]
+        lines += [
+            "## Kept for YAML compatibility, not used",
+            "",
+            "Mask2Former / Detectron2 YAML files set these keys; nothing in this project reads them.",
+            "",
+        ]
         lines += header + [row(key) for key in unused] + [""]
     if renamed:
-        lines += ["## Renamed and removed keys", "",
-                  "A YAML file or override that uses an old key is an error naming the key to use.", "",
-                  "| Old key | Use | Note |", "|---|---|---|"]
+        lines += [
+            "## Renamed and removed keys",
+            "",
+            "A YAML file or override that uses an old key is an error naming the key to use.",
+            "",
+            "| Old key | Use | Note |",
+            "|---|---|---|",
+        ]
         for old, new in renamed.items():
             new, note = (new, "") if isinstance(new, str) else new
             lines.append(f"| `{old}` | `{new}` | {_cell(note)} |")

@@ -15,6 +15,7 @@ Runtime / torch.jit) and PyTorch on random images and prints the differences; it
 1 and writes nothing when the labels differ on more than 0.1 % of the pixels, and with status 2
 (a message, nothing written) for requests it cannot serve.
 """
+
 import argparse
 import json
 import logging
@@ -53,25 +54,44 @@ def build_for_export(config_file: Optional[str], weights: str, opts: Sequence[st
     if not weights:
         logger.warning("no --weights: exporting a randomly initialized model")
     meta = predictor.metadata
-    metadata = export_metadata(cfg, meta.stuff_classes, meta.stuff_colors, getattr(meta, "ignore_label", 255),
-                               config_file=os.path.basename(config_file or ""), weights=os.path.basename(weights))
+    metadata = export_metadata(
+        cfg,
+        meta.stuff_classes,
+        meta.stuff_colors,
+        getattr(meta, "ignore_label", 255),
+        config_file=os.path.basename(config_file or ""),
+        weights=os.path.basename(weights),
+    )
     return cfg, predictor.model.eval(), metadata
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", default=None,
-                        help="YAML config of the model (not needed for a model file written by train_net.py)")
-    parser.add_argument("--weights", required=True,
-                        help="model file / checkpoint (.pth / .pkl); '' = random weights (needs --config-file)")
+    parser.add_argument(
+        "--config-file",
+        default=None,
+        help="YAML config of the model (not needed for a model file written by train_net.py)",
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="model file / checkpoint (.pth / .pkl); '' = random weights (needs --config-file)",
+    )
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", required=True, help="file to write (.onnx / .ts)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                       help="fixed image size (the only size the file serves)")
+    group.add_argument(
+        "--size", type=int, nargs=2, metavar=("H", "W"), help="fixed image size (the only size the file serves)"
+    )
     group.add_argument("--dynamic", action="store_true", help="ONNX: any H, W from the minimum size up")
-    parser.add_argument("--sample-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="with --dynamic: size of the tracing / check image (default 512 512)")
+    parser.add_argument(
+        "--sample-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="with --dynamic: size of the tracing / check image (default 512 512)",
+    )
     parser.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
@@ -87,9 +107,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         cfg, model, metadata = build_for_export(args.config_file, args.weights, args.opts)
         with torch.no_grad():
-            report = export_model(model, args.output, fmt=args.format, input_format=cfg.INPUT.FORMAT, size=size,
-                                  dynamic=args.dynamic, metadata=metadata, input_dtype=args.input_dtype,
-                                  check=not args.no_check)
+            report = export_model(
+                model,
+                args.output,
+                fmt=args.format,
+                input_format=cfg.INPUT.FORMAT,
+                size=size,
+                dynamic=args.dynamic,
+                metadata=metadata,
+                input_dtype=args.input_dtype,
+                check=not args.no_check,
+            )
     except ExportCheckError as exc:
         logger.error("check failed, nothing written: %s", exc)
         return 1
@@ -97,8 +125,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error("cannot export: %s", exc)
         return 2
     for check in report["checks"]:
-        print(f"check at {check['size'][0]}x{check['size'][1]}: max |probs - PyTorch| = "
-              f"{check['max_abs_prob_diff']:.3g}, labels differ on {100 * check['label_mismatch']:.4f}% of pixels")
+        print(
+            f"check at {check['size'][0]}x{check['size'][1]}: max |probs - PyTorch| = "
+            f"{check['max_abs_prob_diff']:.3g}, labels differ on {100 * check['label_mismatch']:.4f}% of pixels"
+        )
     print(json.dumps({"output": report["output"], "format": report["format"], "dynamic": report["dynamic"]}))
     return 0
 

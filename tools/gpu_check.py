@@ -19,6 +19,7 @@ step's log and JSON). ``--cpu-rehearsal`` runs the same steps on the CPU at tiny
 parts are reported as "skipped: no CUDA". Exit status 1 when a step failed (targets missed are
 reported, not failures).
 """
+
 import argparse
 import json
 import os
@@ -37,12 +38,36 @@ OP_SPEEDUP_TARGET = 5.0
 NO_CUDA = "skipped: no CUDA"
 
 # Sizes: (GPU, CPU rehearsal). The rehearsal only proves every step runs end to end.
-BENCH_FULL = ["--size", "512", "--batch", "8", "--iters", "10", "--warmup", "3", "--infer-iters", "30",
-              "--no-breakdown"]
-BENCH_AMP = ["--size", "512", "--batch", "8", "--iters", "5", "--warmup", "3", "--infer-iters", "15",
-             "--no-breakdown"]
-BENCH_CPU = ["--size", "64", "--batch", "1", "--iters", "1", "--warmup", "0", "--infer-iters", "2",
-             "--no-breakdown", "--opts", "MODEL.CLIP.TEXT.NUM_PROMPTS", "1"]
+BENCH_FULL = [
+    "--size",
+    "512",
+    "--batch",
+    "8",
+    "--iters",
+    "10",
+    "--warmup",
+    "3",
+    "--infer-iters",
+    "30",
+    "--no-breakdown",
+]
+BENCH_AMP = ["--size", "512", "--batch", "8", "--iters", "5", "--warmup", "3", "--infer-iters", "15", "--no-breakdown"]
+BENCH_CPU = [
+    "--size",
+    "64",
+    "--batch",
+    "1",
+    "--iters",
+    "1",
+    "--warmup",
+    "0",
+    "--infer-iters",
+    "2",
+    "--no-breakdown",
+    "--opts",
+    "MODEL.CLIP.TEXT.NUM_PROMPTS",
+    "1",
+]
 OP_BENCH = {True: ["--batch", "8", "--repeats", "20"], False: ["--batch", "1", "--repeats", "2", "--warmup", "1"]}
 # Toy training: iterations, mIoU threshold, relative loss drop required (last / first window mean).
 # Detectron2 logs the loss every 20 iterations (a median over those 20), so >= 80 iterations give
@@ -77,8 +102,9 @@ class Check:
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
             try:
-                proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=full_env,
-                                      timeout=limit, check=False)
+                proc = subprocess.run(
+                    cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=full_env, timeout=limit, check=False
+                )
                 code = proc.returncode
             except subprocess.TimeoutExpired:
                 code = None
@@ -132,16 +158,26 @@ def step_environment(c: Check):
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
-            out = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+            out = subprocess.run(
+                [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout.strip()
             info["nvidia_smi"] = out
         except (OSError, subprocess.TimeoutExpired) as exc:
             info["nvidia_smi"] = f"error: {exc}"
     info["setup_seconds"] = c.args.setup_s
     c.cuda = bool(info["cuda_available"])
     if c.cuda and not info.get("op_with_cuda"):
-        c.record("environment", "FAIL", secs, info=info,
-                 error="CUDA is available but mta_clip._C has no CUDA kernels (see logs/setup.log)")
+        c.record(
+            "environment",
+            "FAIL",
+            secs,
+            info=info,
+            error="CUDA is available but mta_clip._C has no CUDA kernels (see logs/setup.log)",
+        )
     else:
         c.record("environment", "PASS", secs, info=info)
     return info
@@ -149,8 +185,11 @@ def step_environment(c: Check):
 
 def step_op_tests(c: Check):
     xml = os.path.join(c.logs, "op_tests.xml")
-    code, text, secs = c.run("op_tests", [c.args.python, "-m", "pytest", "tests/layers", "-q", "-rs",
-                                          "-p", "no:cacheprovider", f"--junitxml={xml}"], 240)
+    code, text, secs = c.run(
+        "op_tests",
+        [c.args.python, "-m", "pytest", "tests/layers", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={xml}"],
+        240,
+    )
     if code is None or not os.path.exists(xml):
         c.record("op_tests", "FAIL" if code is not None else "NOT RUN", secs, error=_tail(text))
         return
@@ -168,10 +207,16 @@ def step_op_tests(c: Check):
     cuda_counts = {k: sum(1 for x in cuda_cases if x["outcome"] == k) for k in ("passed", "failed", "skipped")}
     bad_skips = [x for x in cases if x["outcome"] == "skipped" and (c.cuda or "cuda" not in x["message"].lower())]
     status = "PASS" if code == 0 and counts["failed"] == 0 and not bad_skips else "FAIL"
-    c.record("op_tests", status, secs, counts=counts, cuda_counts=cuda_counts,
-             cuda_tests=NO_CUDA if not c.cuda else "run",
-             failed=[x["name"] + ": " + x["message"][:300] for x in cases if x["outcome"] == "failed"],
-             unexpected_skips=[x["name"] + ": " + x["message"] for x in bad_skips])
+    c.record(
+        "op_tests",
+        status,
+        secs,
+        counts=counts,
+        cuda_counts=cuda_counts,
+        cuda_tests=NO_CUDA if not c.cuda else "run",
+        failed=[x["name"] + ": " + x["message"][:300] for x in cases if x["outcome"] == "failed"],
+        unexpected_skips=[x["name"] + ": " + x["message"] for x in bad_skips],
+    )
 
 
 def _ratios(bench: dict) -> dict:
@@ -214,20 +259,51 @@ def step_model_bench(c: Check):
         models = {}
         for key in ("baseline", "mtaclip"):
             r = bench["results"][key]
-            models[key] = {k: r.get(k) for k in ("model", "train_step_ms", "peak_mib", "inference_ms", "loss_last",
-                                                 "grads_finite", "inference_finite", "amp", "ms_deform_attn")}
+            models[key] = {
+                k: r.get(k)
+                for k in (
+                    "model",
+                    "train_step_ms",
+                    "peak_mib",
+                    "inference_ms",
+                    "loss_last",
+                    "grads_finite",
+                    "inference_finite",
+                    "amp",
+                    "ms_deform_attn",
+                )
+            }
         ratios = _ratios(bench)
         targets = {k: {"ratio": round(v, 3), "target": TARGETS[k], "met": v <= TARGETS[k]} for k, v in ratios.items()}
         finite = all(m["grads_finite"] and m["inference_finite"] for m in models.values())
-        c.record(name, "PASS" if finite else "FAIL", secs, size=bench["args"]["size"], batch=bench["args"]["batch"],
-                 machine=bench["machine"], models=models, targets=targets)
+        c.record(
+            name,
+            "PASS" if finite else "FAIL",
+            secs,
+            size=bench["args"]["size"],
+            batch=bench["args"]["batch"],
+            machine=bench["machine"],
+            models=models,
+            targets=targets,
+        )
 
 
 def step_op_bench(c: Check):
     out_json = os.path.join(c.logs, "bench_ms_deform_attn.json")
     device = "cuda" if c.cuda else "cpu"
-    code, text, secs = c.run("bench_ms_deform_attn", [c.args.python, "benchmarks/bench_ms_deform_attn.py",
-                                                      "--device", device, *OP_BENCH[c.cuda], "--json", out_json], 150)
+    code, text, secs = c.run(
+        "bench_ms_deform_attn",
+        [
+            c.args.python,
+            "benchmarks/bench_ms_deform_attn.py",
+            "--device",
+            device,
+            *OP_BENCH[c.cuda],
+            "--json",
+            out_json,
+        ],
+        150,
+    )
     if code != 0 or not os.path.exists(out_json):
         c.record("bench_ms_deform_attn", "FAIL" if code is not None else "NOT RUN", secs, error=_tail(text))
         return
@@ -238,10 +314,23 @@ def step_op_bench(c: Check):
     speedup = None
     if not errors and "pytorch" in rows and "compiled" in rows:
         speedup = rows["pytorch"]["total_ms"] / rows["compiled"]["total_ms"]
-    target = ({"speedup": round(speedup, 2), "target": OP_SPEEDUP_TARGET, "met": speedup >= OP_SPEEDUP_TARGET}
-              if c.cuda and speedup is not None else NO_CUDA)
-    c.record("bench_ms_deform_attn", "FAIL" if errors else "PASS", secs, device=device, batch=bench["args"]["batch"],
-             machine=bench["machine"], rows=bench["rows"], speedup=speedup, target=target, errors=errors)
+    target = (
+        {"speedup": round(speedup, 2), "target": OP_SPEEDUP_TARGET, "met": speedup >= OP_SPEEDUP_TARGET}
+        if c.cuda and speedup is not None
+        else NO_CUDA
+    )
+    c.record(
+        "bench_ms_deform_attn",
+        "FAIL" if errors else "PASS",
+        secs,
+        device=device,
+        batch=bench["args"]["batch"],
+        machine=bench["machine"],
+        rows=bench["rows"],
+        speedup=speedup,
+        target=target,
+        errors=errors,
+    )
 
 
 def step_training(c: Check):
@@ -252,14 +341,28 @@ def step_training(c: Check):
     os.makedirs(work, exist_ok=True)
     clip = os.path.join(work, "tiny_clip_RN50.pt")
     env = {"DETECTRON2_DATASETS": os.path.join(work, "datasets")}
-    code, text, secs0 = c.run("training_setup", [c.args.python, "tools/make_tiny_clip.py", "--arch", "RN50",
-                                                 "--output", clip], 120, env)
+    code, text, secs0 = c.run(
+        "training_setup", [c.args.python, "tools/make_tiny_clip.py", "--arch", "RN50", "--output", clip], 120, env
+    )
     if code != 0:
         c.record("training", "FAIL" if code is not None else "NOT RUN", secs0, error=_tail(text))
         return
-    cmd = [c.args.python, "train_net.py", "--config-file", "configs/toy/mtaclip_toy.yaml", "--num-gpus", "1",
-           "MODEL.DEVICE", "cuda" if c.cuda else "cpu", "MODEL.CLIP.WEIGHTS", clip,
-           "SOLVER.MAX_ITER", str(spec["iters"]), "OUTPUT_DIR", out_dir]
+    cmd = [
+        c.args.python,
+        "train_net.py",
+        "--config-file",
+        "configs/toy/mtaclip_toy.yaml",
+        "--num-gpus",
+        "1",
+        "MODEL.DEVICE",
+        "cuda" if c.cuda else "cpu",
+        "MODEL.CLIP.WEIGHTS",
+        clip,
+        "SOLVER.MAX_ITER",
+        str(spec["iters"]),
+        "OUTPUT_DIR",
+        out_dir,
+    ]
     code, text, secs = c.run("training", cmd, 240 if c.cuda else 420, env)
     secs += secs0
     metrics_path = os.path.join(out_dir, "metrics.json")
@@ -277,10 +380,20 @@ def step_training(c: Check):
     first = sum(v for _, v in losses[:window]) / window
     last = sum(v for _, v in losses[-window:]) / window
     learned = last <= spec["drop"] * first and mious[-1] >= spec["miou"]
-    c.record("training", "PASS" if learned else "FAIL", secs, device="cuda" if c.cuda else "cpu",
-             iterations=spec["iters"], loss_first=round(first, 3), loss_last=round(last, 3),
-             loss_rows=len(losses), miou=round(mious[-1], 2), miou_threshold=spec["miou"],
-             required_loss_ratio=spec["drop"], seconds_per_iter=_seconds_per_iter(rows))
+    c.record(
+        "training",
+        "PASS" if learned else "FAIL",
+        secs,
+        device="cuda" if c.cuda else "cpu",
+        iterations=spec["iters"],
+        loss_first=round(first, 3),
+        loss_last=round(last, 3),
+        loss_rows=len(losses),
+        miou=round(mious[-1], 2),
+        miou_threshold=spec["miou"],
+        required_loss_ratio=spec["drop"],
+        seconds_per_iter=_seconds_per_iter(rows),
+    )
 
 
 def _seconds_per_iter(rows):
@@ -296,9 +409,11 @@ def _fmt(x, digits=1):
 def markdown(c: Check, env) -> str:
     lines = ["# GPU check", ""]
     mode = "CPU rehearsal (tiny sizes)" if c.args.cpu_rehearsal else ("CUDA" if c.cuda else "no CUDA")
-    lines.append(f"Mode: {mode}. Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}. "
-                 f"Total: {time.monotonic() - c.start:.0f} s (setup {c.args.setup_s:.0f} s) "
-                 f"of a {c.args.budget_s:.0f} s budget.")
+    lines.append(
+        f"Mode: {mode}. Date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}. "
+        f"Total: {time.monotonic() - c.start:.0f} s (setup {c.args.setup_s:.0f} s) "
+        f"of a {c.args.budget_s:.0f} s budget."
+    )
     lines.append("")
     lines += ["| step | status | seconds |", "|---|---|---|"]
     setup = "PASS" if c.args.setup_ok else "FAIL"
@@ -307,67 +422,109 @@ def markdown(c: Check, env) -> str:
         lines.append(f"| {s['step']} | {s['status']} | {s['seconds']:.0f} |")
     if env:
         lines += ["", "## Environment", ""]
-        for key in ("gpu", "nvidia_smi", "capability", "gpu_memory_gib", "python", "torch", "torch_cuda", "cudnn",
-                    "numpy", "detectron2", "open_clip", "op_built", "op_with_cuda", "op_cuda_version", "cpu_count"):
+        for key in (
+            "gpu",
+            "nvidia_smi",
+            "capability",
+            "gpu_memory_gib",
+            "python",
+            "torch",
+            "torch_cuda",
+            "cudnn",
+            "numpy",
+            "detectron2",
+            "open_clip",
+            "op_built",
+            "op_with_cuda",
+            "op_cuda_version",
+            "cpu_count",
+        ):
             if key in env:
                 lines.append(f"- {key}: {env[key]}")
     for s in c.steps:
         if s["step"] == "op_tests" and "counts" in s:
-            lines += ["", "## Op tests (tests/layers)", "",
-                      f"passed {s['counts']['passed']}, failed {s['counts']['failed']}, "
-                      f"skipped {s['counts']['skipped']}; "
-                      f"CUDA tests: " + (NO_CUDA + f" ({s['cuda_counts']['skipped']})" if not c.cuda else
-                                         f"passed {s['cuda_counts']['passed']}, failed {s['cuda_counts']['failed']}, "
-                                         f"skipped {s['cuda_counts']['skipped']}")]
+            lines += [
+                "",
+                "## Op tests (tests/layers)",
+                "",
+                f"passed {s['counts']['passed']}, failed {s['counts']['failed']}, "
+                f"skipped {s['counts']['skipped']}; "
+                f"CUDA tests: "
+                + (
+                    NO_CUDA + f" ({s['cuda_counts']['skipped']})"
+                    if not c.cuda
+                    else f"passed {s['cuda_counts']['passed']}, failed {s['cuda_counts']['failed']}, "
+                    f"skipped {s['cuda_counts']['skipped']}"
+                ),
+            ]
             lines += [f"- failed: {x}" for x in s["failed"]]
             lines += [f"- unexpected skip: {x}" for x in s["unexpected_skips"]]
     bench = [s for s in c.steps if s["step"].startswith("bench_mtaclip")]
     if bench:
         lines += ["", "## MTA-CLIP R50 vs Mask2Former* R50 (random CLIP weights, RN50 shapes)", ""]
-        lines += ["| precision | model | train step ms | peak MiB | inference ms | loss | grads finite |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| precision | model | train step ms | peak MiB | inference ms | loss | grads finite |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s in bench:
             precision = s["step"].rsplit("_", 1)[1]
             if "models" not in s:
                 lines.append(f"| {precision} | {s['status']} | | | | | |")
                 continue
             for m in s["models"].values():
-                lines.append(f"| {precision} ({s['size']}x{s['size']}, batch {s['batch']}) | {m['model']} | "
-                             f"{_fmt(m['train_step_ms'])} | {_fmt(m['peak_mib'])} | {_fmt(m['inference_ms'])} | "
-                             f"{_fmt(m['loss_last'], 3)} | {m['grads_finite']} |")
+                lines.append(
+                    f"| {precision} ({s['size']}x{s['size']}, batch {s['batch']}) | {m['model']} | "
+                    f"{_fmt(m['train_step_ms'])} | {_fmt(m['peak_mib'])} | {_fmt(m['inference_ms'])} | "
+                    f"{_fmt(m['loss_last'], 3)} | {m['grads_finite']} |"
+                )
         lines += ["", "| precision | ratio | MTA-CLIP / Mask2Former* | target | met |", "|---|---|---|---|---|"]
         for s in bench:
             for key, t in s.get("targets", {}).items():
-                lines.append(f"| {s['step'].rsplit('_', 1)[1]} | {key} | {t['ratio']:.2f}x | <= {t['target']:.2f}x | "
-                             f"{'yes' if t['met'] else 'NO'} |")
+                lines.append(
+                    f"| {s['step'].rsplit('_', 1)[1]} | {key} | {t['ratio']:.2f}x | <= {t['target']:.2f}x | "
+                    f"{'yes' if t['met'] else 'NO'} |"
+                )
         if c.args.cpu_rehearsal:
             lines.append("\n(CPU rehearsal at a tiny shape: the targets apply to the GPU run at 512x512, batch 8.)")
         machine = next((s["machine"] for s in bench if "machine" in s), None)
         if machine:
-            lines.append(f"\nmachine: {machine}; train-step and inference ratios from both models timed in turns "
-                         f"in one process, peak memory from one process per model")
+            lines.append(
+                f"\nmachine: {machine}; train-step and inference ratios from both models timed in turns "
+                f"in one process, peak memory from one process per model"
+            )
     for s in c.steps:
         if s["step"] == "bench_ms_deform_attn" and "rows" in s:
-            lines += ["", f"## Multi-scale deformable attention op ({s['device']}, batch {s['batch']}, "
-                          "ADE20k R50 512 shapes)", "",
-                      "| impl | fwd ms | bwd ms | fwd+bwd ms | peak MiB |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"## Multi-scale deformable attention op ({s['device']}, batch {s['batch']}, ADE20k R50 512 shapes)",
+                "",
+                "| impl | fwd ms | bwd ms | fwd+bwd ms | peak MiB |",
+                "|---|---|---|---|---|",
+            ]
             for r in s["rows"]:
                 if "error" in r:
                     lines.append(f"| {r['impl']} | error: {r['error']} | | | |")
                 else:
-                    lines.append(f"| {r['impl']} | {r['fwd_ms']:.2f} | {r['bwd_ms']:.2f} | {r['total_ms']:.2f} | "
-                                 f"{_fmt(r['peak_mib'])} |")
+                    lines.append(
+                        f"| {r['impl']} | {r['fwd_ms']:.2f} | {r['bwd_ms']:.2f} | {r['total_ms']:.2f} | "
+                        f"{_fmt(r['peak_mib'])} |"
+                    )
             target = s["target"]
             met = target if isinstance(target, str) else ("met" if target["met"] else "NOT met")
-            lines.append(f"\nspeed-up (PyTorch path / compiled op, fwd+bwd): {_fmt(s['speedup'], 2)}x; "
-                         f"target >= 5x: {met}")
+            lines.append(
+                f"\nspeed-up (PyTorch path / compiled op, fwd+bwd): {_fmt(s['speedup'], 2)}x; target >= 5x: {met}"
+            )
         if s["step"] == "training" and "miou" in s:
-            lines += ["", "## Short training run (toy data, MTA-CLIP toy config)", "",
-                      f"{s['iterations']} iterations on {s['device']}: total loss {s['loss_first']} "
-                      f"(first quarter of the logged rows) -> {s['loss_last']} "
-                      f"(last quarter; required <= {s['required_loss_ratio']}x), "
-                      f"val mIoU {s['miou']} (required >= {s['miou_threshold']}), "
-                      f"{_fmt(s['seconds_per_iter'], 3)} s / iteration"]
+            lines += [
+                "",
+                "## Short training run (toy data, MTA-CLIP toy config)",
+                "",
+                f"{s['iterations']} iterations on {s['device']}: total loss {s['loss_first']} "
+                f"(first quarter of the logged rows) -> {s['loss_last']} "
+                f"(last quarter; required <= {s['required_loss_ratio']}x), "
+                f"val mIoU {s['miou']} (required >= {s['miou_threshold']}), "
+                f"{_fmt(s['seconds_per_iter'], 3)} s / iteration",
+            ]
     errors = [s for s in c.steps if "error" in s]
     if errors:
         lines += ["", "## Errors (last lines of each failed step's log; all logs in logs.tar.gz)", ""]
@@ -391,8 +548,12 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="total seconds, setup included")
     parser.add_argument("--elapsed-s", type=float, default=0.0, help="seconds already spent (setup)")
     parser.add_argument("--setup-s", type=float, default=0.0, help="seconds the setup took (reported)")
-    parser.add_argument("--setup-status", choices=("ok", "failed", "unusable"), default="ok",
-                        help="failed: report it, run the steps anyway; unusable: report it, run nothing")
+    parser.add_argument(
+        "--setup-status",
+        choices=("ok", "failed", "unusable"),
+        default="ok",
+        help="failed: report it, run the steps anyway; unusable: report it, run nothing",
+    )
     parser.add_argument("--setup-log", default="", help="log of the setup, copied into the logs")
     args = parser.parse_args(argv)
     args.setup_ok = args.setup_status == "ok"
@@ -407,16 +568,27 @@ def main(argv=None) -> int:
                 print("[gpu_check] --cpu-rehearsal: CUDA is present but not used", flush=True)
                 c.cuda = False
             if not args.cpu_rehearsal and not c.cuda:
-                c.record("cuda", "FAIL", 0.0, error="no CUDA device (torch.cuda.is_available() is False); "
-                                                     "use --cpu-rehearsal to rehearse on the CPU")
+                c.record(
+                    "cuda",
+                    "FAIL",
+                    0.0,
+                    error="no CUDA device (torch.cuda.is_available() is False); "
+                    "use --cpu-rehearsal to rehearse on the CPU",
+                )
             else:
                 step_op_tests(c)
                 step_model_bench(c)
                 step_op_bench(c)
                 step_training(c)
-    report = {"mode": "cpu-rehearsal" if args.cpu_rehearsal else "cuda", "setup": args.setup_status,
-              "setup_seconds": args.setup_s, "total_seconds": round(time.monotonic() - c.start, 1),
-              "budget_seconds": args.budget_s, "environment": env, "steps": c.steps}
+    report = {
+        "mode": "cpu-rehearsal" if args.cpu_rehearsal else "cuda",
+        "setup": args.setup_status,
+        "setup_seconds": args.setup_s,
+        "total_seconds": round(time.monotonic() - c.start, 1),
+        "budget_seconds": args.budget_s,
+        "environment": env,
+        "steps": c.steps,
+    }
     ok = args.setup_ok and bool(c.steps) and all(s["status"] in ("PASS", NO_CUDA) for s in c.steps)
     report["ok"] = ok
     _write_atomic(os.path.join(c.out, "gpu_check.json"), json.dumps(report, indent=1) + "\n")

@@ -15,6 +15,7 @@ Example::
 
     python tools/make_tiny_clip.py --arch RN50 --format torchscript --output pretrained/tiny_RN50.pt
 """
+
 import argparse
 import logging
 import os
@@ -196,8 +197,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--text-layers", type=int, default=2, help="text transformer blocks")
     parser.add_argument("--embed-dim", type=int, default=32, help="joint embedding width D")
     parser.add_argument("--image-size", type=int, default=224, help="pretraining resolution (pos. embedding grid)")
-    parser.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
-                        help="auto: OpenAI's fp16 mix for torchscript, fp32 for state_dict")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp16", "fp32"),
+        default="auto",
+        help="auto: OpenAI's fp16 mix for torchscript, fp32 for state_dict",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     layers = args.vision_layers
@@ -205,9 +210,17 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         layers = layers[0]
     half = {"auto": None, "fp16": True, "fp32": False}[args.precision]
     return make_tiny_clip(
-        args.output, args.arch, args.fmt, half, args.seed,
-        vision_width=args.vision_width, vision_layers=layers, text_width=args.text_width,
-        text_layers=args.text_layers, embed_dim=args.embed_dim, image_size=args.image_size,
+        args.output,
+        args.arch,
+        args.fmt,
+        half,
+        args.seed,
+        vision_width=args.vision_width,
+        vision_layers=layers,
+        text_width=args.text_width,
+        text_layers=args.text_layers,
+        embed_dim=args.embed_dim,
+        image_size=args.image_size,
     )
 
 

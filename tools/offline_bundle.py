@@ -17,6 +17,7 @@ Bundle layout::
     python tools/offline_bundle.py manifest BUNDLE --python 3.12 --platform TAG ... [--max-mib 40]
     python tools/offline_bundle.py verify BUNDLE [--python-version 3.12]
 """
+
 import argparse
 import hashlib
 import json
@@ -110,8 +111,9 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(f.name, path)
 
 
-def write_manifest(bundle_dir: str, python: str, platforms: list, with_torch: bool, left_out: list,
-                   max_mib: float = 0.0) -> dict:
+def write_manifest(
+    bundle_dir: str, python: str, platforms: list, with_torch: bool, left_out: list, max_mib: float = 0.0
+) -> dict:
     """Writes requirements.txt, SHA256SUMS and manifest.json for ``bundle_dir/wheels``."""
     wheel_dir = os.path.join(bundle_dir, "wheels")
     files = sorted(f for f in os.listdir(wheel_dir) if not f.startswith("."))
@@ -124,13 +126,24 @@ def write_manifest(bundle_dir: str, python: str, platforms: list, with_torch: bo
             raise ValueError(f"{wheel_dir}: two wheels of {name}: {seen[canonical(name)]} and {filename}")
         seen[canonical(name)] = filename
         path = os.path.join(wheel_dir, filename)
-        wheels.append({"file": filename, "name": canonical(name), "version": version,
-                       "size": os.path.getsize(path), "sha256": sha256(path)})
+        wheels.append(
+            {
+                "file": filename,
+                "name": canonical(name),
+                "version": version,
+                "size": os.path.getsize(path),
+                "sha256": sha256(path),
+            }
+        )
     total = sum(w["size"] for w in wheels)
     if max_mib and total > max_mib * 2**20:
-        raise ValueError(f"{bundle_dir}: the wheels take {total / 2**20:.1f} MiB, over --max-mib {max_mib:g}; "
-                         f"largest: " + ", ".join(f"{w['file']} {w['size'] / 2**20:.1f} MiB" for w in
-                                                  sorted(wheels, key=lambda w: -w["size"])[:3]))
+        raise ValueError(
+            f"{bundle_dir}: the wheels take {total / 2**20:.1f} MiB, over --max-mib {max_mib:g}; "
+            f"largest: "
+            + ", ".join(
+                f"{w['file']} {w['size'] / 2**20:.1f} MiB" for w in sorted(wheels, key=lambda w: -w["size"])[:3]
+            )
+        )
     manifest = {
         "format": MANIFEST_VERSION,
         "python": python,
@@ -141,10 +154,12 @@ def write_manifest(bundle_dir: str, python: str, platforms: list, with_torch: bo
         "left_out": left_out,
         "wheels": wheels,
     }
-    _write_atomic(os.path.join(bundle_dir, "requirements.txt"),
-                  "".join(f"{w['name']}=={w['version']}\n" for w in wheels))
-    _write_atomic(os.path.join(bundle_dir, "SHA256SUMS"),
-                  "".join(f"{w['sha256']}  wheels/{w['file']}\n" for w in wheels))
+    _write_atomic(
+        os.path.join(bundle_dir, "requirements.txt"), "".join(f"{w['name']}=={w['version']}\n" for w in wheels)
+    )
+    _write_atomic(
+        os.path.join(bundle_dir, "SHA256SUMS"), "".join(f"{w['sha256']}  wheels/{w['file']}\n" for w in wheels)
+    )
     _write_atomic(os.path.join(bundle_dir, "manifest.json"), json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -160,8 +175,10 @@ def verify(bundle_dir: str, python_version: str = "") -> dict:
     if manifest.get("format") != MANIFEST_VERSION:
         raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_VERSION}")
     if python_version and manifest["python"] != python_version:
-        raise ValueError(f"{path}: the bundle is for Python {manifest['python']}, this Python is {python_version}; "
-                         f"build one with scripts/make_offline_bundle.sh --python {python_version}")
+        raise ValueError(
+            f"{path}: the bundle is for Python {manifest['python']}, this Python is {python_version}; "
+            f"build one with scripts/make_offline_bundle.sh --python {python_version}"
+        )
     wheel_dir = os.path.join(bundle_dir, "wheels")
     present = set(os.listdir(wheel_dir)) if os.path.isdir(wheel_dir) else set()
     listed = {w["file"]: w for w in manifest["wheels"]}
@@ -174,8 +191,9 @@ def verify(bundle_dir: str, python_version: str = "") -> dict:
     for filename, entry in listed.items():
         digest = sha256(os.path.join(wheel_dir, filename))
         if digest != entry["sha256"]:
-            raise ValueError(f"{wheel_dir}/{filename}: sha256 {digest} does not match manifest.json "
-                             f"({entry['sha256']})")
+            raise ValueError(
+                f"{wheel_dir}/{filename}: sha256 {digest} does not match manifest.json ({entry['sha256']})"
+            )
     return manifest
 
 
@@ -206,15 +224,18 @@ def main(argv=None) -> int:
             if args.left_out:
                 with open(args.left_out, encoding="utf-8") as f:
                     left_out = json.load(f)["left_out"]
-            manifest = write_manifest(args.bundle, args.python, args.platform, args.with_torch, left_out,
-                                      args.max_mib)
-            print(f"[offline_bundle] {len(manifest['wheels'])} wheels, {manifest['total_bytes'] / 2**20:.1f} MiB, "
-                  f"for Python {manifest['python']}; left out: "
-                  + (", ".join(sorted(x["name"] for x in left_out)) or "nothing"))
+            manifest = write_manifest(args.bundle, args.python, args.platform, args.with_torch, left_out, args.max_mib)
+            print(
+                f"[offline_bundle] {len(manifest['wheels'])} wheels, {manifest['total_bytes'] / 2**20:.1f} MiB, "
+                f"for Python {manifest['python']}; left out: "
+                + (", ".join(sorted(x["name"] for x in left_out)) or "nothing")
+            )
         else:
             manifest = verify(args.bundle, args.python_version)
-            print(f"[offline_bundle] {args.bundle}: {len(manifest['wheels'])} wheels verified (sha256), "
-                  f"Python {manifest['python']}")
+            print(
+                f"[offline_bundle] {args.bundle}: {len(manifest['wheels'])} wheels verified (sha256), "
+                f"Python {manifest['python']}"
+            )
     except (ValueError, OSError, KeyError, json.JSONDecodeError) as exc:
         print(f"[offline_bundle] error: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ argmax. Writes, for ``a.jpg``:
 The drawing is kept here (self-contained) so that the deployment machine needs no project code.
 Exit status 0 when every image was processed, 1 when some were skipped.
 """
+
 import argparse
 import glob
 import json
@@ -64,8 +65,9 @@ class OnnxSegmenter:
         """(H, W, 3) uint8 BGR -> labels (H, W) int64 and probs (C, H, W) float32 at the image size."""
         height, width = image_bgr.shape[:2]
         h, w = self.run_size(height, width)
-        resized = image_bgr if (h, w) == (height, width) else cv2.resize(
-            image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+        resized = (
+            image_bgr if (h, w) == (height, width) else cv2.resize(image_bgr, (w, h), interpolation=cv2.INTER_LINEAR)
+        )
         probs, labels = self.session.run(["probs", "labels"], {"image": resized[None].astype(self.dtype)})
         probs = probs[0]
         if (h, w) == (height, width):
@@ -75,8 +77,9 @@ class OnnxSegmenter:
         return back.argmax(0), back
 
 
-def overlay(image_bgr: np.ndarray, labels: np.ndarray, palette: np.ndarray, names: Sequence[str],
-            alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image_bgr: np.ndarray, labels: np.ndarray, palette: np.ndarray, names: Sequence[str], alpha: float = 0.5
+) -> np.ndarray:
     """The image blended with the class colors, with a legend panel on the right."""
     colors = palette[np.clip(labels, 0, len(palette) - 1)][:, :, ::-1]  # RGB -> BGR
     blended = (image_bgr.astype(np.float32) * (1 - alpha) + colors.astype(np.float32) * alpha).round().astype(np.uint8)
@@ -144,8 +147,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             skipped += 1
             continue
         labels, _ = model(image)
-        _write_image(os.path.join(args.output, "overlays", stem + ".jpg"),
-                     overlay(image, labels, model.palette, model.class_names))
+        _write_image(
+            os.path.join(args.output, "overlays", stem + ".jpg"),
+            overlay(image, labels, model.palette, model.class_names),
+        )
         dtype = np.uint16 if len(model.class_names) > 255 else np.uint8
         _write_image(os.path.join(args.output, "labels", stem + ".png"), labels.astype(dtype))
         logger.info("%s -> %s", path, os.path.join(args.output, "overlays", stem + ".jpg"))

@@ -7,6 +7,7 @@
 The result works alone: ``mta_clip.Predictor("model.pth")``, ``demo/demo.py --weights model.pth``.
 Exit status 0 on success, 2 on a missing or unsuitable input.
 """
+
 import argparse
 import os
 import sys
@@ -30,8 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output}: {stats['tensors']} tensors, {stats['dst_bytes'] / 2**20:.1f} MiB "
-          f"({stats['src_bytes'] / 2**20:.1f} MiB checkpoint)")
+    print(
+        f"wrote {args.output}: {stats['tensors']} tensors, {stats['dst_bytes'] / 2**20:.1f} MiB "
+        f"({stats['src_bytes'] / 2**20:.1f} MiB checkpoint)"
+    )
     return 0
 
 

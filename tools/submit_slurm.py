@@ -19,6 +19,7 @@ submitit requeues the job (at most ``--max-requeues`` timeouts); logs and submit
 Everything after the options (``--config-file ...``, ``--eval-only``, ``KEY VALUE`` overrides) goes
 to ``train_net.py`` unchanged; the launcher options above are set here and may not be given.
 """
+
 import argparse
 import logging
 import os
@@ -47,9 +48,20 @@ class TrainJob:
         self.python = python
 
     def command(self, machine_rank: int, num_machines: int, host: str, port: int):
-        return [self.python, TRAIN_NET, "--num-gpus", str(self.gpus_per_node), "--num-machines", str(num_machines),
-                "--machine-rank", str(machine_rank), "--dist-url", f"tcp://{host}:{port}", "--resume",
-                *self.train_args]
+        return [
+            self.python,
+            TRAIN_NET,
+            "--num-gpus",
+            str(self.gpus_per_node),
+            "--num-machines",
+            str(num_machines),
+            "--machine-rank",
+            str(machine_rank),
+            "--dist-url",
+            f"tcp://{host}:{port}",
+            "--resume",
+            *self.train_args,
+        ]
 
     def __call__(self) -> int:
         import submitit
@@ -57,8 +69,11 @@ class TrainJob:
         env = submitit.JobEnvironment()
         # rank 0's host: SLURM's first node of the job (local executor: this machine's name)
         cmd = self.command(env.global_rank, env.num_tasks, env.hostnames[0], dist_port(env.job_id))
-        print(f"[submit_slurm] job {env.job_id} task {env.global_rank}/{env.num_tasks} on {env.hostname}: "
-              f"{shlex.join(cmd)}", flush=True)
+        print(
+            f"[submit_slurm] job {env.job_id} task {env.global_rank}/{env.num_tasks} on {env.hostname}: "
+            f"{shlex.join(cmd)}",
+            flush=True,
+        )
         code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
         if code != 0:
             raise RuntimeError(f"train_net.py exited with status {code} (job {env.job_id}, task {env.global_rank})")
@@ -73,8 +88,9 @@ class TrainJob:
 
 
 def _parse(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--nodes", type=int, default=1, help="machines (SLURM nodes)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="GPUs (processes) per node")
     parser.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node (default: 10 per GPU)")
@@ -85,11 +101,18 @@ def _parse(argv=None):
     parser.add_argument("--qos", default=None)
     parser.add_argument("--constraint", default=None)
     parser.add_argument("--job-name", default="mta_clip")
-    parser.add_argument("--job-dir", default=os.path.join("output", "slurm"),
-                        help="submitit's files and the logs, one folder per job id inside")
+    parser.add_argument(
+        "--job-dir",
+        default=os.path.join("output", "slurm"),
+        help="submitit's files and the logs, one folder per job id inside",
+    )
     parser.add_argument("--max-requeues", type=int, default=10, help="timeouts after which the job is not requeued")
-    parser.add_argument("--cluster", choices=("slurm", "local"), default="slurm",
-                        help="local: this machine through submitit's local executor (tests, debugging)")
+    parser.add_argument(
+        "--cluster",
+        choices=("slurm", "local"),
+        default="slurm",
+        help="local: this machine through submitit's local executor (tests, debugging)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
     args, train_args = parser.parse_known_args(argv)
     for name in ("nodes", "gpus_per_node", "time_min"):
@@ -142,8 +165,11 @@ def submit(args, train_args):
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=args.max_requeues)
         executor.update_parameters(**slurm_parameters(args))
     job = executor.submit(TrainJob(train_args, args.gpus_per_node))
-    print(f"[submit_slurm] submitted job {job.job_id}: {args.nodes} node(s) x {args.gpus_per_node} GPU(s); "
-          f"logs in {os.path.join(args.job_dir, str(job.job_id))}", flush=True)
+    print(
+        f"[submit_slurm] submitted job {job.job_id}: {args.nodes} node(s) x {args.gpus_per_node} GPU(s); "
+        f"logs in {os.path.join(args.job_dir, str(job.job_id))}",
+        flush=True,
+    )
     return job
 
 

@@ -11,6 +11,7 @@ label, label maps whose size differs from the image (or from the dataset dict's 
 label maps that are not single-channel, and unreadable files. Exit status 1 when any problem is
 found, 0 otherwise, 2 for an unknown dataset.
 """
+
 import argparse
 import os
 import sys
@@ -126,10 +127,11 @@ def report(result: Dict) -> str:
         n = int(result["pixels"][i])
         rows.append([i, name, n, 100.0 * n / max(total, 1), int(result["images_with"][i])])
     lines = [
-        f"Dataset {result['name']}: {result['num_images']} images, {total} pixels "
-        f"({result['ignored']} ignored)",
+        f"Dataset {result['name']}: {result['num_images']} images, {total} pixels ({result['ignored']} ignored)",
         tabulate(
-            rows, headers=["id", "class", "pixels", "% of pixels", "images"], tablefmt="pipe",
+            rows,
+            headers=["id", "class", "pixels", "% of pixels", "images"],
+            tablefmt="pipe",
             floatfmt=("g", "g", "g", ".3f", "g"),
         ),
     ]
@@ -154,11 +156,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="registered dataset name (with --dataset-file: default all of its)")
     parser.add_argument(
-        "--dataset-file", action="append", default=[], metavar="FILE",
+        "--dataset-file",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="dataset file (YAML/JSON) to register first; repeatable",
     )
     parser.add_argument(
-        "--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
         help="module or .py file to import first (e.g. code calling register_sem_seg_dataset)",
     )
     parser.add_argument("--limit", type=int, default=None, help="check only the first N images")

@@ -6,6 +6,7 @@ the synonym lists of the official objectInfo150 table (the same strings as Detec
 ``*_COLORS`` are RGB palettes: the standard ADE20k and Cityscapes colors.
 :func:`class_names_from_metadata` reads the prompt class names of the datasets a config names.
 """
+
 from typing import List, Tuple
 
 from detectron2.data import MetadataCatalog
@@ -22,310 +23,310 @@ __all__ = [
 
 # ADE20k SceneParsing-150 display names; label v (1..150 in raw files) is class v - 1.
 ADE20K_CLASSES = (
-    'wall',  # 0
-    'building',  # 1
-    'sky',  # 2
-    'floor',  # 3
-    'tree',  # 4
-    'ceiling',  # 5
-    'road, route',  # 6
-    'bed',  # 7
-    'window',  # 8
-    'grass',  # 9
-    'cabinet',  # 10
-    'sidewalk, pavement',  # 11
-    'person',  # 12
-    'earth, ground',  # 13
-    'door',  # 14
-    'table',  # 15
-    'mountain, mount',  # 16
-    'plant',  # 17
-    'curtain',  # 18
-    'chair',  # 19
-    'car',  # 20
-    'water',  # 21
-    'painting, picture',  # 22
-    'sofa',  # 23
-    'shelf',  # 24
-    'house',  # 25
-    'sea',  # 26
-    'mirror',  # 27
-    'rug',  # 28
-    'field',  # 29
-    'armchair',  # 30
-    'seat',  # 31
-    'fence',  # 32
-    'desk',  # 33
-    'rock, stone',  # 34
-    'wardrobe, closet, press',  # 35
-    'lamp',  # 36
-    'tub',  # 37
-    'rail',  # 38
-    'cushion',  # 39
-    'base, pedestal, stand',  # 40
-    'box',  # 41
-    'column, pillar',  # 42
-    'signboard, sign',  # 43
-    'chest of drawers, chest, bureau, dresser',  # 44
-    'counter',  # 45
-    'sand',  # 46
-    'sink',  # 47
-    'skyscraper',  # 48
-    'fireplace',  # 49
-    'refrigerator, icebox',  # 50
-    'grandstand, covered stand',  # 51
-    'path',  # 52
-    'stairs',  # 53
-    'runway',  # 54
-    'case, display case, showcase, vitrine',  # 55
-    'pool table, billiard table, snooker table',  # 56
-    'pillow',  # 57
-    'screen door, screen',  # 58
-    'stairway, staircase',  # 59
-    'river',  # 60
-    'bridge, span',  # 61
-    'bookcase',  # 62
-    'blind, screen',  # 63
-    'coffee table',  # 64
-    'toilet, can, commode, crapper, pot, potty, stool, throne',  # 65
-    'flower',  # 66
-    'book',  # 67
-    'hill',  # 68
-    'bench',  # 69
-    'countertop',  # 70
-    'stove',  # 71
-    'palm, palm tree',  # 72
-    'kitchen island',  # 73
-    'computer',  # 74
-    'swivel chair',  # 75
-    'boat',  # 76
-    'bar',  # 77
-    'arcade machine',  # 78
-    'hovel, hut, hutch, shack, shanty',  # 79
-    'bus',  # 80
-    'towel',  # 81
-    'light',  # 82
-    'truck',  # 83
-    'tower',  # 84
-    'chandelier',  # 85
-    'awning, sunshade, sunblind',  # 86
-    'street lamp',  # 87
-    'booth',  # 88
-    'tv',  # 89
-    'plane',  # 90
-    'dirt track',  # 91
-    'clothes',  # 92
-    'pole',  # 93
-    'land, ground, soil',  # 94
-    'bannister, banister, balustrade, balusters, handrail',  # 95
-    'escalator, moving staircase, moving stairway',  # 96
-    'ottoman, pouf, pouffe, puff, hassock',  # 97
-    'bottle',  # 98
-    'buffet, counter, sideboard',  # 99
-    'poster, posting, placard, notice, bill, card',  # 100
-    'stage',  # 101
-    'van',  # 102
-    'ship',  # 103
-    'fountain',  # 104
-    'conveyer belt, conveyor belt, conveyer, conveyor, transporter',  # 105
-    'canopy',  # 106
-    'washer, automatic washer, washing machine',  # 107
-    'plaything, toy',  # 108
-    'pool',  # 109
-    'stool',  # 110
-    'barrel, cask',  # 111
-    'basket, handbasket',  # 112
-    'falls',  # 113
-    'tent',  # 114
-    'bag',  # 115
-    'minibike, motorbike',  # 116
-    'cradle',  # 117
-    'oven',  # 118
-    'ball',  # 119
-    'food, solid food',  # 120
-    'step, stair',  # 121
-    'tank, storage tank',  # 122
-    'trade name',  # 123
-    'microwave',  # 124
-    'pot',  # 125
-    'animal',  # 126
-    'bicycle',  # 127
-    'lake',  # 128
-    'dishwasher',  # 129
-    'screen',  # 130
-    'blanket, cover',  # 131
-    'sculpture',  # 132
-    'hood, exhaust hood',  # 133
-    'sconce',  # 134
-    'vase',  # 135
-    'traffic light',  # 136
-    'tray',  # 137
-    'trash can',  # 138
-    'fan',  # 139
-    'pier',  # 140
-    'crt screen',  # 141
-    'plate',  # 142
-    'monitor',  # 143
-    'bulletin board',  # 144
-    'shower',  # 145
-    'radiator',  # 146
-    'glass, drinking glass',  # 147
-    'clock',  # 148
-    'flag',  # 149
+    "wall",  # 0
+    "building",  # 1
+    "sky",  # 2
+    "floor",  # 3
+    "tree",  # 4
+    "ceiling",  # 5
+    "road, route",  # 6
+    "bed",  # 7
+    "window",  # 8
+    "grass",  # 9
+    "cabinet",  # 10
+    "sidewalk, pavement",  # 11
+    "person",  # 12
+    "earth, ground",  # 13
+    "door",  # 14
+    "table",  # 15
+    "mountain, mount",  # 16
+    "plant",  # 17
+    "curtain",  # 18
+    "chair",  # 19
+    "car",  # 20
+    "water",  # 21
+    "painting, picture",  # 22
+    "sofa",  # 23
+    "shelf",  # 24
+    "house",  # 25
+    "sea",  # 26
+    "mirror",  # 27
+    "rug",  # 28
+    "field",  # 29
+    "armchair",  # 30
+    "seat",  # 31
+    "fence",  # 32
+    "desk",  # 33
+    "rock, stone",  # 34
+    "wardrobe, closet, press",  # 35
+    "lamp",  # 36
+    "tub",  # 37
+    "rail",  # 38
+    "cushion",  # 39
+    "base, pedestal, stand",  # 40
+    "box",  # 41
+    "column, pillar",  # 42
+    "signboard, sign",  # 43
+    "chest of drawers, chest, bureau, dresser",  # 44
+    "counter",  # 45
+    "sand",  # 46
+    "sink",  # 47
+    "skyscraper",  # 48
+    "fireplace",  # 49
+    "refrigerator, icebox",  # 50
+    "grandstand, covered stand",  # 51
+    "path",  # 52
+    "stairs",  # 53
+    "runway",  # 54
+    "case, display case, showcase, vitrine",  # 55
+    "pool table, billiard table, snooker table",  # 56
+    "pillow",  # 57
+    "screen door, screen",  # 58
+    "stairway, staircase",  # 59
+    "river",  # 60
+    "bridge, span",  # 61
+    "bookcase",  # 62
+    "blind, screen",  # 63
+    "coffee table",  # 64
+    "toilet, can, commode, crapper, pot, potty, stool, throne",  # 65
+    "flower",  # 66
+    "book",  # 67
+    "hill",  # 68
+    "bench",  # 69
+    "countertop",  # 70
+    "stove",  # 71
+    "palm, palm tree",  # 72
+    "kitchen island",  # 73
+    "computer",  # 74
+    "swivel chair",  # 75
+    "boat",  # 76
+    "bar",  # 77
+    "arcade machine",  # 78
+    "hovel, hut, hutch, shack, shanty",  # 79
+    "bus",  # 80
+    "towel",  # 81
+    "light",  # 82
+    "truck",  # 83
+    "tower",  # 84
+    "chandelier",  # 85
+    "awning, sunshade, sunblind",  # 86
+    "street lamp",  # 87
+    "booth",  # 88
+    "tv",  # 89
+    "plane",  # 90
+    "dirt track",  # 91
+    "clothes",  # 92
+    "pole",  # 93
+    "land, ground, soil",  # 94
+    "bannister, banister, balustrade, balusters, handrail",  # 95
+    "escalator, moving staircase, moving stairway",  # 96
+    "ottoman, pouf, pouffe, puff, hassock",  # 97
+    "bottle",  # 98
+    "buffet, counter, sideboard",  # 99
+    "poster, posting, placard, notice, bill, card",  # 100
+    "stage",  # 101
+    "van",  # 102
+    "ship",  # 103
+    "fountain",  # 104
+    "conveyer belt, conveyor belt, conveyer, conveyor, transporter",  # 105
+    "canopy",  # 106
+    "washer, automatic washer, washing machine",  # 107
+    "plaything, toy",  # 108
+    "pool",  # 109
+    "stool",  # 110
+    "barrel, cask",  # 111
+    "basket, handbasket",  # 112
+    "falls",  # 113
+    "tent",  # 114
+    "bag",  # 115
+    "minibike, motorbike",  # 116
+    "cradle",  # 117
+    "oven",  # 118
+    "ball",  # 119
+    "food, solid food",  # 120
+    "step, stair",  # 121
+    "tank, storage tank",  # 122
+    "trade name",  # 123
+    "microwave",  # 124
+    "pot",  # 125
+    "animal",  # 126
+    "bicycle",  # 127
+    "lake",  # 128
+    "dishwasher",  # 129
+    "screen",  # 130
+    "blanket, cover",  # 131
+    "sculpture",  # 132
+    "hood, exhaust hood",  # 133
+    "sconce",  # 134
+    "vase",  # 135
+    "traffic light",  # 136
+    "tray",  # 137
+    "trash can",  # 138
+    "fan",  # 139
+    "pier",  # 140
+    "crt screen",  # 141
+    "plate",  # 142
+    "monitor",  # 143
+    "bulletin board",  # 144
+    "shower",  # 145
+    "radiator",  # 146
+    "glass, drinking glass",  # 147
+    "clock",  # 148
+    "flag",  # 149
 )
 
 # ADE20k short names for text prompts, same order.
 ADE20K_PROMPT_CLASSES = (
-    'wall',  # 0
-    'building',  # 1
-    'sky',  # 2
-    'floor',  # 3
-    'tree',  # 4
-    'ceiling',  # 5
-    'road',  # 6
-    'bed',  # 7
-    'windowpane',  # 8
-    'grass',  # 9
-    'cabinet',  # 10
-    'sidewalk',  # 11
-    'person',  # 12
-    'earth',  # 13
-    'door',  # 14
-    'table',  # 15
-    'mountain',  # 16
-    'plant',  # 17
-    'curtain',  # 18
-    'chair',  # 19
-    'car',  # 20
-    'water',  # 21
-    'painting',  # 22
-    'sofa',  # 23
-    'shelf',  # 24
-    'house',  # 25
-    'sea',  # 26
-    'mirror',  # 27
-    'rug',  # 28
-    'field',  # 29
-    'armchair',  # 30
-    'seat',  # 31
-    'fence',  # 32
-    'desk',  # 33
-    'rock',  # 34
-    'wardrobe',  # 35
-    'lamp',  # 36
-    'bathtub',  # 37
-    'railing',  # 38
-    'cushion',  # 39
-    'base',  # 40
-    'box',  # 41
-    'column',  # 42
-    'signboard',  # 43
-    'chest of drawers',  # 44
-    'counter',  # 45
-    'sand',  # 46
-    'sink',  # 47
-    'skyscraper',  # 48
-    'fireplace',  # 49
-    'refrigerator',  # 50
-    'grandstand',  # 51
-    'path',  # 52
-    'stairs',  # 53
-    'runway',  # 54
-    'case',  # 55
-    'pool table',  # 56
-    'pillow',  # 57
-    'screen door',  # 58
-    'stairway',  # 59
-    'river',  # 60
-    'bridge',  # 61
-    'bookcase',  # 62
-    'blind',  # 63
-    'coffee table',  # 64
-    'toilet',  # 65
-    'flower',  # 66
-    'book',  # 67
-    'hill',  # 68
-    'bench',  # 69
-    'countertop',  # 70
-    'stove',  # 71
-    'palm',  # 72
-    'kitchen island',  # 73
-    'computer',  # 74
-    'swivel chair',  # 75
-    'boat',  # 76
-    'bar',  # 77
-    'arcade machine',  # 78
-    'hovel',  # 79
-    'bus',  # 80
-    'towel',  # 81
-    'light',  # 82
-    'truck',  # 83
-    'tower',  # 84
-    'chandelier',  # 85
-    'awning',  # 86
-    'streetlight',  # 87
-    'booth',  # 88
-    'television receiver',  # 89
-    'airplane',  # 90
-    'dirt track',  # 91
-    'apparel',  # 92
-    'pole',  # 93
-    'land',  # 94
-    'bannister',  # 95
-    'escalator',  # 96
-    'ottoman',  # 97
-    'bottle',  # 98
-    'buffet',  # 99
-    'poster',  # 100
-    'stage',  # 101
-    'van',  # 102
-    'ship',  # 103
-    'fountain',  # 104
-    'conveyer belt',  # 105
-    'canopy',  # 106
-    'washer',  # 107
-    'plaything',  # 108
-    'swimming pool',  # 109
-    'stool',  # 110
-    'barrel',  # 111
-    'basket',  # 112
-    'waterfall',  # 113
-    'tent',  # 114
-    'bag',  # 115
-    'minibike',  # 116
-    'cradle',  # 117
-    'oven',  # 118
-    'ball',  # 119
-    'food',  # 120
-    'step',  # 121
-    'tank',  # 122
-    'trade name',  # 123
-    'microwave',  # 124
-    'pot',  # 125
-    'animal',  # 126
-    'bicycle',  # 127
-    'lake',  # 128
-    'dishwasher',  # 129
-    'screen',  # 130
-    'blanket',  # 131
-    'sculpture',  # 132
-    'hood',  # 133
-    'sconce',  # 134
-    'vase',  # 135
-    'traffic light',  # 136
-    'tray',  # 137
-    'ashcan',  # 138
-    'fan',  # 139
-    'pier',  # 140
-    'crt screen',  # 141
-    'plate',  # 142
-    'monitor',  # 143
-    'bulletin board',  # 144
-    'shower',  # 145
-    'radiator',  # 146
-    'glass',  # 147
-    'clock',  # 148
-    'flag',  # 149
+    "wall",  # 0
+    "building",  # 1
+    "sky",  # 2
+    "floor",  # 3
+    "tree",  # 4
+    "ceiling",  # 5
+    "road",  # 6
+    "bed",  # 7
+    "windowpane",  # 8
+    "grass",  # 9
+    "cabinet",  # 10
+    "sidewalk",  # 11
+    "person",  # 12
+    "earth",  # 13
+    "door",  # 14
+    "table",  # 15
+    "mountain",  # 16
+    "plant",  # 17
+    "curtain",  # 18
+    "chair",  # 19
+    "car",  # 20
+    "water",  # 21
+    "painting",  # 22
+    "sofa",  # 23
+    "shelf",  # 24
+    "house",  # 25
+    "sea",  # 26
+    "mirror",  # 27
+    "rug",  # 28
+    "field",  # 29
+    "armchair",  # 30
+    "seat",  # 31
+    "fence",  # 32
+    "desk",  # 33
+    "rock",  # 34
+    "wardrobe",  # 35
+    "lamp",  # 36
+    "bathtub",  # 37
+    "railing",  # 38
+    "cushion",  # 39
+    "base",  # 40
+    "box",  # 41
+    "column",  # 42
+    "signboard",  # 43
+    "chest of drawers",  # 44
+    "counter",  # 45
+    "sand",  # 46
+    "sink",  # 47
+    "skyscraper",  # 48
+    "fireplace",  # 49
+    "refrigerator",  # 50
+    "grandstand",  # 51
+    "path",  # 52
+    "stairs",  # 53
+    "runway",  # 54
+    "case",  # 55
+    "pool table",  # 56
+    "pillow",  # 57
+    "screen door",  # 58
+    "stairway",  # 59
+    "river",  # 60
+    "bridge",  # 61
+    "bookcase",  # 62
+    "blind",  # 63
+    "coffee table",  # 64
+    "toilet",  # 65
+    "flower",  # 66
+    "book",  # 67
+    "hill",  # 68
+    "bench",  # 69
+    "countertop",  # 70
+    "stove",  # 71
+    "palm",  # 72
+    "kitchen island",  # 73
+    "computer",  # 74
+    "swivel chair",  # 75
+    "boat",  # 76
+    "bar",  # 77
+    "arcade machine",  # 78
+    "hovel",  # 79
+    "bus",  # 80
+    "towel",  # 81
+    "light",  # 82
+    "truck",  # 83
+    "tower",  # 84
+    "chandelier",  # 85
+    "awning",  # 86
+    "streetlight",  # 87
+    "booth",  # 88
+    "television receiver",  # 89
+    "airplane",  # 90
+    "dirt track",  # 91
+    "apparel",  # 92
+    "pole",  # 93
+    "land",  # 94
+    "bannister",  # 95
+    "escalator",  # 96
+    "ottoman",  # 97
+    "bottle",  # 98
+    "buffet",  # 99
+    "poster",  # 100
+    "stage",  # 101
+    "van",  # 102
+    "ship",  # 103
+    "fountain",  # 104
+    "conveyer belt",  # 105
+    "canopy",  # 106
+    "washer",  # 107
+    "plaything",  # 108
+    "swimming pool",  # 109
+    "stool",  # 110
+    "barrel",  # 111
+    "basket",  # 112
+    "waterfall",  # 113
+    "tent",  # 114
+    "bag",  # 115
+    "minibike",  # 116
+    "cradle",  # 117
+    "oven",  # 118
+    "ball",  # 119
+    "food",  # 120
+    "step",  # 121
+    "tank",  # 122
+    "trade name",  # 123
+    "microwave",  # 124
+    "pot",  # 125
+    "animal",  # 126
+    "bicycle",  # 127
+    "lake",  # 128
+    "dishwasher",  # 129
+    "screen",  # 130
+    "blanket",  # 131
+    "sculpture",  # 132
+    "hood",  # 133
+    "sconce",  # 134
+    "vase",  # 135
+    "traffic light",  # 136
+    "tray",  # 137
+    "ashcan",  # 138
+    "fan",  # 139
+    "pier",  # 140
+    "crt screen",  # 141
+    "plate",  # 142
+    "monitor",  # 143
+    "bulletin board",  # 144
+    "shower",  # 145
+    "radiator",  # 146
+    "glass",  # 147
+    "clock",  # 148
+    "flag",  # 149
 )
 
 # ADE20k standard palette (RGB), same order.
@@ -484,25 +485,25 @@ ADE20K_COLORS = (
 
 # Cityscapes 19 evaluation classes in trainId order (0..18).
 CITYSCAPES_CLASSES = (
-    'road',  # 0
-    'sidewalk',  # 1
-    'building',  # 2
-    'wall',  # 3
-    'fence',  # 4
-    'pole',  # 5
-    'traffic light',  # 6
-    'traffic sign',  # 7
-    'vegetation',  # 8
-    'terrain',  # 9
-    'sky',  # 10
-    'person',  # 11
-    'rider',  # 12
-    'car',  # 13
-    'truck',  # 14
-    'bus',  # 15
-    'train',  # 16
-    'motorcycle',  # 17
-    'bicycle',  # 18
+    "road",  # 0
+    "sidewalk",  # 1
+    "building",  # 2
+    "wall",  # 3
+    "fence",  # 4
+    "pole",  # 5
+    "traffic light",  # 6
+    "traffic sign",  # 7
+    "vegetation",  # 8
+    "terrain",  # 9
+    "sky",  # 10
+    "person",  # 11
+    "rider",  # 12
+    "car",  # 13
+    "truck",  # 14
+    "bus",  # 15
+    "train",  # 16
+    "motorcycle",  # 17
+    "bicycle",  # 18
 )
 
 # Cityscapes names are short already: the prompt names are the display names.

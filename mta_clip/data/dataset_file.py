@@ -17,6 +17,7 @@ Instead of ``splits`` a file may give ``images`` / ``labels`` at the top level: 
 Images and label maps pair up by their path relative to the folder minus the suffix (see
 ``load_sem_seg_pairs``). The metadata of every dataset registered here also has ``dataset_file``.
 """
+
 import importlib
 import importlib.util
 import logging
@@ -29,13 +30,27 @@ from ..safe_yaml import safe_load_yaml_file
 from .datasets import IGNORE_LABEL, register_sem_seg_dataset
 
 __all__ = [
-    "import_registration", "prepare_datasets", "read_dataset_file", "register_dataset_file", "register_dataset_files",
+    "import_registration",
+    "prepare_datasets",
+    "read_dataset_file",
+    "register_dataset_file",
+    "register_dataset_files",
 ]
 
 logger = logging.getLogger(__name__)
 
-_KEYS = {"name", "classes", "prompt_names", "palette", "ignore_label", "image_suffix", "label_suffix",
-         "splits", "images", "labels"}
+_KEYS = {
+    "name",
+    "classes",
+    "prompt_names",
+    "palette",
+    "ignore_label",
+    "image_suffix",
+    "label_suffix",
+    "splits",
+    "images",
+    "labels",
+}
 _SPLIT_KEYS = {"images", "labels", "image_suffix", "label_suffix"}
 # dataset name -> normalized spec it was registered with from a dataset file (same spec again: no-op)
 _REGISTERED: Dict[str, Dict[str, Any]] = {}

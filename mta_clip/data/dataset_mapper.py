@@ -69,8 +69,7 @@ class PhotometricDistortTransform(Transform):
         """(H, W, 3) uint8 -> (H, W, 3) uint8."""
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(
-                "PhotometricDistortTransform expects an (H, W, 3) uint8 image, got shape "
-                f"{img.shape} dtype {img.dtype}"
+                f"PhotometricDistortTransform expects an (H, W, 3) uint8 image, got shape {img.shape} dtype {img.dtype}"
             )
         if self.truncate_each_step:
             return self._apply_truncating(img)
@@ -255,8 +254,7 @@ class SemanticMaskFormerMapper:
             raise ValueError(f"MODEL.SEM_SEG_HEAD.NUM_CLASSES must be > 0, got {num_classes}")
         if 0 <= ignore_label < num_classes:
             raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={ignore_label} collides with a class index in "
-                f"[0, {num_classes})"
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={ignore_label} collides with a class index in [0, {num_classes})"
             )
         self.is_train = is_train
         self.augmentations = T.AugmentationList(list(augmentations))
@@ -304,13 +302,9 @@ class SemanticMaskFormerMapper:
                 )
             flip = cfg.INPUT.RANDOM_FLIP
             if flip not in ("none", "horizontal", "vertical"):
-                raise ValueError(
-                    f"INPUT.RANDOM_FLIP={flip!r}: expected 'none', 'horizontal' or 'vertical'"
-                )
+                raise ValueError(f"INPUT.RANDOM_FLIP={flip!r}: expected 'none', 'horizontal' or 'vertical'")
             if flip != "none":
-                augs.append(
-                    T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")
-                )
+                augs.append(T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical"))
         return {
             "is_train": is_train,
             "augmentations": augs,
@@ -319,7 +313,8 @@ class SemanticMaskFormerMapper:
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY if is_train else -1,
             # authors: padded after normalization with 0, i.e. the mean colour (here rounded to uint8)
-            "pad_value": tuple(int(round(m)) for m in cfg.MODEL.PIXEL_MEAN) if cfg.INPUT.PAD_WITH_PIXEL_MEAN
+            "pad_value": tuple(int(round(m)) for m in cfg.MODEL.PIXEL_MEAN)
+            if cfg.INPUT.PAD_WITH_PIXEL_MEAN
             else cfg.INPUT.PAD_VALUE,
         }
 
@@ -330,13 +325,10 @@ class SemanticMaskFormerMapper:
             label = label[:, :, 0]
         if label.ndim != 2:
             raise ValueError(
-                f"Label file {label_file}: expected a single-channel label map, got an array of "
-                f"shape {label.shape}"
+                f"Label file {label_file}: expected a single-channel label map, got an array of shape {label.shape}"
             )
         if not np.issubdtype(label.dtype, np.integer):
-            raise ValueError(
-                f"Label file {label_file}: expected integer labels, got dtype {label.dtype}"
-            )
+            raise ValueError(f"Label file {label_file}: expected integer labels, got dtype {label.dtype}")
         check_label_values(label, label_file, self.num_classes, self.ignore_label)
         values = np.unique(label)
         if values.max(initial=0) <= 255 and 0 <= self.ignore_label <= 255:
@@ -373,8 +365,7 @@ class SemanticMaskFormerMapper:
         label = self._read_label(label_file) if label_file is not None else None
         if label is not None and label.shape != image.shape[:2]:
             raise ValueError(
-                f"Label file {label_file} has size {label.shape} (H, W) but image {file_name} "
-                f"has {image.shape[:2]}"
+                f"Label file {label_file} has size {label.shape} (H, W) but image {file_name} has {image.shape[:2]}"
             )
 
         aug_input = T.AugInput(image, sem_seg=label)

@@ -21,6 +21,7 @@ Dataset dicts: ``file_name``, ``sem_seg_file_name``, ``height``, ``width``. Meta
 ``stuff_colors`` (RGB), ``ignore_label``, ``evaluator_type="sem_seg"``, ``image_root``,
 ``sem_seg_root``.
 """
+
 import inspect
 import logging
 import os
@@ -149,12 +150,18 @@ def load_sem_seg_pairs(
     if no_label:
         logger.warning(
             "%s%d image(s) under %s have no label and are left out: %s",
-            what, len(no_label), image_root, _examples(list(no_label)),
+            what,
+            len(no_label),
+            image_root,
+            _examples(list(no_label)),
         )
     if no_image:
         logger.warning(
             "%s%d label(s) under %s have no image and are left out: %s",
-            what, len(no_image), label_root, _examples(list(no_image)),
+            what,
+            len(no_image),
+            label_root,
+            _examples(list(no_image)),
         )
     records = []
     for key in keys:
@@ -191,18 +198,12 @@ def _check_classes(
         prompt_names = list(class_names)
     prompt_names = [str(c) for c in prompt_names]
     if len(prompt_names) != len(class_names):
-        raise ValueError(
-            f"Dataset '{name}': {len(prompt_names)} prompt names for {len(class_names)} classes."
-        )
+        raise ValueError(f"Dataset '{name}': {len(prompt_names)} prompt names for {len(class_names)} classes.")
     if colors is None:
         colors = default_palette(len(class_names))
     colors = [tuple(int(v) for v in c) for c in colors]
-    if len(colors) != len(class_names) or any(
-        len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors
-    ):
-        raise ValueError(
-            f"Dataset '{name}': colors must be {len(class_names)} RGB triples in 0..255, got {colors}."
-        )
+    if len(colors) != len(class_names) or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+        raise ValueError(f"Dataset '{name}': colors must be {len(class_names)} RGB triples in 0..255, got {colors}.")
     if not isinstance(ignore_label, int) or not 0 <= ignore_label <= 65535:
         raise ValueError(f"Dataset '{name}': ignore_label must be an int in 0..65535, got {ignore_label!r}.")
     if ignore_label < len(class_names):
@@ -216,9 +217,10 @@ def _check_classes(
 def _set_metadata(name: str, image_root: str, label_root: str, fields: Dict) -> None:
     """(Re)sets the metadata of ``name``; replaces it when the roots changed."""
     meta = MetadataCatalog.get(name)
-    if getattr(meta, "image_root", None) not in (None, image_root) or getattr(
-        meta, "sem_seg_root", None
-    ) not in (None, label_root):
+    if getattr(meta, "image_root", None) not in (None, image_root) or getattr(meta, "sem_seg_root", None) not in (
+        None,
+        label_root,
+    ):
         MetadataCatalog.remove(name)
         meta = MetadataCatalog.get(name)
     meta.set(image_root=image_root, sem_seg_root=label_root, **fields)
@@ -237,14 +239,10 @@ def _register(
     overwrite: bool,
     evaluator_type: str = "sem_seg",
 ) -> None:
-    class_names, prompt_names, colors = _check_classes(
-        name, class_names, prompt_names, colors, ignore_label
-    )
+    class_names, prompt_names, colors = _check_classes(name, class_names, prompt_names, colors, ignore_label)
     if name in DatasetCatalog.list():
         if not overwrite:
-            raise ValueError(
-                f"Dataset '{name}' is already registered; pass overwrite=True to replace it."
-            )
+            raise ValueError(f"Dataset '{name}' is already registered; pass overwrite=True to replace it.")
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     fields = dict(
@@ -259,7 +257,12 @@ def _register(
         image_root, label_root = roots()  # resolved now, so $DETECTRON2_DATASETS may change
         _set_metadata(name, image_root, label_root, fields)
         return load_sem_seg_pairs(
-            image_root, label_root, image_suffix, label_suffix, dataset_name=name, hint=hint(),
+            image_root,
+            label_root,
+            image_suffix,
+            label_suffix,
+            dataset_name=name,
+            hint=hint(),
             tolerate_unreadable=tolerate_unreadable,
         )
 

@@ -10,6 +10,7 @@ validation alike.
 * ``ExplainReadErrors``: wraps a dataset mapper; an unreadable or truncated image becomes an
   OSError naming the file and ``tools/validate_dataset.py``.
 """
+
 from typing import Callable, Dict, Tuple
 
 import numpy as np

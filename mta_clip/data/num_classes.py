@@ -4,6 +4,7 @@
 value set in a config must equal that count. Evaluating on a dataset with another class count is
 an error too (``check_eval_dataset``): the numbers would be meaningless.
 """
+
 import logging
 from typing import Dict, Optional
 

@@ -74,9 +74,7 @@ def _file_stems(split: str, n: int) -> List[str]:
     return [f"{split}_{i:05d}" for i in range(n)]
 
 
-def is_toy_dataset_complete(
-    root: str, sizes: Optional[Dict[str, int]] = None, image_size: int = IMAGE_SIZE
-) -> bool:
+def is_toy_dataset_complete(root: str, sizes: Optional[Dict[str, int]] = None, image_size: int = IMAGE_SIZE) -> bool:
     """True if ``root`` holds every file of a finished generation with the expected marker."""
     sizes = dict(SPLIT_SIZES if sizes is None else sizes)
     try:
@@ -173,9 +171,7 @@ def _class_textures(rng: np.random.Generator, size: int) -> np.ndarray:
     dash = ((yy.astype(np.int32) // 3) % 6 == 0) & ((xx.astype(np.int32) // 8) % 2 == 0)
     tex[_ROAD][dash] = [225.0, 215.0, 120.0]
     phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(0.35, 0.6)
-    tex[_WATER] += (22.0 * np.sin(freq * yy + 0.15 * xx + phase))[..., None] * np.array(
-        [0.3, 0.6, 1.0], np.float32
-    )
+    tex[_WATER] += (22.0 * np.sin(freq * yy + 0.15 * xx + phase))[..., None] * np.array([0.3, 0.6, 1.0], np.float32)
     tex[_WATER] += rng.normal(0, 3, (h, w, 1))
     tex[_CAR] += rng.normal(0, 4, (h, w, 1))
     glint = (xx + yy + rng.uniform(0, 16)) % 16 < 3
@@ -271,8 +267,7 @@ def generate_toy_dataset(
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info(
-        f"Generated toy dataset {sizes} ({image_size}x{image_size}) in {root} "
-        f"in {time.perf_counter() - start:.2f} s"
+        f"Generated toy dataset {sizes} ({image_size}x{image_size}) in {root} in {time.perf_counter() - start:.2f} s"
     )
     return root
 

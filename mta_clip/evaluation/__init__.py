@@ -1,4 +1,5 @@
 """Evaluation: per-class semantic-segmentation tables, test-time augmentation, best checkpoint."""
+
 from .best_checkpoint import BestCheckpointHook, build_best_checkpoint_hook
 from .periodic_eval import PeriodicEvalHook
 from .sem_seg_evaluation import PerClassSemSegEvaluator, format_per_class_table, per_class_metrics

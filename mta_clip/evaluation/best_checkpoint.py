@@ -16,6 +16,7 @@ not tag ``model_best`` as the last checkpoint (``--resume`` keeps continuing fro
 periodic checkpoint), it stores only the model weights, and the best value survives a resume
 (read back from ``model_best_metrics.json``).
 """
+
 import json
 import logging
 import math
@@ -94,7 +95,10 @@ class BestCheckpointHook(HookBase):
             self.best_iter = int(previous["iteration"])
             logger.info(
                 "Best %s so far: %.4f at iteration %d (%s)",
-                self.metric, self.best_value, self.best_iter, self.metrics_path,
+                self.metric,
+                self.best_value,
+                self.best_iter,
+                self.metrics_path,
             )
 
     def after_step(self):
@@ -109,8 +113,10 @@ class BestCheckpointHook(HookBase):
         if self.last_iter is None:
             return f"Evaluation summary: no {self.metric} was evaluated in this run"
         where = f" ({self.checkpoint_path})" if self.save else ""
-        return (f"Evaluation summary: {self.metric} last = {self.last_value:.4f} at iteration {self.last_iter}, "
-                f"best = {self.best_value:.4f} at iteration {self.best_iter}{where}")
+        return (
+            f"Evaluation summary: {self.metric} last = {self.last_value:.4f} at iteration {self.last_iter}, "
+            f"best = {self.best_value:.4f} at iteration {self.best_iter}{where}"
+        )
 
     def check(self) -> bool:
         """Saves (with ``save``) when the newest evaluation improved the metric; returns whether it did."""
@@ -129,13 +135,15 @@ class BestCheckpointHook(HookBase):
         if not self._better(value):
             logger.info(
                 "%s = %.4f at iteration %d, best stays %.4f (iteration %d)",
-                self.metric, value, iteration, self.best_value, self.best_iter,
+                self.metric,
+                value,
+                iteration,
+                self.best_value,
+                self.best_iter,
             )
             return False
         prefix = self.metric.split("/")[0] + "/" if "/" in self.metric else ""
-        metrics = {
-            k: float(v) for k, (v, it) in latest.items() if it == iteration and k.startswith(prefix)
-        }
+        metrics = {k: float(v) for k, (v, it) in latest.items() if it == iteration and k.startswith(prefix)}
         self.best_value, self.best_iter = value, int(iteration)
         self._save(metrics)
         return True
@@ -161,9 +169,7 @@ class BestCheckpointHook(HookBase):
             "metrics": {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())},
         }
         write_text_atomic(self.metrics_path, json.dumps(payload, indent=1, allow_nan=False))
-        logger.info(
-            "New best %s = %.4f at iteration %d: saved %s", self.metric, self.best_value, self.best_iter, path
-        )
+        logger.info("New best %s = %.4f at iteration %d: saved %s", self.metric, self.best_value, self.best_iter, path)
 
 
 def build_best_checkpoint_hook(cfg, checkpointer) -> Optional[BestCheckpointHook]:

@@ -5,6 +5,7 @@ predicted as ``p``); pixels whose ground truth is ignored are not counted. The h
 row divided by its sum (the share of the class's pixels that went to each prediction), so small
 classes are as visible as large ones. Only numpy, OpenCV and Pillow.
 """
+
 import io
 import logging
 from typing import List, Sequence, Tuple

@@ -5,6 +5,7 @@
 Detectron2's behaviour. The MTA-CLIP authors' ADE20k run (mmengine ``val_begin=100000``,
 ``val_interval=1000``, 160k iterations) evaluates at 100k, 101k, ..., 160k: 61 evaluations.
 """
+
 from detectron2.engine.hooks import EvalHook
 
 __all__ = ["PeriodicEvalHook"]

@@ -14,6 +14,7 @@ Label files are read by ``load_sem_seg_labels``: Detectron2's default loader ask
 array without a copy (``np.array(image, copy=False)``), which numpy 2 refuses ("Unable to avoid
 copy"); this one works on numpy 1.x and 2.x.
 """
+
 import csv
 import io
 import json
@@ -90,9 +91,20 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
     """Detectron2's semantic-segmentation metrics, plus per-class CSV / JSON and a log table,
     confusion matrix and prediction panels."""
 
-    def __init__(self, dataset_name: str, distributed: bool = True, output_dir: Optional[str] = None, *,
-                 sem_seg_loading_fn=load_sem_seg_labels, num_panels: int = 0, tensorboard_panels: int = 0,
-                 confusion_matrix: bool = True, most_confused: int = 10, tensorboard_max_width: int = 1600, **kwargs):
+    def __init__(
+        self,
+        dataset_name: str,
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        sem_seg_loading_fn=load_sem_seg_labels,
+        num_panels: int = 0,
+        tensorboard_panels: int = 0,
+        confusion_matrix: bool = True,
+        most_confused: int = 10,
+        tensorboard_max_width: int = 1600,
+        **kwargs,
+    ):
         """
         Args:
             num_panels: panels written to ``output_dir/panels/`` per evaluation.
@@ -103,8 +115,13 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
             sem_seg_loading_fn: label file reader (default: numpy 1.x and 2.x safe).
             Other arguments: Detectron2's ``SemSegEvaluator``.
         """
-        super().__init__(dataset_name, distributed=distributed, output_dir=output_dir,
-                         sem_seg_loading_fn=sem_seg_loading_fn, **kwargs)
+        super().__init__(
+            dataset_name,
+            distributed=distributed,
+            output_dir=output_dir,
+            sem_seg_loading_fn=sem_seg_loading_fn,
+            **kwargs,
+        )
         if num_panels < 0 or tensorboard_panels < 0:
             raise ValueError(f"num_panels / tensorboard_panels must be >= 0, got {num_panels} / {tensorboard_panels}")
         self._num_panels = int(num_panels)
@@ -115,8 +132,11 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
         meta = MetadataCatalog.get(dataset_name)
         self._display_names = vis.short_names(self._class_names)
         colors = getattr(meta, "stuff_colors", None)
-        self._colors = ([tuple(int(v) for v in c) for c in colors] if colors and len(colors) == len(self._class_names)
-                        else vis.readable_palette(len(self._class_names)))
+        self._colors = (
+            [tuple(int(v) for v in c) for c in colors]
+            if colors and len(colors) == len(self._class_names)
+            else vis.readable_palette(len(self._class_names))
+        )
         self._panels_done = 0
 
     def reset(self):
@@ -141,16 +161,18 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
         gt = self.sem_seg_loading_fn(self.input_file_to_gt_file[inp["file_name"]], dtype=int)
         if image.shape[:2] != pred.shape:
             image = cv2.resize(image, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_LINEAR)
-        picture = vis.render_panels(image, pred, gt if gt.shape == pred.shape else None,
-                                    self._display_names, self._colors)
+        picture = vis.render_panels(
+            image, pred, gt if gt.shape == pred.shape else None, self._display_names, self._colors
+        )
         stem = os.path.splitext(os.path.basename(inp["file_name"]))[0]
         if self._output_dir and index < self._num_panels:
             vis.save_png(os.path.join(self._output_dir, "panels", f"{index:03d}_{stem}.png"), picture)
         if index < self._tb_panels and d2_events._CURRENT_STORAGE_STACK:
             if picture.shape[1] > self._tb_max_width:
                 scale = self._tb_max_width / picture.shape[1]
-                picture = cv2.resize(picture, (self._tb_max_width, max(1, round(picture.shape[0] * scale))),
-                                     interpolation=cv2.INTER_AREA)
+                picture = cv2.resize(
+                    picture, (self._tb_max_width, max(1, round(picture.shape[0] * scale))), interpolation=cv2.INTER_AREA
+                )
             d2_events.get_event_storage().put_image(
                 f"{self._dataset_name}/panel_{index}", np.ascontiguousarray(picture.transpose(2, 0, 1))
             )
@@ -165,9 +187,7 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
             self._write_tables(rows, summary)
         if self._confusion:
             self._confusion_matrix()
-        logger.info(
-            "Per-class results on %s:\n%s", self._dataset_name, format_per_class_table(rows)
-        )
+        logger.info("Per-class results on %s:\n%s", self._dataset_name, format_per_class_table(rows))
         logger.info(
             "%s: %s",
             self._dataset_name,
@@ -189,8 +209,9 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
             return
         stem = os.path.join(self._output_dir, f"confusion_{self._dataset_name}")
         write_text_atomic(stem + ".csv", cm.confusion_csv(matrix, names))
-        heatmap = cm.confusion_heatmap(matrix, vis.short_names(names), title=f"{self._dataset_name}: confusion "
-                                       "matrix, rows normalized")
+        heatmap = cm.confusion_heatmap(
+            matrix, vis.short_names(names), title=f"{self._dataset_name}: confusion matrix, rows normalized"
+        )
         vis.save_png(stem + ".png", heatmap)
         logger.info("Confusion matrix written to %s.{csv,png}", stem)
 
@@ -214,9 +235,7 @@ class PerClassSemSegEvaluator(SemSegEvaluator):
         payload = {
             "dataset": self._dataset_name,
             "summary": {k: _json_number(v) for k, v in summary.items()},
-            "classes": [
-                dict(r, IoU=_json_number(r["IoU"]), Acc=_json_number(r["Acc"])) for r in rows
-            ],
+            "classes": [dict(r, IoU=_json_number(r["IoU"]), Acc=_json_number(r["Acc"])) for r in rows],
         }
         write_text_atomic(stem + ".json", json.dumps(payload, indent=1, allow_nan=False))
         logger.info("Per-class metrics written to %s.{csv,json}", stem)
@@ -240,6 +259,9 @@ def format_per_class_table(rows: List[Dict], columns: int = 3) -> str:
         table.append(line)
     headers = ["class", "IoU", "Acc"] * columns
     return tabulate(
-        table, headers=headers, tablefmt="pipe", disable_numparse=True,
+        table,
+        headers=headers,
+        tablefmt="pipe",
+        disable_numparse=True,
         colalign=("left", "right", "right") * columns,
     )

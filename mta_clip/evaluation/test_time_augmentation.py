@@ -21,6 +21,7 @@ Per input image (``image`` (3, h, w); ``height``, ``width`` the original size):
 does; ``"sum"`` divides by the per-pixel sum of scores; ``"none"`` averages raw scores. All three
 keep the argmax of a single view, so a single view gives the single-scale labels.
 """
+
 import logging
 from typing import Dict, List, Sequence, Tuple
 
@@ -32,8 +33,13 @@ from torch import nn
 from ..config import choice
 
 __all__ = [
-    "SemSegTTA", "build_test_model", "normalize_scores", "sliding_windows", "mmcv_rescaled_size",
-    "test_mapper_augmentations", "SCALE_REFERENCES",
+    "SemSegTTA",
+    "build_test_model",
+    "normalize_scores",
+    "sliding_windows",
+    "mmcv_rescaled_size",
+    "test_mapper_augmentations",
+    "SCALE_REFERENCES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,15 +200,13 @@ class SemSegTTA(nn.Module):
             else:
                 size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
             view = _resize_image(image, size)
-            for flipped in ((False, True) if self.flip else (False,)):
+            for flipped in (False, True) if self.flip else (False,):
                 x = view.flip(-1) if flipped else view
                 scores = self._run(x)
                 if flipped:
                     scores = scores.flip(-1)
                 if tuple(scores.shape[-2:]) != out_size:
-                    scores = F.interpolate(
-                        scores[None], size=out_size, mode="bilinear", align_corners=False
-                    )[0]
+                    scores = F.interpolate(scores[None], size=out_size, mode="bilinear", align_corners=False)[0]
                 probs = normalize_scores(scores.float(), self.normalize)
                 total = probs if total is None else total + probs
                 n_views += 1
@@ -218,8 +222,7 @@ class SemSegTTA(nn.Module):
         for i in range(0, len(windows), self.slide_batch_size):
             chunk = windows[i : i + self.slide_batch_size]
             inputs = [
-                {"image": image[:, y0:y1, x0:x1], "height": y1 - y0, "width": x1 - x0}
-                for y0, y1, x0, x1 in chunk
+                {"image": image[:, y0:y1, x0:x1], "height": y1 - y0, "width": x1 - x0} for y0, y1, x0, x1 in chunk
             ]
             outputs = self.model(inputs)
             for (y0, y1, x0, x1), out in zip(chunk, outputs):
@@ -238,8 +241,13 @@ def build_test_model(cfg, model: nn.Module) -> nn.Module:
         wrapped = SemSegTTA(cfg, model)
         logger.info(
             "Test-time augmentation: scales %s of the %s, flip %s, slide %s (crop %s, stride %s), normalize %s",
-            wrapped.scales, wrapped.scale_reference, wrapped.flip, wrapped.slide, wrapped.crop_size,
-            wrapped.stride, wrapped.normalize,
+            wrapped.scales,
+            wrapped.scale_reference,
+            wrapped.flip,
+            wrapped.slide,
+            wrapped.crop_size,
+            wrapped.stride,
+            wrapped.normalize,
         )
         return wrapped
     return model

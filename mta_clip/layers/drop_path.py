@@ -6,6 +6,7 @@ what DenseCLIP's CLIP ViT (used by the MTA-CLIP authors) does: its blocks run on
 (N, B, C) tokens and timm's ``drop_path`` draws along the first dimension. Kept branches are
 scaled by ``1 / (1 - p)``; nothing happens in eval mode or with ``p = 0``.
 """
+
 import torch
 from torch import nn
 

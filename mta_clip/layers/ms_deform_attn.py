@@ -105,9 +105,7 @@ def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) 
                 f"got {_describe(spatial_shapes)}"
             )
         if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] < 1:
-            raise ValueError(
-                f"spatial_shapes must have shape (L, 2) with L >= 1, got {tuple(spatial_shapes.shape)}"
-            )
+            raise ValueError(f"spatial_shapes must have shape (L, 2) with L >= 1, got {tuple(spatial_shapes.shape)}")
         n_levels = spatial_shapes.shape[0]
         _check_start_tensor(level_start_index, n_levels)
         if isinstance(level_start_index, torch.Tensor) and level_start_index.device == spatial_shapes.device:
@@ -126,9 +124,7 @@ def _level_sizes(spatial_shapes: SpatialShapes, level_start_index: LevelStarts) 
                 f"got {_describe(spatial_shapes)}"
             ) from None
         if not levels or any(len(pair) != 2 or not all(_is_int(v) for v in pair) for pair in levels):
-            raise ValueError(
-                f"spatial_shapes must be a non-empty list of (H, W) integer pairs, got {spatial_shapes!r}"
-            )
+            raise ValueError(f"spatial_shapes must be a non-empty list of (H, W) integer pairs, got {spatial_shapes!r}")
         if level_start_index is not None and not isinstance(level_start_index, torch.Tensor):
             level_start_index = [_host_int(v) for v in level_start_index]
         _check_start_tensor(level_start_index, len(levels))
@@ -152,13 +148,10 @@ def _check_start_tensor(level_start_index, n_levels: int) -> None:
     if isinstance(level_start_index, torch.Tensor):
         if level_start_index.dtype != torch.int64:
             raise TypeError(
-                f"level_start_index must be an int64 tensor of shape ({n_levels},), got "
-                f"{_describe(level_start_index)}"
+                f"level_start_index must be an int64 tensor of shape ({n_levels},), got {_describe(level_start_index)}"
             )
         if tuple(level_start_index.shape) != (n_levels,):
-            raise ValueError(
-                f"level_start_index must have shape ({n_levels},), got {tuple(level_start_index.shape)}"
-            )
+            raise ValueError(f"level_start_index must have shape ({n_levels},), got {tuple(level_start_index.shape)}")
     elif len(level_start_index) != n_levels or not all(_is_int(v) for v in level_start_index):
         raise ValueError(f"level_start_index must hold {n_levels} integers, got {level_start_index!r}")
 

@@ -4,6 +4,7 @@
 -> ``SetCriterion`` in training, semantic inference (softmax over classes without no-object times
 sigmoid masks) in evaluation. Module names match published Mask2Former checkpoints.
 """
+
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -79,8 +80,13 @@ class SemanticMask2Former(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
-    def from_config(cls, cfg, backbone: Optional[Backbone] = None, sem_seg_head: Optional[nn.Module] = None,
-                    criterion_class: type = SetCriterion):
+    def from_config(
+        cls,
+        cfg,
+        backbone: Optional[Backbone] = None,
+        sem_seg_head: Optional[nn.Module] = None,
+        criterion_class: type = SetCriterion,
+    ):
         """Subclasses may pass a pre-built backbone / head and the criterion class; the criterion
         supervises as many predictions as the head's transformer decoder makes."""
         backbone = backbone if backbone is not None else build_backbone(cfg)

@@ -15,6 +15,7 @@ text for unmatched queries when enabled), with similarity logits ``S[k, r] = sim
 Both are evaluated with log-sum-exp in fp32. The strategies and the normalizations are functions,
 chosen by name through ``NEGATIVES`` / ``NORMALIZATIONS`` where the config is read.
 """
+
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -56,8 +57,9 @@ def separateneg_terms(sim: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.cat([positive[:, None], negatives], dim=1), dim=1) - positive
 
 
-def weighted_mean(weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch.Tensor, batch: int,
-                  num_queries: int) -> torch.Tensor:
+def weighted_mean(
+    weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch.Tensor, batch: int, num_queries: int
+) -> torch.Tensor:
     """Authors' implementation: ``sum_i w_i l_i / sum_i w_i`` over all participating queries of the
     batch (``zero`` when that weight sum is 0)."""
     weight_total = weights.sum()
@@ -66,8 +68,9 @@ def weighted_mean(weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch
     return weighted_sum / weight_total
 
 
-def mean_over_queries(weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch.Tensor, batch: int,
-                      num_queries: int) -> torch.Tensor:
+def mean_over_queries(
+    weighted_sum: torch.Tensor, weights: torch.Tensor, zero: torch.Tensor, batch: int, num_queries: int
+) -> torch.Tensor:
     """Paper, Eqs. 7-9: ``1/(B N) sum_{b, i} w_i l_i``: each image's sum divided by its number of
     queries N (whether or not they take part), averaged over the B images."""
     return weighted_sum / (batch * num_queries)

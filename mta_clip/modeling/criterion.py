@@ -22,6 +22,7 @@ The criterion returns unweighted losses (``<key>`` and ``<key>_<i>`` for ``aux_o
 Subclasses add a loss by defining a method ``loss_<x>(outputs, targets, indices, num_masks) -> dict``
 and extending the class attribute ``LOSS_METHODS`` (loss name -> method name).
 """
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -125,7 +126,8 @@ class SetCriterion(nn.Module):
         self.importance_sample_ratio = importance_sample_ratio
         self.num_aux_outputs = num_aux_outputs
         self.mask_loss_normalizer = choice(
-            MASK_LOSS_NORMALIZERS, mask_loss_normalizer, "MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER")
+            MASK_LOSS_NORMALIZERS, mask_loss_normalizer, "MODEL.MASK_FORMER.MASK_LOSS_NORMALIZER"
+        )
         full_weights = dict(weight_dict)
         for i in range(num_aux_outputs):
             full_weights.update({f"{key}_{i}": value for key, value in weight_dict.items()})
@@ -176,8 +178,7 @@ class SetCriterion(nn.Module):
             matched.append(m)
         return torch.cat(matched)
 
-    def get_num_masks(self, targets: List[Dict[str, torch.Tensor]], device: torch.device,
-                      num_queries: int) -> float:
+    def get_num_masks(self, targets: List[Dict[str, torch.Tensor]], device: torch.device, num_queries: int) -> float:
         """Normalizer of the mask losses, averaged over processes, at least 1: the number of target
         masks (``"num_masks"``), or the class-weight sum of the B·N query targets
         (``"class_weight_sum"``: ``min(M_b, N)`` matched queries weigh 1, the others ``eos_coef``)."""
@@ -204,7 +205,8 @@ class SetCriterion(nn.Module):
         batch_idx, pred_idx = self._pred_permutation_idx(indices)
         matched_classes = [t["labels"][tgt.to(t["labels"].device)] for t, (_, tgt) in zip(targets, indices)]
         target_classes[batch_idx.to(logits.device), pred_idx.to(logits.device)] = torch.cat(matched_classes).to(
-            logits.device)
+            logits.device
+        )
         loss_ce = F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
         return {"loss_ce": loss_ce}
 
@@ -234,8 +236,9 @@ class SetCriterion(nn.Module):
             )
         return getattr(self, self.LOSS_METHODS[name])(outputs, targets, indices, num_masks)
 
-    def losses_of_prediction(self, outputs, targets, num_masks: float,
-                             indices: Optional[Indices] = None) -> Dict[str, torch.Tensor]:
+    def losses_of_prediction(
+        self, outputs, targets, num_masks: float, indices: Optional[Indices] = None
+    ) -> Dict[str, torch.Tensor]:
         """Matches one prediction (unless ``indices`` are given) and computes all ``losses`` on it."""
         if indices is None:
             indices = self.matcher(outputs, targets)
@@ -271,7 +274,9 @@ class SetCriterion(nn.Module):
         return losses
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
-                f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
-                f"importance_sample_ratio={self.importance_sample_ratio}, num_aux_outputs={self.num_aux_outputs}, "
-                f"mask_loss_normalizer={self.mask_loss_normalizer}")
+        return (
+            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
+            f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
+            f"importance_sample_ratio={self.importance_sample_ratio}, num_aux_outputs={self.num_aux_outputs}, "
+            f"mask_loss_normalizer={self.mask_loss_normalizer}"
+        )

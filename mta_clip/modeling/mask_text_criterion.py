@@ -4,6 +4,7 @@
 that prediction. Matched queries take their target class with weight 1; unmatched queries take the
 "none" text (index C of C' = C + 1) with weight ``none_weight`` when it is enabled, else no part.
 """
+
 from typing import Dict, List
 
 import torch
@@ -64,8 +65,14 @@ class MaskTextCriterion(SetCriterion):
         )
         return ret
 
-    def query_classes_and_weights(self, indices: Indices, targets: List[Dict[str, torch.Tensor]],
-                                  batch: int, num_queries: int, device: torch.device):
+    def query_classes_and_weights(
+        self,
+        indices: Indices,
+        targets: List[Dict[str, torch.Tensor]],
+        batch: int,
+        num_queries: int,
+        device: torch.device,
+    ):
         """(B, N) positive class and weight of every query: the matched target's class and 1; for
         unmatched queries the "none" class C and ``none_weight``, or -1 and 0 without "none" text."""
         fill_class = self.num_classes if self.none_class else -1
@@ -95,5 +102,7 @@ class MaskTextCriterion(SetCriterion):
         return {"loss_sim": loss}
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, sim_negatives={self.sim_negatives}, none_class={self.none_class}, "
-                f"none_weight={self.none_weight}, sim_normalization={self.sim_normalization}")
+        return (
+            f"{super().extra_repr()}, sim_negatives={self.sim_negatives}, none_class={self.none_class}, "
+            f"none_weight={self.none_weight}, sim_normalization={self.sim_normalization}"
+        )

@@ -10,6 +10,7 @@ Inference reads only the mask queries' last prediction, so it skips the text que
 last layer's self-attention and FFN, Eqs. 5-6, and, with separate self-attention (where the mask
 queries never see them), the text queries altogether.
 """
+
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -83,8 +84,9 @@ class MaskTextDecoder(MaskedDecoder):
         self.text_reduction = choice(("linear_ln", "mlp"), text_reduction, "MODEL.MTA_CLIP.TEXT_REDUCTION")
         self.return_projection = choice(("gamma", "mlp"), return_projection, "MODEL.MTA_CLIP.RETURN_PROJECTION")
         self.similarity = choice(("cosine", "dot"), similarity, "MODEL.MTA_CLIP.SIMILARITY")
-        self.text_attention_mask = choice(("predicted", "none"), text_attention_mask,
-                                          "MODEL.MTA_CLIP.TEXT_ATTENTION_MASK")
+        self.text_attention_mask = choice(
+            ("predicted", "none"), text_attention_mask, "MODEL.MTA_CLIP.TEXT_ATTENTION_MASK"
+        )
         text_query_pos = choice(("learned", "zero"), text_query_pos, "MODEL.MTA_CLIP.TEXT_QUERY_POS")
         self.with_similarity = with_similarity and num_text_queries > 0
         self.recompute_similarity = recompute_similarity
@@ -152,8 +154,9 @@ class MaskTextDecoder(MaskedDecoder):
             # the text queries' masks are built at the memory resolutions: resize mask_features once
             with torch.no_grad():
                 inputs["resized_mask_features"] = {
-                    _size_key(m.shape[-2:]): F.interpolate(mask_features, size=m.shape[-2:], mode="bilinear",
-                                                       align_corners=False)
+                    _size_key(m.shape[-2:]): F.interpolate(
+                        mask_features, size=m.shape[-2:], mode="bilinear", align_corners=False
+                    )
                     for m in x
                 }
         return super().forward(x, mask_features, text_embeddings=text_embeddings, use_text=use_text, **inputs)
@@ -164,8 +167,9 @@ class MaskTextDecoder(MaskedDecoder):
         return self.num_text_queries > 0 and (self.training or self.joint_self_attention)
 
     # ----------------------------------------------------------------- hooks
-    def _initial_queries(self, batch: int, text_embeddings: Optional[torch.Tensor] = None, use_text: bool = True,
-                         **inputs):
+    def _initial_queries(
+        self, batch: int, text_embeddings: Optional[torch.Tensor] = None, use_text: bool = True, **inputs
+    ):
         feat, pos = super()._initial_queries(batch)
         if self.num_text_queries == 0:
             return feat, pos
@@ -194,8 +198,16 @@ class MaskTextDecoder(MaskedDecoder):
         t_count = num_queries - self.num_queries
         return 0 if t_count == 0 or (self.training and self.with_similarity) else t_count
 
-    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
-                 text_embeddings: Optional[torch.Tensor] = None, resized_mask_features=None, **inputs) -> Dict:
+    def _predict(
+        self,
+        output: torch.Tensor,
+        mask_features: torch.Tensor,
+        attn_size,
+        supervised: bool = True,
+        text_embeddings: Optional[torch.Tensor] = None,
+        resized_mask_features=None,
+        **inputs,
+    ) -> Dict:
         """Baseline heads on the mask queries; ``pred_sim`` only where a training loss reads it."""
         t_count = output.shape[0] - self.num_queries
         if t_count == 0:

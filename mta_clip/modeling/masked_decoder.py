@@ -9,6 +9,7 @@ Subclasses change the query set and the heads through ``_initial_queries``,
 ``_self_attention_mask``, ``_first_row_read_after_last_layer`` and ``_predict`` without copying
 the layer loop.
 """
+
 from typing import Dict, List, Optional, Tuple
 
 import fvcore.nn.weight_init as weight_init
@@ -31,8 +32,14 @@ def build_transformer_decoder(cfg, in_channels: int, **kwargs) -> nn.Module:
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, **kwargs)
 
 
-def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        blocked: Optional[torch.Tensor] = None, training: bool = False) -> torch.Tensor:
+def multihead_attention(
+    mha: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    blocked: Optional[torch.Tensor] = None,
+    training: bool = False,
+) -> torch.Tensor:
     """``mha``'s attention (its weights, same result) through ``scaled_dot_product_attention``.
 
     query: (Q, B, C); key, value: (S, B, C); blocked: bool, True = may not attend, (Q, S) or
@@ -53,7 +60,10 @@ def multihead_attention(mha: nn.MultiheadAttention, query: torch.Tensor, key: to
     if blocked is not None:
         allowed = ~(blocked if blocked.dim() == 2 else blocked.unsqueeze(1))
     out = F.scaled_dot_product_attention(
-        split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v), attn_mask=allowed,
+        split(query, w_q, b_q),
+        split(key, w_k, b_k),
+        split(value, w_v, b_v),
+        attn_mask=allowed,
         dropout_p=mha.dropout if training else 0.0,
     )
     return mha.out_proj(out.permute(2, 0, 1, 3).reshape(q_len, batch, channels))
@@ -70,8 +80,9 @@ class SelfAttentionLayer(nn.Module):
         self.normalize_before = normalize_before
         _xavier_init(self)
 
-    def forward(self, tgt, tgt_mask: Optional[torch.Tensor] = None, query_pos: Optional[torch.Tensor] = None,
-                first_row: int = 0):
+    def forward(
+        self, tgt, tgt_mask: Optional[torch.Tensor] = None, query_pos: Optional[torch.Tensor] = None, first_row: int = 0
+    ):
         """tgt, query_pos: (Q, B, C); tgt_mask: (Q, Q) bool, True = may not attend.
 
         Returns rows ``first_row:`` of the output, (Q - first_row, B, C); all Q queries are keys.
@@ -195,8 +206,11 @@ class MaskedDecoder(nn.Module):
             FFNLayer(hidden_dim, dim_feedforward, dropout, pre_norm) for _ in range(dec_layers)
         )
         if layer_init == "xavier_normal":
-            for layers in (self.transformer_self_attention_layers, self.transformer_cross_attention_layers,
-                           self.transformer_ffn_layers):
+            for layers in (
+                self.transformer_self_attention_layers,
+                self.transformer_cross_attention_layers,
+                self.transformer_ffn_layers,
+            ):
                 _xavier_init(layers, normal=True)
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
@@ -262,8 +276,9 @@ class MaskedDecoder(nn.Module):
         self-attention rows and FFN (they keep their values from before it)."""
         return 0
 
-    def _predict(self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True,
-                 **inputs) -> Dict:
+    def _predict(
+        self, output: torch.Tensor, mask_features: torch.Tensor, attn_size, supervised: bool = True, **inputs
+    ) -> Dict:
         """Heads on the normalized queries.
 
         output: (Q, B, hidden); mask_features: (B, mask_dim, H, W).
@@ -305,8 +320,15 @@ class MaskedDecoder(nn.Module):
         output, query_pos = self._initial_queries(mask_features.shape[0], **inputs)
         self_mask = self._self_attention_mask(output.shape[0], output.device)
         last = self.num_layers - 1
-        preds = [self._predict(output, mask_features, sizes[0] if self.num_layers else None,
-                               supervised=self.supervise_initial_prediction, **inputs)]
+        preds = [
+            self._predict(
+                output,
+                mask_features,
+                sizes[0] if self.num_layers else None,
+                supervised=self.supervise_initial_prediction,
+                **inputs,
+            )
+        ]
         for i in range(self.num_layers):
             level = i % self.num_feature_levels
             attn_mask = preds[-1]["attn_mask"].clone()

@@ -10,6 +10,7 @@ cross-entropy averaged over points) and Dice (``1 - (2 sum s t + 1) / (sum s + s
 and targets of the image. The assignment minimizes the total cost (``scipy``'s
 ``linear_sum_assignment``).
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -63,8 +64,7 @@ class HungarianMatcher(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, cost_class: float = 1.0, cost_mask: float = 1.0, cost_dice: float = 1.0,
-                 num_points: int = 0):
+    def __init__(self, *, cost_class: float = 1.0, cost_mask: float = 1.0, cost_dice: float = 1.0, num_points: int = 0):
         """
         Args:
             cost_class: weight of ``-p(target class)``.
@@ -94,8 +94,14 @@ class HungarianMatcher(nn.Module):
             "num_points": mf.TRAIN_NUM_POINTS,
         }
 
-    def cost_matrix(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, labels: torch.Tensor,
-                    target_masks: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
+    def cost_matrix(
+        self,
+        pred_logits: torch.Tensor,
+        pred_masks: torch.Tensor,
+        labels: torch.Tensor,
+        target_masks: torch.Tensor,
+        point_coords: torch.Tensor,
+    ) -> torch.Tensor:
         """Matching cost of one image at given points.
 
         Args:
@@ -113,17 +119,20 @@ class HungarianMatcher(nn.Module):
             probs = pred_logits.float().softmax(-1)
             cost_class = -probs[:, labels]  # (N, M)
             coords = point_coords.float()[None]
-            pred_points = point_sample(pred_masks.float()[:, None], coords.expand(pred_masks.shape[0], -1, -1),
-                                       align_corners=False)[:, 0]  # (N, P)
-            tgt_points = point_sample(target_masks.float()[:, None], coords.expand(target_masks.shape[0], -1, -1),
-                                      align_corners=False)[:, 0]  # (M, P)
+            pred_points = point_sample(
+                pred_masks.float()[:, None], coords.expand(pred_masks.shape[0], -1, -1), align_corners=False
+            )[:, 0]  # (N, P)
+            tgt_points = point_sample(
+                target_masks.float()[:, None], coords.expand(target_masks.shape[0], -1, -1), align_corners=False
+            )[:, 0]  # (M, P)
             cost_mask = pairwise_sigmoid_bce(pred_points, tgt_points)
             cost_dice = pairwise_dice(pred_points, tgt_points)
             return self.cost_mask * cost_mask + self.cost_class * cost_class + self.cost_dice * cost_dice
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
-                ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         Args:
             outputs: ``pred_logits`` (B, N, C+1) and ``pred_masks`` (B, N, h, w) logits.
@@ -151,12 +160,16 @@ class HungarianMatcher(nn.Module):
                 continue
             cost = self.cost_matrix(pred_logits[b], pred_masks[b], labels, target["masks"], point_coords).cpu()
             if not torch.isfinite(cost).all():
-                raise FloatingPointError(f"HungarianMatcher: non-finite matching cost in image {b} of the batch "
-                                         "(NaN/inf in pred_logits or pred_masks)")
+                raise FloatingPointError(
+                    f"HungarianMatcher: non-finite matching cost in image {b} of the batch "
+                    "(NaN/inf in pred_logits or pred_masks)"
+                )
             rows, cols = linear_sum_assignment(cost.numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
 
     def extra_repr(self) -> str:
-        return (f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}, "
-                f"num_points={self.num_points}")
+        return (
+            f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}, "
+            f"num_points={self.num_points}"
+        )

@@ -6,6 +6,7 @@ encoder); ``MaskTextCriterion`` adds ``L_sim``. Inference uses only the mask que
 layer, so the output format is the baseline's. In eval mode the text features are cached by the
 encoder.
 """
+
 import logging
 from typing import List, Optional, Sequence
 
@@ -41,20 +42,27 @@ class MTACLIP(SemanticMask2Former):
         names: List[str] = list(class_names) if class_names is not None else class_names_from_metadata(cfg)
         num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         if len(names) != num_classes:
-            raise ValueError(
-                f"{len(names)} prompt class names but MODEL.SEM_SEG_HEAD.NUM_CLASSES = {num_classes}"
-            )
+            raise ValueError(f"{len(names)} prompt class names but MODEL.SEM_SEG_HEAD.NUM_CLASSES = {num_classes}")
         text_names = names + [mc.NONE_CLASS_NAME] if mc.NONE_CLASS else names
         with clip_weights_read_once():  # the text encoder and a CLIP backbone share one read of the file
             text_encoder = PromptTextEncoder(cfg, text_names)
             backbone = build_backbone(cfg)
         text_shape = (text_encoder.num_prompts, text_encoder.num_classes, text_encoder.embed_dim)
-        head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(cfg, backbone.output_shape(),
-                                                                        text_shape=text_shape)
-        logger.info("MTA-CLIP: %d prompts x %d class texts -> %d text queries",
-                    text_shape[0], text_shape[1], text_shape[0] * text_shape[1])
-        ret = super().from_config(cfg, backbone=backbone, sem_seg_head=head,
-                                  criterion_class=MaskTextCriterion if mc.USE_SIM_LOSS else SetCriterion)
+        head = SEM_SEG_HEADS_REGISTRY.get(cfg.MODEL.SEM_SEG_HEAD.NAME)(
+            cfg, backbone.output_shape(), text_shape=text_shape
+        )
+        logger.info(
+            "MTA-CLIP: %d prompts x %d class texts -> %d text queries",
+            text_shape[0],
+            text_shape[1],
+            text_shape[0] * text_shape[1],
+        )
+        ret = super().from_config(
+            cfg,
+            backbone=backbone,
+            sem_seg_head=head,
+            criterion_class=MaskTextCriterion if mc.USE_SIM_LOSS else SetCriterion,
+        )
         ret["text_encoder"] = text_encoder
         return ret
 

@@ -4,6 +4,7 @@ Backbone features at strides 8/16/32 go through a deformable-attention encoder; 
 feature joins through a lateral FPN path and gives ``mask_features``. Parameter names match
 published Mask2Former checkpoints (``sem_seg_head.pixel_decoder.*``).
 """
+
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -57,9 +58,15 @@ class MSDeformAttn(nn.Module):
         nn.init.xavier_uniform_(self.output_proj.weight)
         nn.init.constant_(self.output_proj.bias, 0.0)
 
-    def forward(self, query: torch.Tensor, reference_points: torch.Tensor, value_in: torch.Tensor,
-                spatial_shapes: Sequence[Tuple[int, int]], level_start_index: Optional[Sequence[int]] = None,
-                offset_normalizer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        value_in: torch.Tensor,
+        spatial_shapes: Sequence[Tuple[int, int]],
+        level_start_index: Optional[Sequence[int]] = None,
+        offset_normalizer: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """query: (B, Q, C); reference_points: (B, Q, L, 2) in [0, 1]; value_in: (B, S, C);
         spatial_shapes: [(H_l, W_l)] integers; offset_normalizer: (L, 2) = (W_l, H_l) (built from
         ``spatial_shapes`` if None). Returns (B, Q, C)."""
@@ -72,8 +79,7 @@ class MSDeformAttn(nn.Module):
         if offset_normalizer is None:
             offset_normalizer = level_size_tensor(spatial_shapes, offsets.dtype, offsets.device)
         # offsets are in pixels of each level: normalize by (W_l, H_l)
-        locations = (reference_points[:, :, None, :, None, :]
-                     + offsets / offset_normalizer[None, None, None, :, None, :])
+        locations = reference_points[:, :, None, :, None, :] + offsets / offset_normalizer[None, None, None, :, None, :]
         out = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights)
         return self.output_proj(out)
 
@@ -101,8 +107,7 @@ class DeformableEncoderLayer(nn.Module):
 
     def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, offset_normalizer=None):
         """src/pos: (B, S, C); spatial_shapes: [(H_l, W_l)] integers. Returns (B, S, C)."""
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index,
-                              offset_normalizer)
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, offset_normalizer)
         src = self.norm1(src + self.dropout1(attn))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
@@ -142,12 +147,25 @@ class DeformableEncoder(nn.Module):
 class DeformableTransformerEncoderOnly(nn.Module):
     """Holds the level embedding and the encoder (names follow Mask2Former checkpoints)."""
 
-    def __init__(self, d_model: int, nhead: int, num_encoder_layers: int, dim_feedforward: int,
-                 dropout: float, num_feature_levels: int, enc_n_points: int):
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        num_encoder_layers: int,
+        dim_feedforward: int,
+        dropout: float,
+        num_feature_levels: int,
+        enc_n_points: int,
+    ):
         super().__init__()
         self.encoder = DeformableEncoder(
-            num_encoder_layers, d_model=d_model, d_ffn=dim_feedforward, dropout=dropout,
-            n_levels=num_feature_levels, n_heads=nhead, n_points=enc_n_points,
+            num_encoder_layers,
+            d_model=d_model,
+            d_ffn=dim_feedforward,
+            dropout=dropout,
+            n_levels=num_feature_levels,
+            n_heads=nhead,
+            n_points=enc_n_points,
         )
         self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
         for p in self.parameters():
@@ -212,16 +230,19 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.transformer_in_features = [k for k, _ in tr]
         self.transformer_num_feature_levels = len(tr)
         self.input_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(v.channels, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim))
-            for _, v in tr
+            nn.Sequential(nn.Conv2d(v.channels, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim)) for _, v in tr
         )
         for proj in self.input_proj:
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.constant_(proj[0].bias, 0)
         self.transformer = DeformableTransformerEncoderOnly(
-            d_model=conv_dim, nhead=transformer_nheads, num_encoder_layers=transformer_enc_layers,
-            dim_feedforward=transformer_dim_feedforward, dropout=transformer_dropout,
-            num_feature_levels=self.transformer_num_feature_levels, enc_n_points=transformer_n_points,
+            d_model=conv_dim,
+            nhead=transformer_nheads,
+            num_encoder_layers=transformer_enc_layers,
+            dim_feedforward=transformer_dim_feedforward,
+            dropout=transformer_dropout,
+            num_feature_levels=self.transformer_num_feature_levels,
+            enc_n_points=transformer_n_points,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
@@ -235,8 +256,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.lateral_convs, self.output_convs = [], []
         for idx, channels in enumerate(feature_channels[:num_fpn]):
             lateral = Conv2d(channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim))
-            output = Conv2d(conv_dim, conv_dim, kernel_size=3, padding=1, bias=use_bias,
-                            norm=get_norm(norm, conv_dim), activation=F.relu)
+            output = Conv2d(
+                conv_dim,
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, conv_dim),
+                activation=F.relu,
+            )
             weight_init.c2_xavier_fill(lateral)
             weight_init.c2_xavier_fill(output)
             self.add_module(f"adapter_{idx + 1}", lateral)
@@ -287,10 +315,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         memory, shapes, _ = self.transformer(srcs, pos)
         b = memory.shape[0]
         sizes = [h * w for h, w in shapes]
-        outs = [
-            m.transpose(1, 2).reshape(b, -1, h, w)
-            for m, (h, w) in zip(memory.split(sizes, dim=1), shapes)
-        ]
+        outs = [m.transpose(1, 2).reshape(b, -1, h, w) for m, (h, w) in zip(memory.split(sizes, dim=1), shapes)]
         for name, lateral, output in zip(self._fpn_features, self.lateral_convs, self.output_convs):
             x = features[name].float()
             y = lateral(x) + F.interpolate(outs[-1], size=x.shape[-2:], mode="bilinear", align_corners=False)

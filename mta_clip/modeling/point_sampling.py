@@ -5,6 +5,7 @@ the top-left pixel, ``(1, 1)`` the bottom-right corner of the bottom-right pixel
 ``align_corners=False`` a point at ``((j + 0.5) / W, (i + 0.5) / H)`` reads pixel ``(i, j)`` exactly,
 whatever the map's resolution, so maps of different strides are sampled at the same image points.
 """
+
 from typing import Callable
 
 import torch
@@ -28,8 +29,7 @@ def point_sample(input: torch.Tensor, point_coords: torch.Tensor, **kwargs) -> t
         raise ValueError(f"point_sample: expected input of shape (N, C, H, W), got {tuple(input.shape)}")
     if point_coords.shape[-1] != 2 or point_coords.dim() not in (3, 4):
         raise ValueError(
-            f"point_sample: expected point_coords of shape (N, P, 2) or (N, Hg, Wg, 2), "
-            f"got {tuple(point_coords.shape)}"
+            f"point_sample: expected point_coords of shape (N, P, 2) or (N, Hg, Wg, 2), got {tuple(point_coords.shape)}"
         )
     flat = point_coords.dim() == 3
     grid = point_coords.unsqueeze(2) if flat else point_coords

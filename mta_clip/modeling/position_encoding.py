@@ -1,4 +1,5 @@
 """Sine positional encoding of 2-D feature maps (DETR / Mask2Former convention)."""
+
 import math
 
 import torch
@@ -12,8 +13,9 @@ class PositionEmbeddingSine(nn.Module):
     last index and scaled to [0, ``scale``].
     """
 
-    def __init__(self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float = 2 * math.pi):
+    def __init__(
+        self, num_pos_feats: int = 128, temperature: float = 10000.0, normalize: bool = True, scale: float = 2 * math.pi
+    ):
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature

@@ -1,4 +1,5 @@
 """Prompt class names read from dataset metadata (mta_clip.data.class_names.class_names_from_metadata)."""
+
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog

@@ -1,4 +1,5 @@
 """Dataset files (YAML/JSON, safe-loaded), --dataset-file / --import, NUM_CLASSES from the training data."""
+
 import json
 import os
 import shutil
@@ -38,23 +39,28 @@ def test_json_file_with_top_level_folders(tmp_path):
     data = tmp_path / "d"
     shutil.copytree(os.path.join(ROOT, "datasets", "example_own_data", "images", "val"), data / "im")
     shutil.copytree(os.path.join(ROOT, "datasets", "example_own_data", "labels", "val"), data / "lb")
-    path = _write(data / "set.json", json.dumps({"name": "json_set_test", "classes": ["a", "b", "c"],
-                                                 "images": "im", "labels": "lb"}))
+    path = _write(
+        data / "set.json",
+        json.dumps({"name": "json_set_test", "classes": ["a", "b", "c"], "images": "im", "labels": "lb"}),
+    )
     assert register_dataset_file(path) == ["json_set_test"]
     assert len(DatasetCatalog.get("json_set_test")) == 2
     assert MetadataCatalog.get("json_set_test").ignore_label == 255
 
 
-@pytest.mark.parametrize("text,match", [
-    ("name: x\nclasses: [a]\nsplits: {t: {images: i, labels: l}}\ncolours: []\n", "unknown key.*colours"),
-    ("name: x\nsplits: {t: {images: i, labels: l}}\n", "missing key 'classes'"),
-    ("name: x\nclasses: a\nimages: i\nlabels: l\n", "'classes' must be a non-empty list"),
-    ("name: x\nclasses: [a, b]\nprompt_names: [a]\nimages: i\nlabels: l\n", "1 prompt names for 2 classes"),
-    ("name: my data\nclasses: [a]\nimages: i\nlabels: l\n", "'name' must be"),
-    ("name: x\nclasses: [a]\n", "give either 'splits'"),
-    ("name: x\nclasses: [a]\nimages: i\nlabels: l\nignore_label: 0\n", "ignore_label 0 is a class index"),
-    ("[1, 2", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("name: x\nclasses: [a]\nsplits: {t: {images: i, labels: l}}\ncolours: []\n", "unknown key.*colours"),
+        ("name: x\nsplits: {t: {images: i, labels: l}}\n", "missing key 'classes'"),
+        ("name: x\nclasses: a\nimages: i\nlabels: l\n", "'classes' must be a non-empty list"),
+        ("name: x\nclasses: [a, b]\nprompt_names: [a]\nimages: i\nlabels: l\n", "1 prompt names for 2 classes"),
+        ("name: my data\nclasses: [a]\nimages: i\nlabels: l\n", "'name' must be"),
+        ("name: x\nclasses: [a]\n", "give either 'splits'"),
+        ("name: x\nclasses: [a]\nimages: i\nlabels: l\nignore_label: 0\n", "ignore_label 0 is a class index"),
+        ("[1, 2", "not valid YAML"),
+    ],
+)
 def test_bad_dataset_files_name_the_file_and_key(tmp_path, text, match):
     path = _write(tmp_path / "bad.yaml", text)
     with pytest.raises(ValueError, match=match) as info:
@@ -64,8 +70,10 @@ def test_bad_dataset_files_name_the_file_and_key(tmp_path, text, match):
 
 def test_python_tags_are_refused_and_not_run(tmp_path):
     marker = tmp_path / "ran"
-    path = _write(tmp_path / "evil.yaml",
-                  f"name: !!python/object/apply:os.system ['touch {marker}']\nclasses: [a]\nimages: i\nlabels: l\n")
+    path = _write(
+        tmp_path / "evil.yaml",
+        f"name: !!python/object/apply:os.system ['touch {marker}']\nclasses: [a]\nimages: i\nlabels: l\n",
+    )
     with pytest.raises(ValueError, match=r"evil.yaml, line 1: the tag !!python/object/apply:os.system is not allowed"):
         read_dataset_file(path)
     assert not marker.exists()
@@ -84,8 +92,11 @@ def test_num_classes_follows_the_training_data():
 
 def test_config_key_lists_dataset_files(tmp_path):
     """A YAML config that names its dataset file is self-contained."""
-    cfg_path = _write(tmp_path / "mine.yaml", f"_BASE_: {TOY_BASELINE_CONFIG}\nDATASETS:\n  FILES: ['{EXAMPLE}']\n"
-                      "  TRAIN: ('example_own_data_train',)\n  TEST: ('example_own_data_val',)\n")
+    cfg_path = _write(
+        tmp_path / "mine.yaml",
+        f"_BASE_: {TOY_BASELINE_CONFIG}\nDATASETS:\n  FILES: ['{EXAMPLE}']\n"
+        "  TRAIN: ('example_own_data_train',)\n  TEST: ('example_own_data_val',)\n",
+    )
     if "example_own_data_val" in DatasetCatalog.list():
         DatasetCatalog.remove("example_own_data_val")
     cfg = setup_cfg(cfg_path)
@@ -100,9 +111,12 @@ def test_evaluating_on_another_class_count_is_an_error(tmp_path):
 
 
 def test_import_registration_module(tmp_path):
-    code = _write(tmp_path / "reg.py", "from mta_clip import register_sem_seg_dataset\n"
-                  f"register_sem_seg_dataset('imported_set_test', r'{os.path.dirname(EXAMPLE)}/images/val', "
-                  f"r'{os.path.dirname(EXAMPLE)}/labels/val', ['x', 'y', 'z'], overwrite=True)\n")
+    code = _write(
+        tmp_path / "reg.py",
+        "from mta_clip import register_sem_seg_dataset\n"
+        f"register_sem_seg_dataset('imported_set_test', r'{os.path.dirname(EXAMPLE)}/images/val', "
+        f"r'{os.path.dirname(EXAMPLE)}/labels/val', ['x', 'y', 'z'], overwrite=True)\n",
+    )
     cfg = setup_cfg(TOY_BASELINE_CONFIG, ["DATASETS.TRAIN", "('imported_set_test',)"], imports=[code])
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 3
     with pytest.raises(ImportError, match="--import no_such_module_here"):

@@ -163,9 +163,7 @@ def test_padding_fills_pad_value_and_ignore(tmp_path, pad_value):
 def test_padding_is_a_no_op_on_multiples(tmp_path):
     image, label = random_sample(seed=5, h=32, w=64)
     d = write_sample(tmp_path, image, label)
-    out = SemanticMaskFormerMapper(
-        make_cfg(SIZE_DIVISIBILITY=32, MIN_SIZE_TRAIN=(32,)), is_train=True
-    )(d)
+    out = SemanticMaskFormerMapper(make_cfg(SIZE_DIVISIBILITY=32, MIN_SIZE_TRAIN=(32,)), is_train=True)(d)
     assert out["sem_seg"].shape == (32, 64)
 
 
@@ -333,9 +331,7 @@ def test_hue_and_saturation_on_pure_colors(fmt):
 def test_contrast_order_matters_and_segmentation_is_untouched():
     img = np.array([[[250, 120, 30], [10, 200, 100]]], np.uint8)
     first = PhotometricDistortTransform("RGB", contrast_alpha=1.5, saturation_alpha=0.6)
-    last = PhotometricDistortTransform(
-        "RGB", contrast_alpha=1.5, saturation_alpha=0.6, contrast_first=False
-    )
+    last = PhotometricDistortTransform("RGB", contrast_alpha=1.5, saturation_alpha=0.6, contrast_first=False)
     contrast = PhotometricDistortTransform("RGB", contrast_alpha=1.5)
     saturation = PhotometricDistortTransform("RGB", saturation_alpha=0.6)
     assert np.array_equal(first.apply_image(img), saturation.apply_image(contrast.apply_image(img)))
@@ -402,26 +398,36 @@ def _mmseg_photometric(img_bgr, brightness, contrast, contrast_first, saturation
     return img
 
 
-@pytest.mark.parametrize("params", [
-    (-20.7, 1.37, True, 0.61, 11),
-    (13.2, 0.55, False, 1.45, -17),
-    (None, 1.21, False, None, 5),
-    (31.9, None, True, 1.3, None),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        (-20.7, 1.37, True, 0.61, 11),
+        (13.2, 0.55, False, 1.45, -17),
+        (None, 1.21, False, None, 5),
+        (31.9, None, True, 1.3, None),
+    ],
+)
 @pytest.mark.parametrize("fmt", ["BGR", "RGB"])
 def test_truncating_photometric_distortion_is_mmseg(params, fmt):
     rng = np.random.default_rng(7)
     img_bgr = rng.integers(0, 256, (24, 31, 3), dtype=np.uint8)
     b, c, first, s, h = params
-    t = PhotometricDistortTransform(fmt, brightness_delta=b, contrast_alpha=c, contrast_first=first,
-                                    saturation_alpha=s, hue_delta=h, truncate_each_step=True)
+    t = PhotometricDistortTransform(
+        fmt,
+        brightness_delta=b,
+        contrast_alpha=c,
+        contrast_first=first,
+        saturation_alpha=s,
+        hue_delta=h,
+        truncate_each_step=True,
+    )
     ours = t.apply_image(img_bgr if fmt == "BGR" else np.ascontiguousarray(img_bgr[:, :, ::-1]))
     ours_bgr = ours if fmt == "BGR" else ours[:, :, ::-1]
     expected = _mmseg_photometric(img_bgr, b, c, first, s, h)
     assert np.array_equal(ours_bgr, expected)
-    rounded = PhotometricDistortTransform(fmt, brightness_delta=b, contrast_alpha=c, contrast_first=first,
-                                          saturation_alpha=s, hue_delta=h).apply_image(
-        img_bgr if fmt == "BGR" else np.ascontiguousarray(img_bgr[:, :, ::-1]))
+    rounded = PhotometricDistortTransform(
+        fmt, brightness_delta=b, contrast_alpha=c, contrast_first=first, saturation_alpha=s, hue_delta=h
+    ).apply_image(img_bgr if fmt == "BGR" else np.ascontiguousarray(img_bgr[:, :, ::-1]))
     assert not np.array_equal(rounded, ours)  # the default (round once at the end) differs
 
 
@@ -453,13 +459,16 @@ def mmcv_rescaled_size(h, w, scale, ratio):
     return int(h * float(factor) + 0.5), int(w * float(factor) + 0.5)
 
 
-@pytest.mark.parametrize("h, w, ratio, expected", [
-    (480, 640, 1.0, (512, 683)),  # short side bound: 512 / 480
-    (480, 640, 0.5, (256, 341)),
-    (480, 640, 1.3, (665, 887)),  # target (int(2662.4), int(665.6)) = (2662, 665)
-    (100, 1000, 1.0, (205, 2048)),  # long side bound: 2048 / 1000
-    (37, 53, 1.999, (1023, 1465)),  # upscaling; target (4093, 1023), 53 * 1023 / 37 = 1465.4
-])
+@pytest.mark.parametrize(
+    "h, w, ratio, expected",
+    [
+        (480, 640, 1.0, (512, 683)),  # short side bound: 512 / 480
+        (480, 640, 0.5, (256, 341)),
+        (480, 640, 1.3, (665, 887)),  # target (int(2662.4), int(665.6)) = (2662, 665)
+        (100, 1000, 1.0, (205, 2048)),  # long side bound: 2048 / 1000
+        (37, 53, 1.999, (1023, 1465)),  # upscaling; target (4093, 1023), 53 * 1023 / 37 = 1465.4
+    ],
+)
 def test_ratio_range_sizes_follow_mmcv_rescale_size(h, w, ratio, expected):
     from mta_clip.data.dataset_mapper import RandomRatioResize
 

@@ -1,5 +1,6 @@
 """Dataset registration: built-in ADE20k / Cityscapes names, metadata, register_sem_seg_dataset,
 and fake dataset trees going through prepare -> register -> evaluate."""
+
 import json
 import logging
 import os
@@ -18,7 +19,10 @@ from mta_clip.evaluation import PerClassSemSegEvaluator
 from .test_prepare_scripts import _reference_names, ade, city, make_fake_ade, make_fake_cityscapes
 
 OURS = [
-    "ade20k_150_sem_seg_train", "ade20k_150_sem_seg_val", "cityscapes_19_sem_seg_train", "cityscapes_19_sem_seg_val"
+    "ade20k_150_sem_seg_train",
+    "ade20k_150_sem_seg_val",
+    "cityscapes_19_sem_seg_train",
+    "cityscapes_19_sem_seg_val",
 ]
 
 
@@ -155,8 +159,12 @@ def test_register_own_dataset(tmp_path, registered, caplog):
     _write_pair(root, "c/lonely", (3, 3), image_ext="_rgb.png", label_ext="_other.png")
     registered.append("my_data")
     register_sem_seg_dataset(
-        "my_data", os.path.join(root, "img"), os.path.join(root, "lab"), ["floor", "wall"],
-        image_suffix="_rgb.png", label_suffix="_mask.png",
+        "my_data",
+        os.path.join(root, "img"),
+        os.path.join(root, "lab"),
+        ["floor", "wall"],
+        image_suffix="_rgb.png",
+        label_suffix="_mask.png",
     )
     with caplog.at_level(logging.WARNING):
         records = DatasetCatalog.get("my_data")
@@ -174,9 +182,15 @@ def test_register_own_dataset(tmp_path, registered, caplog):
     with pytest.raises(ValueError, match="already registered"):
         register_sem_seg_dataset("my_data", root, root, ["a"])
     register_sem_seg_dataset(
-        "my_data", os.path.join(root, "img"), os.path.join(root, "lab"), ["floor", "wall"],
-        prompt_names=["f", "w"], colors=[(1, 2, 3), (4, 5, 6)], image_suffix="_rgb.png",
-        label_suffix="_mask.png", overwrite=True,
+        "my_data",
+        os.path.join(root, "img"),
+        os.path.join(root, "lab"),
+        ["floor", "wall"],
+        prompt_names=["f", "w"],
+        colors=[(1, 2, 3), (4, 5, 6)],
+        image_suffix="_rgb.png",
+        label_suffix="_mask.png",
+        overwrite=True,
     )
     meta = MetadataCatalog.get("my_data")
     assert meta.prompt_classes == ["f", "w"] and [tuple(c) for c in meta.stuff_colors] == [(1, 2, 3), (4, 5, 6)]

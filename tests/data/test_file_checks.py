@@ -1,4 +1,5 @@
 """Unusable dataset files: truncated images, labels out of range or of another size, EXIF rotation."""
+
 import os
 
 import numpy as np
@@ -72,8 +73,19 @@ def test_clean_labels_evaluate(tmp_path):
 
 def test_truncated_image_names_the_file_in_training_and_evaluation(tmp_path):
     image_file, _ = _dataset(tmp_path, "fc_trunc", truncate=True)
-    cfg = toy_cfg("mask2former_toy.yaml", ["DATASETS.TRAIN", "('fc_trunc',)", "DATASETS.TEST", "('fc_trunc',)",
-                                           "OUTPUT_DIR", str(tmp_path / "o"), "DATALOADER.NUM_WORKERS", "0"])
+    cfg = toy_cfg(
+        "mask2former_toy.yaml",
+        [
+            "DATASETS.TRAIN",
+            "('fc_trunc',)",
+            "DATASETS.TEST",
+            "('fc_trunc',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "o"),
+            "DATALOADER.NUM_WORKERS",
+            "0",
+        ],
+    )
     record = next(r for r in DatasetCatalog.get("fc_trunc") if r["file_name"] == image_file)
     from mta_clip.data import SemanticMaskFormerMapper
     from mta_clip.data.file_checks import ExplainReadErrors

@@ -1,4 +1,5 @@
 """datasets/prepare_{ade20k,cityscapes}_sem_seg.py on generated fake dataset trees."""
+
 import importlib.util
 import os
 import sys
@@ -50,12 +51,40 @@ def make_fake_ade(root, n=(3, 2), size=(12, 16), seed=0):
 # The official Cityscapes label table (name, labelId), written independently of the script;
 # the trainId of an evaluated class is its position in the 19-class reference list.
 CITYSCAPES_LABEL_IDS = {
-    "unlabeled": 0, "ego vehicle": 1, "rectification border": 2, "out of roi": 3, "static": 4,
-    "dynamic": 5, "ground": 6, "road": 7, "sidewalk": 8, "parking": 9, "rail track": 10,
-    "building": 11, "wall": 12, "fence": 13, "guard rail": 14, "bridge": 15, "tunnel": 16,
-    "pole": 17, "polegroup": 18, "traffic light": 19, "traffic sign": 20, "vegetation": 21,
-    "terrain": 22, "sky": 23, "person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28,
-    "caravan": 29, "trailer": 30, "train": 31, "motorcycle": 32, "bicycle": 33,
+    "unlabeled": 0,
+    "ego vehicle": 1,
+    "rectification border": 2,
+    "out of roi": 3,
+    "static": 4,
+    "dynamic": 5,
+    "ground": 6,
+    "road": 7,
+    "sidewalk": 8,
+    "parking": 9,
+    "rail track": 10,
+    "building": 11,
+    "wall": 12,
+    "fence": 13,
+    "guard rail": 14,
+    "bridge": 15,
+    "tunnel": 16,
+    "pole": 17,
+    "polegroup": 18,
+    "traffic light": 19,
+    "traffic sign": 20,
+    "vegetation": 21,
+    "terrain": 22,
+    "sky": 23,
+    "person": 24,
+    "rider": 25,
+    "car": 26,
+    "truck": 27,
+    "bus": 28,
+    "caravan": 29,
+    "trailer": 30,
+    "train": 31,
+    "motorcycle": 32,
+    "bicycle": 33,
 }
 
 

@@ -1,4 +1,5 @@
 """BestCheckpointHook inside a real Detectron2 training loop with a scripted EvalHook."""
+
 import json
 import os
 

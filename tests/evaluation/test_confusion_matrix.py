@@ -1,4 +1,5 @@
 """Confusion matrix (CSV, heatmap, most confused pairs) and prediction panels of the evaluator."""
+
 import csv
 import logging
 import os
@@ -19,12 +20,14 @@ CLASSES = ["sky", "road, route", "car"]
 #   image 0: (0,0) (0,1) (1,1) | (1,2) (2,2) [255 skipped]     image 1: (2,2) (2,0) (0,0) | (1,1) (1,1) (1,1)
 GTS = [np.array([[0, 0, 1], [1, 2, 255]]), np.array([[2, 2, 0], [1, 1, 1]])]
 PREDS = [np.array([[0, 1, 1], [2, 2, 0]]), np.array([[2, 0, 0], [1, 1, 1]])]
-HAND = np.array([
-    # pred: 0  1  2
-    [2, 1, 0],  # gt 0 (sky): (0,0) in image 0 and in image 1 = 2, (0,1) = 1
-    [0, 4, 1],  # gt 1 (road): (1,1) + 3 x (1,1) = 4, (1,2) = 1
-    [1, 0, 2],  # gt 2 (car): (2,2) + (2,2) = 2, (2,0) = 1
-])
+HAND = np.array(
+    [
+        # pred: 0  1  2
+        [2, 1, 0],  # gt 0 (sky): (0,0) in image 0 and in image 1 = 2, (0,1) = 1
+        [0, 4, 1],  # gt 1 (road): (1,1) + 3 x (1,1) = 4, (1,2) = 1
+        [1, 0, 2],  # gt 2 (car): (2,2) + (2,2) = 2, (2,0) = 1
+    ]
+)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """PerClassSemSegEvaluator: Detectron2's metrics plus per-class CSV / JSON and a log table."""
+
 import csv
 import json
 import logging

@@ -1,4 +1,5 @@
 """SemSegTTA: multi-scale, flip and sliding-window inference around a meta-architecture."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,8 +59,12 @@ def _image(h, w, seed=0):
 
 @pytest.mark.parametrize(
     "h, w, crop, stride",
-    [(100, 130, (40, 50), (27, 33)), (40, 50, (40, 50), (27, 33)), (30, 70, (64, 64), (43, 43)),
-     (65, 64, (32, 32), (32, 32))],
+    [
+        (100, 130, (40, 50), (27, 33)),
+        (40, 50, (40, 50), (27, 33)),
+        (30, 70, (64, 64), (43, 43)),
+        (65, 64, (32, 32), (32, 32)),
+    ],
 )
 def test_sliding_windows_cover_the_image(h, w, crop, stride):
     windows = sliding_windows(h, w, crop, stride)
@@ -89,8 +94,9 @@ def test_constant_model_gives_single_scale_result(kwargs, normalize):
     v = torch.tensor([0.3, 2.0, 0.1, 1.2, 0.7])
     single = ConstantModel(v)([{"image": _image(24, 30), "height": 37, "width": 41}])[0]["sem_seg"]
     tta = SemSegTTA(ConstantModel(v), normalize=normalize, **kwargs)
-    out = tta([{"image": _image(24, 30), "height": 37, "width": 41},
-               {"image": _image(20, 20), "height": 20, "width": 20}])
+    out = tta(
+        [{"image": _image(24, 30), "height": 37, "width": 41}, {"image": _image(20, 20), "height": 20, "width": 20}]
+    )
     assert out[0]["sem_seg"].shape == (C, 37, 41) and out[1]["sem_seg"].shape == (C, 20, 20)
     expected = {"softmax": v.softmax(0), "sum": v / v.sum(), "none": v}[normalize]
     torch.testing.assert_close(out[0]["sem_seg"], expected[:, None, None].expand(C, 37, 41))

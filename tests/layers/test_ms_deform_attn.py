@@ -56,9 +56,7 @@ def make_inputs(
     total = sum(h * w for h, w in shapes)
     n_levels = len(shapes)
     value = torch.randn(batch, total, heads, channels, generator=gen, dtype=dtype)
-    locations = low + (high - low) * torch.rand(
-        batch, queries, heads, n_levels, points, 2, generator=gen, dtype=dtype
-    )
+    locations = low + (high - low) * torch.rand(batch, queries, heads, n_levels, points, 2, generator=gen, dtype=dtype)
     weights = torch.rand(batch, queries, heads, n_levels, points, generator=gen, dtype=dtype)
     return [t.to(device) for t in (value, spatial_shapes, level_start_index, locations, weights)]
 
@@ -215,9 +213,7 @@ def test_deterministic_mode_picks_the_gather_path_only_for_cuda_value_gradients(
 @pytest.mark.parametrize("shapes,channels,seed", [(SHAPES_A, 3, 0), (SHAPES_B, 1, 1), (SHAPES_A, 9, 2)])
 def test_cpu_kernel_matches_naive_forward_and_gradients(shapes, channels, seed):
     inputs = make_inputs(shapes, batch=2, queries=3, heads=2, channels=channels, points=2, seed=seed)
-    grad_out = torch.randn(
-        2, 3, 2 * channels, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
-    )
+    grad_out = torch.randn(2, 3, 2 * channels, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     ref_out, ref_grads = grads(naive_msda, inputs, grad_out)
     out, out_grads = grads(ms_deform_attn_compiled, inputs, grad_out)
     assert (out - ref_out).abs().max().item() < 1e-6
@@ -337,9 +333,7 @@ def test_public_function_works_without_extension(monkeypatch):
     monkeypatch.setattr(msda_module, "_C_IMPORT_ERROR", "ImportError: simulated")
     assert not ms_deform_attn_op_available("cpu")
     inputs = make_inputs(SHAPES_B, 1, 3, 2, 3, 2)
-    torch.testing.assert_close(
-        multi_scale_deformable_attention(*inputs), naive_msda(*inputs), rtol=0, atol=1e-10
-    )
+    torch.testing.assert_close(multi_scale_deformable_attention(*inputs), naive_msda(*inputs), rtol=0, atol=1e-10)
     with pytest.raises(RuntimeError, match="simulated"):
         ms_deform_attn_compiled(*inputs)
 
@@ -347,9 +341,7 @@ def test_public_function_works_without_extension(monkeypatch):
 def test_public_function_more_levels_than_compiled_limit_uses_pytorch():
     limit = _compiled_module().MAX_LEVELS
     inputs = make_inputs([(1, 2)] * (limit + 1), 1, 2, 1, 2, 1)
-    torch.testing.assert_close(
-        multi_scale_deformable_attention(*inputs), naive_msda(*inputs), rtol=0, atol=1e-10
-    )
+    torch.testing.assert_close(multi_scale_deformable_attention(*inputs), naive_msda(*inputs), rtol=0, atol=1e-10)
 
 
 def test_public_function_non_contiguous_and_device_level_tensors():
@@ -375,9 +367,7 @@ def test_public_function_half_inputs_computed_in_fp32():
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out_autocast = multi_scale_deformable_attention(
-            value, spatial_shapes, level_start_index, locations, weights
-        )
+        out_autocast = multi_scale_deformable_attention(value, spatial_shapes, level_start_index, locations, weights)
     assert out_autocast.dtype == torch.float32
     torch.testing.assert_close(
         out_autocast,
@@ -483,8 +473,12 @@ def test_backward_honours_needs_input_grad():
     value, _, _, locations, weights = inputs
     grad_out = torch.randn(2, 3, 6, dtype=torch.float64)
     _, ref = grads(naive_msda, inputs, grad_out)
-    for wanted, expected_flags in (((0,), (True, False)), ((1,), (False, True)), ((2,), (False, True)),
-                                   ((0, 2), (True, True))):
+    for wanted, expected_flags in (
+        ((0,), (True, False)),
+        ((1,), (False, True)),
+        ((2,), (False, True)),
+        ((0, 2), (True, True)),
+    ):
         leaves = [t.detach().clone().requires_grad_(i in wanted) for i, t in enumerate((value, locations, weights))]
         out = multi_scale_deformable_attention(leaves[0], SHAPES_A, None, leaves[1], leaves[2])
         with RecordBackwardFlags() as mode:

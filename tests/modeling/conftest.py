@@ -1,4 +1,5 @@
 """Independent references shared by the model tests."""
+
 import math
 
 

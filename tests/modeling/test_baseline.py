@@ -1,5 +1,6 @@
 """SemanticMask2Former (the baseline): built from the published recipes it has exactly Mask2Former's
 parameter names/shapes and reproduces outputs of a model-zoo style checkpoint; semantic inference."""
+
 import math
 import os
 

@@ -61,13 +61,26 @@ class FixedMatcher(torch.nn.Module):
         return [(torch.tensor(p, dtype=torch.int64), torch.tensor(t, dtype=torch.int64)) for p, t in out]
 
 
-def _criterion(matcher, num_classes=3, eos=0.1, num_points=12, num_aux_outputs=0, losses=("labels", "masks"),
-               normalizer="num_masks"):
+def _criterion(
+    matcher,
+    num_classes=3,
+    eos=0.1,
+    num_points=12,
+    num_aux_outputs=0,
+    losses=("labels", "masks"),
+    normalizer="num_masks",
+):
     return SetCriterion(
-        num_classes=num_classes, matcher=matcher,
+        num_classes=num_classes,
+        matcher=matcher,
         weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0},
-        eos_coef=eos, losses=list(losses), num_points=num_points, oversample_ratio=3.0,
-        importance_sample_ratio=0.75, num_aux_outputs=num_aux_outputs, mask_loss_normalizer=normalizer,
+        eos_coef=eos,
+        losses=list(losses),
+        num_points=num_points,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+        num_aux_outputs=num_aux_outputs,
+        mask_loss_normalizer=normalizer,
     )
 
 
@@ -171,12 +184,14 @@ def test_empty_target_image_and_empty_batch():
 def test_with_real_matcher_and_padded_targets_of_different_sizes():
     outputs, targets, _, _ = _batch(seed=4)
     from mta_clip.modeling.matcher import HungarianMatcher
+
     targets[1]["masks"] = targets[1]["masks"][:, :8, :12]  # smaller image: padded bottom/right
     crit = _criterion(HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=16))
     losses = crit(outputs, targets)
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
-    masks = SetCriterion._matched_target_masks(targets, [(torch.tensor([0, 1]), torch.tensor([0, 1])),
-                                                        (torch.tensor([0]), torch.tensor([0]))])
+    masks = SetCriterion._matched_target_masks(
+        targets, [(torch.tensor([0, 1]), torch.tensor([0, 1])), (torch.tensor([0]), torch.tensor([0]))]
+    )
     assert masks.shape == (3, 12, 16) and not masks[2, 8:].any() and not masks[2, :, 12:].any()
 
 
@@ -225,8 +240,16 @@ def test_get_loss_dispatch_and_subclass_extension():
         def loss_count(self, outputs, targets, indices, num_masks):
             return {"loss_count": torch.tensor(float(sum(len(p) for p, _ in indices)) / num_masks)}
 
-    crit = WithCount(num_classes=3, matcher=FixedMatcher(indices), weight_dict={"loss_count": 1.0}, eos_coef=0.1,
-                     losses=["count"], num_points=4, oversample_ratio=3.0, importance_sample_ratio=0.75)
+    crit = WithCount(
+        num_classes=3,
+        matcher=FixedMatcher(indices),
+        weight_dict={"loss_count": 1.0},
+        eos_coef=0.1,
+        losses=["count"],
+        num_points=4,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+    )
     assert crit(outputs, targets) == {"loss_count": torch.tensor(1.0)}
     with pytest.raises(ValueError, match="unknown losses"):
         _criterion(FixedMatcher(indices), losses=("labels", "boxes"))

@@ -46,10 +46,18 @@ def _sim_reference(sim, pos_by_query, weight_by_query, negatives):
 
 def _criterion(matcher, none_class=True, negatives="MixNeg", num_aux_outputs=0, losses=("labels", "masks", "sim")):
     return MaskTextCriterion(
-        num_classes=NUM_CLASSES, matcher=matcher,
+        num_classes=NUM_CLASSES,
+        matcher=matcher,
         weight_dict={"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0, "loss_sim": 1.0},
-        eos_coef=0.1, losses=list(losses), num_points=8, oversample_ratio=3.0, importance_sample_ratio=0.75,
-        num_aux_outputs=num_aux_outputs, sim_negatives=negatives, none_class=none_class, none_weight=0.1,
+        eos_coef=0.1,
+        losses=list(losses),
+        num_points=8,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+        num_aux_outputs=num_aux_outputs,
+        sim_negatives=negatives,
+        none_class=none_class,
+        none_weight=0.1,
         sim_normalization="weighted_mean",
     )
 
@@ -158,12 +166,22 @@ def test_from_config():
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = NUM_CLASSES
     mc = cfg.MODEL.MTA_CLIP
     assert (mc.USE_SIM_LOSS, mc.SIM_WEIGHT, mc.NEGATIVES, mc.NONE_CLASS, mc.NONE_WEIGHT, mc.SIM_NORMALIZATION) == (
-        True, 1.0, "MixNeg", True, 0.1, "weighted_mean")
+        True,
+        1.0,
+        "MixNeg",
+        True,
+        0.1,
+        "weighted_mean",
+    )
     crit = MaskTextCriterion(cfg, num_supervised_predictions=10)
     assert crit.losses == ["labels", "masks", "sim"]
     assert crit.num_aux_outputs == 9 and crit.weight_dict["loss_sim_8"] == 1.0 and len(crit.weight_dict) == 40
     assert (crit.sim_negatives, crit.none_class, crit.none_weight, crit.sim_normalization) == (
-        "mixneg", True, 0.1, "weighted_mean")
+        "mixneg",
+        True,
+        0.1,
+        "weighted_mean",
+    )
     assert list(crit.state_dict()) == ["empty_weight"]
 
     cfg.MODEL.MTA_CLIP.NEGATIVES = "SeparateNeg"

@@ -1,4 +1,5 @@
 """Mask-Text Decoder: query layout, attention variants, similarity (Eqs. 1-6)."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,17 @@ B, HID, N, C, K, D = 2, 32, 5, 4, 3, 24
 
 
 def _base_kwargs():
-    return dict(num_classes=C, hidden_dim=HID, num_queries=N, nheads=4, dim_feedforward=64, dec_layers=3,
-                pre_norm=False, mask_dim=HID, enforce_input_project=False)
+    return dict(
+        num_classes=C,
+        hidden_dim=HID,
+        num_queries=N,
+        nheads=4,
+        dim_feedforward=64,
+        dec_layers=3,
+        pre_norm=False,
+        mask_dim=HID,
+        enforce_input_project=False,
+    )
 
 
 def _decoder(**kw):
@@ -139,7 +149,7 @@ def test_cosine_similarity_with_zero_gamma_is_cos_to_clip_text():
     dec.decoder_norm.register_forward_hook(lambda mod, inp, out: captured.append(out))
     mem, mf, text = _inputs()
     out = dec(mem, mf, text_embeddings=text)
-    last = captured[-1].transpose(0, 1)[:, dec.num_text_queries:]  # (B, N, hidden) normalized mask queries
+    last = captured[-1].transpose(0, 1)[:, dec.num_text_queries :]  # (B, N, hidden) normalized mask queries
     m_clip = last @ dec.mask_to_clip.weight.T + dec.mask_to_clip.bias
     expected = torch.empty(B, N, K, C + 1)
     for b in range(B):
@@ -206,7 +216,8 @@ def test_text_attention_masks_come_from_the_text_queries_mask_predictions():
     dec.decoder_norm.register_forward_hook(lambda mod, inp, out: normed.append(out.detach()))
     for layer in dec.transformer_cross_attention_layers:
         layer.register_forward_hook(
-            lambda mod, args, kwargs, out: masks_seen.append(kwargs["memory_mask"]), with_kwargs=True)
+            lambda mod, args, kwargs, out: masks_seen.append(kwargs["memory_mask"]), with_kwargs=True
+        )
     dec(mem, mf, text_embeddings=text)
     t = dec.num_text_queries
     for i, mask in enumerate(masks_seen):

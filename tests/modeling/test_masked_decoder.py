@@ -1,4 +1,5 @@
 """Masked-attention decoder: shapes, attention masks from the previous prediction."""
+
 import math
 
 import pytest
@@ -12,8 +13,19 @@ B, HID, N, C, HEADS = 2, 32, 6, 5, 4
 
 def _decoder(layers=4, **kw):
     torch.manual_seed(0)
-    return MaskedDecoder(HID, num_classes=C, hidden_dim=HID, num_queries=N, nheads=HEADS, dim_feedforward=64,
-                         dec_layers=layers, pre_norm=False, mask_dim=HID, enforce_input_project=False, **kw).eval()
+    return MaskedDecoder(
+        HID,
+        num_classes=C,
+        hidden_dim=HID,
+        num_queries=N,
+        nheads=HEADS,
+        dim_feedforward=64,
+        dec_layers=layers,
+        pre_norm=False,
+        mask_dim=HID,
+        enforce_input_project=False,
+        **kw,
+    ).eval()
 
 
 def _inputs():
@@ -43,7 +55,8 @@ def test_attention_masks_follow_the_previous_prediction():
     seen = []
     for layer in dec.transformer_cross_attention_layers:
         layer.register_forward_hook(
-            lambda mod, args, kwargs, out: seen.append(kwargs["memory_mask"].clone()), with_kwargs=True)
+            lambda mod, args, kwargs, out: seen.append(kwargs["memory_mask"].clone()), with_kwargs=True
+        )
     out = dec(mem, mf)
     preds = out["aux_outputs"] + [{k: out[k] for k in ("pred_logits", "pred_masks")}]
     sizes = [m.shape[-2:] for m in mem]
@@ -66,7 +79,8 @@ def test_fully_masked_queries_are_unmasked():
         dec.mask_embed.layers[-1].bias.fill_(-1.0)
     seen = []
     dec.transformer_cross_attention_layers[0].register_forward_hook(
-        lambda mod, args, kwargs, out: seen.append(kwargs["memory_mask"]), with_kwargs=True)
+        lambda mod, args, kwargs, out: seen.append(kwargs["memory_mask"]), with_kwargs=True
+    )
     out = dec(mem, mf.abs() + 1)  # every mask logit < 0: sigmoid < 0.5 everywhere
     assert not seen[0].any()
     assert torch.isfinite(out["pred_logits"]).all()
@@ -97,10 +111,29 @@ def test_layer_init_is_xavier_uniform_or_the_authors_normal(init):
     decoder. Checked on the statistics Glorot's formulas give: std sqrt(2 / (fan_in + fan_out)),
     uniform bound sqrt(6 / (fan_in + fan_out))."""
     torch.manual_seed(0)
-    dec = MaskedDecoder(256, num_classes=C, hidden_dim=256, num_queries=N, nheads=8, dim_feedforward=2048,
-                        dec_layers=2, pre_norm=False, mask_dim=256, enforce_input_project=False, layer_init=init)
-    mats = [p for layers in (dec.transformer_self_attention_layers, dec.transformer_cross_attention_layers,
-                             dec.transformer_ffn_layers) for p in layers.parameters() if p.dim() > 1]
+    dec = MaskedDecoder(
+        256,
+        num_classes=C,
+        hidden_dim=256,
+        num_queries=N,
+        nheads=8,
+        dim_feedforward=2048,
+        dec_layers=2,
+        pre_norm=False,
+        mask_dim=256,
+        enforce_input_project=False,
+        layer_init=init,
+    )
+    mats = [
+        p
+        for layers in (
+            dec.transformer_self_attention_layers,
+            dec.transformer_cross_attention_layers,
+            dec.transformer_ffn_layers,
+        )
+        for p in layers.parameters()
+        if p.dim() > 1
+    ]
     assert len(mats) == 2 * (2 + 2 + 2)  # in_proj + out_proj per attention, 2 linears per FFN
     for p in mats:
         fan_out, fan_in = p.shape

@@ -73,7 +73,7 @@ def test_obvious_assignment_in_permuted_order():
     torch.manual_seed(1)
     outputs, target = _obvious_case()
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=256)
-    (pred_idx, tgt_idx), = matcher(outputs, [target])
+    ((pred_idx, tgt_idx),) = matcher(outputs, [target])
     assert pred_idx.dtype == torch.int64 and tgt_idx.dtype == torch.int64
     assert pred_idx.tolist() == [0, 2]
     assert tgt_idx.tolist() == [1, 0]
@@ -84,7 +84,7 @@ def test_class_cost_alone_decides_when_masks_are_equal():
     outputs, target = _obvious_case()
     outputs["pred_masks"] = torch.zeros_like(outputs["pred_masks"])
     matcher = HungarianMatcher(cost_class=1.0, cost_mask=0.0, cost_dice=0.0, num_points=16)
-    (pred_idx, tgt_idx), = matcher(outputs, [target])
+    ((pred_idx, tgt_idx),) = matcher(outputs, [target])
     assert pred_idx.tolist() == [0, 2] and tgt_idx.tolist() == [1, 0]
 
 
@@ -103,14 +103,16 @@ def test_assignment_is_optimal_for_the_cost():
     torch.manual_seed(10)
     for bi, (target, (pred_idx, tgt_idx)) in enumerate(zip(targets, indices)):
         coords = torch.rand(1, 32, 2)[0]
-        cost = matcher.cost_matrix(outputs["pred_logits"][bi], outputs["pred_masks"][bi], target["labels"],
-                                   target["masks"], coords)
+        cost = matcher.cost_matrix(
+            outputs["pred_logits"][bi], outputs["pred_masks"][bi], target["labels"], target["masks"], coords
+        )
         m = len(target["labels"])
         assert len(pred_idx) == m and sorted(tgt_idx.tolist()) == list(range(m))
         assert pred_idx.tolist() == sorted(pred_idx.tolist())
         got = cost[pred_idx, tgt_idx].sum().item()
-        best = min(sum(cost[p, t].item() for t, p in enumerate(perm))
-                   for perm in itertools.permutations(range(n_pred), m))
+        best = min(
+            sum(cost[p, t].item() for t, p in enumerate(perm)) for perm in itertools.permutations(range(n_pred), m)
+        )
         assert got == pytest.approx(best, abs=1e-5)
 
 
@@ -132,9 +134,10 @@ def test_no_grad_and_fp32_under_autocast():
     outputs = {k: v.bfloat16().requires_grad_() for k, v in outputs.items()}
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cost = matcher.cost_matrix(outputs["pred_logits"][0], outputs["pred_masks"][0], target["labels"],
-                                   target["masks"], torch.rand(64, 2))
-        (pred_idx, tgt_idx), = matcher(outputs, [target])
+        cost = matcher.cost_matrix(
+            outputs["pred_logits"][0], outputs["pred_masks"][0], target["labels"], target["masks"], torch.rand(64, 2)
+        )
+        ((pred_idx, tgt_idx),) = matcher(outputs, [target])
     assert cost.dtype == torch.float32
     assert pred_idx.tolist() == [0, 2] and tgt_idx.tolist() == [1, 0]
 

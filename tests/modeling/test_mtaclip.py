@@ -1,4 +1,5 @@
 """MTACLIP meta-architecture: gradients, frozen text encoder, baseline equivalence, train/eval."""
+
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
@@ -34,10 +35,15 @@ def test_gradients_reach_prompts_projections_and_queries_not_clip_text(tiny_clip
     assert {"loss_sim", "loss_sim_0"} <= set(losses)
     sum(losses.values()).backward()
     named = dict(model.named_parameters())
-    for name in ["text_encoder.prompt_learner.ctx", "sem_seg_head.predictor.text_proj.weight",
-                 "sem_seg_head.predictor.text_to_clip.weight", "sem_seg_head.predictor.text_gamma",
-                 "sem_seg_head.predictor.mask_to_clip.weight", "sem_seg_head.predictor.query_feat.weight",
-                 "sem_seg_head.predictor.text_query_embed.weight"]:
+    for name in [
+        "text_encoder.prompt_learner.ctx",
+        "sem_seg_head.predictor.text_proj.weight",
+        "sem_seg_head.predictor.text_to_clip.weight",
+        "sem_seg_head.predictor.text_gamma",
+        "sem_seg_head.predictor.mask_to_clip.weight",
+        "sem_seg_head.predictor.query_feat.weight",
+        "sem_seg_head.predictor.text_query_embed.weight",
+    ]:
         assert named[name].grad is not None and named[name].grad.abs().sum() > 0, name
     frozen = [n for n, p in named.items() if n.startswith("text_encoder.") and "prompt_learner" not in n]
     assert frozen and all(not named[n].requires_grad and named[n].grad is None for n in frozen)
@@ -78,8 +84,13 @@ def test_meta_architecture_and_decoder_must_match(tiny_clip_file):
 @pytest.mark.parametrize("supervise_initial", [True, False])
 def test_shapes_reach_decoder_and_criterion_from_their_producers(tiny_clip_file, supervise_initial):
     """K and C' come from the text encoder, the supervised predictions from the decoder."""
-    cfg = _cfg(tiny_clip_file, "MODEL.CLIP.TEXT.NUM_PROMPTS", "2",
-               "MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION", str(supervise_initial))
+    cfg = _cfg(
+        tiny_clip_file,
+        "MODEL.CLIP.TEXT.NUM_PROMPTS",
+        "2",
+        "MODEL.MASK_FORMER.SUPERVISE_INITIAL_PREDICTION",
+        str(supervise_initial),
+    )
     model = _model(cfg)
     decoder, encoder = model.sem_seg_head.predictor, model.text_encoder
     assert (decoder.num_prompts, decoder.num_text_queries) == (2, 2 * 7)
@@ -88,8 +99,9 @@ def test_shapes_reach_decoder_and_criterion_from_their_producers(tiny_clip_file,
     layers = cfg.MODEL.MASK_FORMER.DEC_LAYERS - 1
     assert model.criterion.num_aux_outputs == layers + int(supervise_initial) - 1
     model.train()
-    outputs = model.sem_seg_head(model.backbone(model.preprocess_image(_batch(cfg, 1)).tensor),
-                                 **model.transformer_decoder_inputs())
+    outputs = model.sem_seg_head(
+        model.backbone(model.preprocess_image(_batch(cfg, 1)).tensor), **model.transformer_decoder_inputs()
+    )
     assert len(outputs["aux_outputs"]) == model.criterion.num_aux_outputs
     assert outputs["pred_sim"].shape[-2:] == (2, 7)
 
@@ -142,13 +154,24 @@ def test_switch_combination_without_a_text_effect_is_rejected(tiny_clip_file):
         build_model(_cfg(tiny_clip_file, *opts))
 
 
-@pytest.mark.parametrize("opts", [
-    ["MODEL.MTA_CLIP.USE_SIM_LOSS", "False"],
-    ["MODEL.MTA_CLIP.NEGATIVES", "SeparateNeg", "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"],
-    ["MODEL.MTA_CLIP.JOINT_SELF_ATTENTION", "False", "MODEL.MTA_CLIP.NONE_CLASS", "False"],
-    ["MODEL.MTA_CLIP.TEXT_REDUCTION", "mlp", "MODEL.MTA_CLIP.RETURN_PROJECTION", "mlp",
-     "MODEL.MTA_CLIP.SIMILARITY", "dot", "MODEL.MTA_CLIP.TEMPERATURE", "0.07"],
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ["MODEL.MTA_CLIP.USE_SIM_LOSS", "False"],
+        ["MODEL.MTA_CLIP.NEGATIVES", "SeparateNeg", "MODEL.CLIP.TEXT.NUM_PROMPTS", "2"],
+        ["MODEL.MTA_CLIP.JOINT_SELF_ATTENTION", "False", "MODEL.MTA_CLIP.NONE_CLASS", "False"],
+        [
+            "MODEL.MTA_CLIP.TEXT_REDUCTION",
+            "mlp",
+            "MODEL.MTA_CLIP.RETURN_PROJECTION",
+            "mlp",
+            "MODEL.MTA_CLIP.SIMILARITY",
+            "dot",
+            "MODEL.MTA_CLIP.TEMPERATURE",
+            "0.07",
+        ],
+    ],
+)
 def test_ablation_switches_train(tiny_clip_file, opts):
     cfg = _cfg(tiny_clip_file, *opts)
     model = _model(cfg)

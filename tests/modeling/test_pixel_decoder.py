@@ -1,5 +1,6 @@
 """MSDeformAttn pixel decoder: shapes, float32 under autocast, no host reads, torch.compile(fullgraph=True),
 torch.export."""
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -11,22 +12,37 @@ from mta_clip.modeling.pixel_decoder import MSDeformAttnPixelDecoder
 
 aten = torch.ops.aten
 
-SHAPES = {"res2": ShapeSpec(channels=8, stride=4), "res3": ShapeSpec(channels=16, stride=8),
-          "res4": ShapeSpec(channels=24, stride=16), "res5": ShapeSpec(channels=32, stride=32)}
+SHAPES = {
+    "res2": ShapeSpec(channels=8, stride=4),
+    "res3": ShapeSpec(channels=16, stride=8),
+    "res4": ShapeSpec(channels=24, stride=16),
+    "res5": ShapeSpec(channels=32, stride=32),
+}
 
 
 def small_decoder(seed=0, layers=2):
     torch.manual_seed(seed)
     return MSDeformAttnPixelDecoder(
-        SHAPES, transformer_dropout=0.0, transformer_nheads=4, transformer_dim_feedforward=64,
-        transformer_enc_layers=layers, transformer_n_points=4, conv_dim=32, mask_dim=16, norm="GN",
-        transformer_in_features=["res3", "res4", "res5"], common_stride=4)
+        SHAPES,
+        transformer_dropout=0.0,
+        transformer_nheads=4,
+        transformer_dim_feedforward=64,
+        transformer_enc_layers=layers,
+        transformer_n_points=4,
+        conv_dim=32,
+        mask_dim=16,
+        norm="GN",
+        transformer_in_features=["res3", "res4", "res5"],
+        common_stride=4,
+    )
 
 
 def features(seed=1, batch=2, height=64, width=96, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(batch, v.channels, height // v.stride, width // v.stride, generator=gen).to(device)
-            for k, v in SHAPES.items()}
+    return {
+        k: torch.randn(batch, v.channels, height // v.stride, width // v.stride, generator=gen).to(device)
+        for k, v in SHAPES.items()
+    }
 
 
 def test_pixel_decoder_shapes_and_fp32_under_autocast():
@@ -49,8 +65,7 @@ class HostTraffic(TorchDispatchMode):
     data unnoticed. ``torch.tensor`` / ``torch.as_tensor`` / ``Tensor.new_tensor`` with a device
     argument build meta tensors without a dispatched op, so they are recorded by ``watch``."""
 
-    SCALAR_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default,
-                    aten.nonzero.default}
+    SCALAR_READS = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.equal.default, aten.nonzero.default}
 
     def __init__(self):
         super().__init__()
@@ -75,8 +90,11 @@ class HostTraffic(TorchDispatchMode):
             self.events.append(f"{func} (tensor from host data)")
         out = func(*args, **kwargs)
         if func in (aten._to_copy.default, aten.copy_.default):
-            devices = {t.device for t in (args[0], args[1] if func is aten.copy_.default else out)
-                       if isinstance(t, torch.Tensor)}
+            devices = {
+                t.device
+                for t in (args[0], args[1] if func is aten.copy_.default else out)
+                if isinstance(t, torch.Tensor)
+            }
             if len(devices) > 1:
                 self.events.append(f"{func} between {sorted(map(str, devices))}")
         return out
@@ -127,6 +145,7 @@ def test_pixel_decoder_compiles_fullgraph_with_the_compiled_op():
         def compiler(gm, example_inputs):
             graphs[kind].append(str(gm.graph))
             return make_boxed_func(gm.forward)
+
         return compiler
 
     decoder = small_decoder(layers=1)  # one encoder layer: the graph is the same per layer
@@ -134,8 +153,9 @@ def test_pixel_decoder_compiles_fullgraph_with_the_compiled_op():
     eager_mf, eager_multi = _decoder_step(decoder, feats)
     eager_grads = torch.autograd.grad(eager_mf.square().sum(), list(decoder.parameters()))
     torch._dynamo.reset()
-    step = torch.compile(_decoder_step, fullgraph=True,
-                         backend=aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward")))
+    step = torch.compile(
+        _decoder_step, fullgraph=True, backend=aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+    )
     mf, multi = step(decoder, feats)
     compiled_grads = torch.autograd.grad(mf.square().sum(), list(decoder.parameters()))
     assert len(graphs["forward"]) == 1 and len(graphs["backward"]) == 1
@@ -162,8 +182,13 @@ def test_pixel_decoder_exports_with_the_compiled_op():
 
     decoder = small_decoder().eval()
     program = torch.export.export(Wrapper(decoder), (features(),))
-    targets = [n.target for gm in program.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
-               for n in gm.graph.nodes if n.op == "call_function"]
+    targets = [
+        n.target
+        for gm in program.graph_module.modules()
+        if isinstance(gm, torch.fx.GraphModule)
+        for n in gm.graph.nodes
+        if n.op == "call_function"
+    ]
     assert targets.count(torch.ops.mta_clip.ms_deform_attn.default) == 2
     other = features(seed=5)
     out = program.module()(other)

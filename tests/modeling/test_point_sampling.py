@@ -1,4 +1,5 @@
 """Point sampling (mta_clip.modeling.point_sampling) against a direct bilinear formula."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Sine positional encoding (mta_clip.modeling.position_encoding) against the DETR formula, by loops."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """tools/analyze_model.py: parameter counts that add up and FLOPs, without any weight file."""
+
 import re
 
 import pytest
@@ -12,8 +13,22 @@ def test_parameters_and_flops_of_mtaclip_toy_without_weight_files(capsys):
     tool = load_tool("analyze_model")
     cfg_file = "configs/toy/mtaclip_toy.yaml"
     # the config names pretrained/tiny_clip_RN50.pt and a missing MODEL.WEIGHTS: neither is read
-    tool.main(["--config-file", cfg_file, "--tasks", "parameter", "flop", "--size", "64",
-               "--opts", "MODEL.WEIGHTS", "/nonexistent/model.pth", "MODEL.CLIP.WEIGHTS", "/nonexistent/clip.pt"])
+    tool.main(
+        [
+            "--config-file",
+            cfg_file,
+            "--tasks",
+            "parameter",
+            "flop",
+            "--size",
+            "64",
+            "--opts",
+            "MODEL.WEIGHTS",
+            "/nonexistent/model.pth",
+            "MODEL.CLIP.WEIGHTS",
+            "/nonexistent/clip.pt",
+        ]
+    )
     out = capsys.readouterr().out
     model = build_model(toy_cfg("mtaclip_toy.yaml", ["MODEL.CLIP.WEIGHTS", ""])).eval()
     total = sum(p.numel() for p in model.parameters())
@@ -34,6 +49,19 @@ def test_parameters_and_flops_of_mtaclip_toy_without_weight_files(capsys):
 def test_imagenet_backbones_need_no_weight_file(config, capsys):
     """The ImageNet ViT / MiT weight keys point at files this machine lacks: none is read."""
     tool = load_tool("analyze_model")
-    tool.main(["--config-file", f"configs/ade20k/{config}", "--tasks", "parameter", "--size", "64",
-               "--opts", "MODEL.VIT.WEIGHTS", "/nonexistent/vit.pth", "MODEL.MIT.WEIGHTS", "/nonexistent/mit.pth"])
+    tool.main(
+        [
+            "--config-file",
+            f"configs/ade20k/{config}",
+            "--tasks",
+            "parameter",
+            "--size",
+            "64",
+            "--opts",
+            "MODEL.VIT.WEIGHTS",
+            "/nonexistent/vit.pth",
+            "MODEL.MIT.WEIGHTS",
+            "/nonexistent/mit.pth",
+        ]
+    )
     assert "backbone" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 """tools/config_reference.py: docs/config_reference.md is up to date and lists every key the project adds."""
+
 import pytest
 from detectron2.config import CfgNode, get_cfg
 
@@ -37,12 +38,14 @@ def test_every_added_or_changed_key_is_listed_with_its_default():
 
 def test_key_without_comment_and_stale_file_are_errors(tmp_path):
     source = tmp_path / "config.py"
-    source.write_text('def _add_x_config(cfg):\n    """X."""\n    cfg.A = CN()\n'
-                      '    cfg.A.B = 1  # b\n    cfg.A.C = 2\n')
+    source.write_text(
+        'def _add_x_config(cfg):\n    """X."""\n    cfg.A = CN()\n    cfg.A.B = 1  # b\n    cfg.A.C = 2\n'
+    )
     with pytest.raises(ValueError, match="A.C has no comment"):
         tool.read_sections(str(source))
-    source.write_text('def _add_x_config(cfg):\n    """X keys."""\n    # a note\n'
-                      '    a = cfg.A\n    a.B = [1]  # b | c\n')
+    source.write_text(
+        'def _add_x_config(cfg):\n    """X keys."""\n    # a note\n    a = cfg.A\n    a.B = [1]  # b | c\n'
+    )
     (section,) = tool.read_sections(str(source))
     assert section.title == "X keys." and section.notes == ["a note"] and section.keys[0][:2] == ("A.B", "b | c")
     stale = tmp_path / "ref.md"

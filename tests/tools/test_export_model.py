@@ -1,5 +1,6 @@
 """tools/export_model.py on the toy baseline: writes a checked, self-describing file; bad requests
 are clear errors that write nothing."""
+
 import logging
 import os
 
@@ -20,8 +21,24 @@ def weights(tmp_path_factory):
 def test_torchscript_export_with_check(weights, tmp_path, capsys):
     out = str(tmp_path / "toy.ts")
     tool = load_tool("export_model")
-    assert tool.main(["--config-file", TOY_BASELINE_CONFIG, "--weights", weights, "--format", "torchscript",
-                      "--size", "96", "128", "--output", out]) == 0
+    assert (
+        tool.main(
+            [
+                "--config-file",
+                TOY_BASELINE_CONFIG,
+                "--weights",
+                weights,
+                "--format",
+                "torchscript",
+                "--size",
+                "96",
+                "128",
+                "--output",
+                out,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "check at 96x128" in printed and "labels differ on 0.0000% of pixels" in printed
     meta = read_metadata(out)
@@ -54,8 +71,24 @@ def test_model_file_alone(weights, tmp_path):
     assert meta["class_names"] == info["classes"] and meta["palette"] == info["palette"]
     image = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
     from_config = str(tmp_path / "c.ts")
-    assert tool.main(["--config-file", TOY_BASELINE_CONFIG, "--weights", weights, "--format", "torchscript",
-                      "--size", "64", "64", "--output", from_config]) == 0
+    assert (
+        tool.main(
+            [
+                "--config-file",
+                TOY_BASELINE_CONFIG,
+                "--weights",
+                weights,
+                "--format",
+                "torchscript",
+                "--size",
+                "64",
+                "64",
+                "--output",
+                from_config,
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(ExportedModel(out)(image)[0], ExportedModel(from_config)(image)[0])
 
 

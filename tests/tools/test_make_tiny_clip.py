@@ -1,4 +1,5 @@
 """tools/make_tiny_clip.py: files laid out like OpenAI's, read back by our reader."""
+
 import os
 import warnings
 import zipfile
@@ -26,9 +27,17 @@ def test_torchscript_archive_like_openai(tool, tmp_path):
     names = zipfile.ZipFile(path).namelist()
     assert any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
     sd = _jit_state_dict(path)
-    for key in ("visual.conv1.weight", "visual.layer4.2.bn3.running_var", "visual.attnpool.q_proj.weight",
-                "transformer.resblocks.1.attn.in_proj_weight", "token_embedding.weight", "positional_embedding",
-                "ln_final.weight", "text_projection", "logit_scale"):
+    for key in (
+        "visual.conv1.weight",
+        "visual.layer4.2.bn3.running_var",
+        "visual.attnpool.q_proj.weight",
+        "transformer.resblocks.1.attn.in_proj_weight",
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+        "text_projection",
+        "logit_scale",
+    ):
         assert key in sd, key
     assert sd["visual.conv1.weight"].dtype == torch.float16  # OpenAI's fp16 storage
     assert sd["transformer.resblocks.0.mlp.c_fc.weight"].dtype == torch.float16
@@ -40,8 +49,9 @@ def test_torchscript_archive_like_openai(tool, tmp_path):
 
 def test_cli(tmp_path, tool):
     out = str(tmp_path / "sub" / "tiny_vit.pt")
-    path = tool.main(["--arch", "ViT-B-16", "--format", "state_dict", "--output", out,
-                      "--vision-layers", "4", "--embed-dim", "16"])
+    path = tool.main(
+        ["--arch", "ViT-B-16", "--format", "state_dict", "--output", out, "--vision-layers", "4", "--embed-dim", "16"]
+    )
     assert path == out
     sd, arch = read_clip_weights(out)
     assert arch.is_vit and arch.vision_layers == 4 and arch.embed_dim == 16

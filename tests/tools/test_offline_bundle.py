@@ -1,6 +1,7 @@
 """tools/offline_bundle.py: what goes into a bundle, its manifest, and the check before an offline
 install. The install itself (pip --no-index into a fresh venv over a stand-in of the GPU machine,
 numpy 2, the GPU check's CPU rehearsal) is scripts/ci_offline_check.sh, run by CI."""
+
 import hashlib
 import json
 
@@ -32,8 +33,9 @@ REPORT = [
 
 
 def test_plan_leaves_out_torch_stack_and_what_the_target_has(tmp_path):
-    plan = offline_bundle.plan(_report(tmp_path, REPORT), with_torch=False,
-                               assume_present=["NumPy", "setuptools", "open-clip-torch*"])
+    plan = offline_bundle.plan(
+        _report(tmp_path, REPORT), with_torch=False, assume_present=["NumPy", "setuptools", "open-clip-torch*"]
+    )
     assert [x["name"] for x in plan["bundle"]] == ["fvcore", "setuptools"]  # setuptools: always bundled
     why = {x["name"]: x["why"] for x in plan["left_out"]}
     torch_stack, present = "torch stack (--with-torch not given)", "assumed present on the target"
@@ -44,8 +46,9 @@ def test_plan_leaves_out_torch_stack_and_what_the_target_has(tmp_path):
 
 def test_plan_rejects_source_archives_and_other_files(tmp_path):
     with pytest.raises(ValueError, match=r"antlr4-python3-runtime 4.9.3 resolved to a source archive"):
-        offline_bundle.plan(_report(tmp_path, [_item("antlr4-python3-runtime", "4.9.3", "https://x/a-4.9.3.tar.gz")]),
-                            False, [])
+        offline_bundle.plan(
+            _report(tmp_path, [_item("antlr4-python3-runtime", "4.9.3", "https://x/a-4.9.3.tar.gz")]), False, []
+        )
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a pip installation report"):
         offline_bundle.plan(str(tmp_path / "bad.json"), False, [])
@@ -64,8 +67,10 @@ def test_name_list_reads_names_and_pip_freeze(tmp_path):
 def bundle(tmp_path):
     wheels = tmp_path / "bundle" / "wheels"
     wheels.mkdir(parents=True)
-    contents = {"fvcore-0.1.5.post20221221-py3-none-any.whl": b"fvcore bytes",
-                "pycocotools-2.0.10-cp312-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl": b"x" * 3000}
+    contents = {
+        "fvcore-0.1.5.post20221221-py3-none-any.whl": b"fvcore bytes",
+        "pycocotools-2.0.10-cp312-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl": b"x" * 3000,
+    }
     for name, data in contents.items():
         (wheels / name).write_bytes(data)
     return tmp_path / "bundle", contents
@@ -95,14 +100,23 @@ def test_manifest_size_limit_and_duplicates(bundle):
         offline_bundle.write_manifest(str(root), "3.12", [], False, [])
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda w: (w / "fvcore-0.1.5.post20221221-py3-none-any.whl").write_bytes(b"fvcore bytes!"),
-     r"fvcore-0.1.5.post20221221-py3-none-any.whl: sha256 [0-9a-f]{64} does not match"),
-    (lambda w: (w / "fvcore-0.1.5.post20221221-py3-none-any.whl").unlink(),
-     r"missing wheels listed in manifest.json: fvcore-0.1.5.post20221221-py3-none-any.whl"),
-    (lambda w: (w / "yacs-0.1.8-py3-none-any.whl").write_bytes(b"y"),
-     r"wheels not in manifest.json: yacs-0.1.8-py3-none-any.whl"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda w: (w / "fvcore-0.1.5.post20221221-py3-none-any.whl").write_bytes(b"fvcore bytes!"),
+            r"fvcore-0.1.5.post20221221-py3-none-any.whl: sha256 [0-9a-f]{64} does not match",
+        ),
+        (
+            lambda w: (w / "fvcore-0.1.5.post20221221-py3-none-any.whl").unlink(),
+            r"missing wheels listed in manifest.json: fvcore-0.1.5.post20221221-py3-none-any.whl",
+        ),
+        (
+            lambda w: (w / "yacs-0.1.8-py3-none-any.whl").write_bytes(b"y"),
+            r"wheels not in manifest.json: yacs-0.1.8-py3-none-any.whl",
+        ),
+    ],
+)
 def test_verify_names_a_damaged_bundle(bundle, damage, message, capsys):
     root, _ = bundle
     offline_bundle.write_manifest(str(root), "3.12", [], False, [])

@@ -1,5 +1,6 @@
 """tools/onnx_demo.py: ONNX Runtime only (torch and detectron2 cannot be imported in its process),
 same labels as the PyTorch Predictor, overlays and label maps written."""
+
 import os
 import subprocess
 import sys
@@ -25,8 +26,24 @@ def exported(tmp_path_factory):
     weights = save_random_toy_weights(folder, seed=4)
     path = str(folder / "toy.onnx")
     tool = load_tool("export_model")
-    assert tool.main(["--config-file", TOY_BASELINE_CONFIG, "--weights", weights, "--format", "onnx",
-                      "--size", "96", "128", "--output", path]) == 0
+    assert (
+        tool.main(
+            [
+                "--config-file",
+                TOY_BASELINE_CONFIG,
+                "--weights",
+                weights,
+                "--format",
+                "onnx",
+                "--size",
+                "96",
+                "128",
+                "--output",
+                path,
+            ]
+        )
+        == 0
+    )
     return weights, path
 
 
@@ -41,8 +58,12 @@ def test_demo_without_torch(exported, tmp_path):
     (images / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
     code = RUNNER.format(demo=os.path.join(ROOT, "tools", "onnx_demo.py"))
-    proc = subprocess.run([sys.executable, "-c", code, "--model", model_path, "--input", str(images),
-                           "--output", str(out)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--model", model_path, "--input", str(images), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr  # one unreadable input was skipped
     assert "skipped" in proc.stderr and "broken.png" in proc.stderr
     labels = cv2.imread(str(out / "labels" / "a.png"), cv2.IMREAD_UNCHANGED)

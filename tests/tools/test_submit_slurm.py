@@ -10,31 +10,61 @@ submit_slurm = load_tool("submit_slurm")
 
 
 def test_dry_run_prints_the_sbatch_script(capsys, tmp_path):
-    submit_slurm.main(["--dry-run", "--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--time-min", "600",
-                       "--job-dir", str(tmp_path), "--config-file", "configs/ade20k/mtaclip_R50_bs16_160k.yaml",
-                       "OUTPUT_DIR", "output/x"])
+    submit_slurm.main(
+        [
+            "--dry-run",
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "4",
+            "--partition",
+            "gpu",
+            "--time-min",
+            "600",
+            "--job-dir",
+            str(tmp_path),
+            "--config-file",
+            "configs/ade20k/mtaclip_R50_bs16_160k.yaml",
+            "OUTPUT_DIR",
+            "output/x",
+        ]
+    )
     text = capsys.readouterr().out
     lines = set(text.splitlines())
-    for expected in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4", "#SBATCH --ntasks-per-node=1",
-                     "#SBATCH --partition=gpu", "#SBATCH --time=600", "#SBATCH --cpus-per-task=40",
-                     "#SBATCH --job-name=mta_clip", "#SBATCH --signal=USR2@120"):
+    for expected in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=600",
+        "#SBATCH --cpus-per-task=40",
+        "#SBATCH --job-name=mta_clip",
+        "#SBATCH --signal=USR2@120",
+    ):
         assert expected in lines, expected
     assert f"--output {tmp_path}/%j/%j_%t_log.out" in text  # one log folder per job id, one log per task
     task = next(line for line in text.splitlines() if line.startswith("# each task runs: "))
-    argv = shlex.split(task[len("# each task runs: "):])
+    argv = shlex.split(task[len("# each task runs: ") :])
     assert argv[1] == os.path.join(ROOT, "train_net.py")
     assert argv[argv.index("--num-gpus") + 1] == "4" and argv[argv.index("--num-machines") + 1] == "2"
     assert argv[argv.index("--machine-rank") + 1] == "<node index>"
     assert argv[argv.index("--dist-url") + 1] == "tcp://<first node>:<port>"
-    assert "--resume" in argv and argv[-4:] == ["--config-file", "configs/ade20k/mtaclip_R50_bs16_160k.yaml",
-                                               "OUTPUT_DIR", "output/x"]
+    assert "--resume" in argv and argv[-4:] == [
+        "--config-file",
+        "configs/ade20k/mtaclip_R50_bs16_160k.yaml",
+        "OUTPUT_DIR",
+        "output/x",
+    ]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (["--num-gpus", "2"], "--num-gpus"),
-    (["--dist-url=tcp://x:1"], "--dist-url"),
-    ([], "needs --config-file"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (["--num-gpus", "2"], "--num-gpus"),
+        (["--dist-url=tcp://x:1"], "--dist-url"),
+        ([], "needs --config-file"),
+    ],
+)
 def test_rejects_launcher_options_and_missing_config(bad, message, capsys):
     with pytest.raises(SystemExit):
         config = ["--config-file", "c.yaml"] if message != "needs --config-file" else []
@@ -56,12 +86,36 @@ def test_each_task_gets_its_machine_rank_and_the_first_node_as_rendezvous():
 
 
 def _submit_local(tmp_path, out_dir, max_iter):
-    args = ["--cluster", "local", "--nodes", "2", "--gpus-per-node", "1", "--time-min", "10",
-            "--job-dir", str(tmp_path / "jobs"),
-            "--config-file", os.path.join(ROOT, "configs/toy/mask2former_toy.yaml"),
-            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-            "SOLVER.CHECKPOINT_PERIOD", "2",
-            "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out_dir)]
+    args = [
+        "--cluster",
+        "local",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--time-min",
+        "10",
+        "--job-dir",
+        str(tmp_path / "jobs"),
+        "--config-file",
+        os.path.join(ROOT, "configs/toy/mask2former_toy.yaml"),
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "DATASETS.TEST",
+        "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "MODEL.DEVICE",
+        "cpu",
+        "OUTPUT_DIR",
+        str(out_dir),
+    ]
     job = submit_slurm.main(args)
     job.results()  # raises if a task failed
     return job

@@ -1,4 +1,5 @@
 """tools/validate_dataset.py: per-class counts and the problems it must flag."""
+
 import importlib.util
 import os
 import sys
@@ -34,9 +35,7 @@ def dataset(tmp_path):
         Image.fromarray(label).save(tmp_path / "labels" / f"{stem}.png")
         labels[stem] = label
     name = f"validate_test_{os.path.basename(str(tmp_path))}"
-    register_sem_seg_dataset(
-        name, str(tmp_path / "images"), str(tmp_path / "labels"), CLASSES, image_suffix=".png"
-    )
+    register_sem_seg_dataset(name, str(tmp_path / "images"), str(tmp_path / "labels"), CLASSES, image_suffix=".png")
     yield name, tmp_path, labels
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)

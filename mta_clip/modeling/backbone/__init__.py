@@ -1,4 +1,5 @@
 """Detectron2 backbones of this project (importing registers them in BACKBONE_REGISTRY)."""
+
 from .clip_resnet import CLIPResNet
 from .clip_vit import CLIPViT
 from .imagenet_vit import ImageNetViT

@@ -5,6 +5,7 @@ anti-aliased avg-pool downsampling), held directly under the backbone so paramet
 CLIP weight file's ``visual.*`` names without the prefix (``conv1.weight``, ``layer3.5.bn2.running_var``,
 ``attnpool.q_proj.weight``...).
 """
+
 import logging
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -117,7 +118,7 @@ class CLIPResNet(Backbone):
         if use_pool:
             self.attnpool = trunk.attnpool
             grid_cells = trunk.attnpool.positional_embedding.shape[0] - 1
-            side = int(round(grid_cells ** 0.5))
+            side = int(round(grid_cells**0.5))
             pos = resize_grid_pos_embed(trunk.attnpool.positional_embedding.data, (side, side), self.pool_grid)
             self.attnpool.positional_embedding = nn.Parameter(pos.clone())
         del trunk
@@ -128,8 +129,8 @@ class CLIPResNet(Backbone):
         self._freeze(freeze_at)
         self.freeze_at = freeze_at
 
-        self._out_feature_strides = {f"res{i + 2}": 4 * 2 ** i for i in range(4)}
-        self._out_feature_channels = {f"res{i + 2}": width * 4 * 2 ** i for i in range(4)}
+        self._out_feature_strides = {f"res{i + 2}": 4 * 2**i for i in range(4)}
+        self._out_feature_channels = {f"res{i + 2}": width * 4 * 2**i for i in range(4)}
         self._out_feature_strides["attnpool"] = 32
         self._out_feature_channels["attnpool"] = embed_dim
 

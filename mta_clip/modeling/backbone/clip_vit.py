@@ -13,6 +13,7 @@ positional embedding, at load and at run time (``pos_embed_interpolation``); dro
 ``linspace(0, drop_path_rate, layers)`` over the blocks, one draw per token position
 (``drop_path_unit="token"``, see ``mta_clip.layers.drop_path``).
 """
+
 import logging
 from typing import Dict, Optional, Sequence
 
@@ -87,10 +88,18 @@ class CLIPViT(Backbone):
         from open_clip.transformer import QuickGELU, VisionTransformer
 
         level_index = check_pyramid_args(
-            "CLIPViT", out_indices, layers, out_features, pyramid_norm, width,
-            "MODEL.CLIP.VIT.OUT_INDICES", "MODEL.CLIP.VIT.PYRAMID_NORM")
+            "CLIPViT",
+            out_indices,
+            layers,
+            out_features,
+            pyramid_norm,
+            width,
+            "MODEL.CLIP.VIT.OUT_INDICES",
+            "MODEL.CLIP.VIT.PYRAMID_NORM",
+        )
         pos_embed_interpolation = choice(
-            ("bilinear", "bicubic"), pos_embed_interpolation, "MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION")
+            ("bilinear", "bicubic"), pos_embed_interpolation, "MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION"
+        )
         drop_path_unit = choice(DROP_PATH_UNITS, drop_path_unit, "MODEL.CLIP.VIT.DROP_PATH_UNIT")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(
@@ -150,8 +159,13 @@ class CLIPViT(Backbone):
                 return int(key.split(".")[2]) < depth
             return key.split(".")[0] in ("conv1", "class_embedding", "positional_embedding", "ln_pre")
 
-        unused = sorted({k.split(".")[0] if not k.startswith("transformer.") else "transformer.resblocks.>=%d" % depth
-                         for k in weights if not used(k)})
+        unused = sorted(
+            {
+                k.split(".")[0] if not k.startswith("transformer.") else "transformer.resblocks.>=%d" % depth
+                for k in weights
+                if not used(k)
+            }
+        )
         if unused:
             logger.info("CLIPViT: not using CLIP weights %s", unused)
         weights = {k: v for k, v in weights.items() if used(k)}

@@ -7,6 +7,7 @@ unchanged: ``cls_token``, ``pos_embed``, ``patch_embed.proj.*``, ``blocks.N.norm
 the last one used are not built. Four blocks' patch tokens feed the shared ViT pyramid
 (``vit_pyramid.py``) that gives ``res2..res5``.
 """
+
 import logging
 from typing import Dict, Optional, Sequence
 
@@ -123,12 +124,20 @@ class ImageNetViT(Backbone):
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"ImageNetViT drop_path_rate {drop_path_rate} (MODEL.VIT.DROP_PATH_RATE): expected [0, 1)")
         level_index = check_pyramid_args(
-            "ImageNetViT", out_indices, depth, out_features, pyramid_norm, embed_dim,
-            "MODEL.VIT.OUT_INDICES", "MODEL.VIT.PYRAMID_NORM")
+            "ImageNetViT",
+            out_indices,
+            depth,
+            out_features,
+            pyramid_norm,
+            embed_dim,
+            "MODEL.VIT.OUT_INDICES",
+            "MODEL.VIT.PYRAMID_NORM",
+        )
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
             raise ValueError(
-                f"ImageNetViT image_size {image_size} (MODEL.VIT.IMAGE_SIZE) must be multiples of {patch_size}")
+                f"ImageNetViT image_size {image_size} (MODEL.VIT.IMAGE_SIZE) must be multiples of {patch_size}"
+            )
         self.patch_size = patch_size
         self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         self._out_features = list(out_features)
@@ -141,7 +150,8 @@ class ImageNetViT(Backbone):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
         self.blocks = nn.ModuleList(
-            [ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(used)])
+            [ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(used)]
+        )
         self.pyramid = ViTPyramid(self._out_features, embed_dim, pyramid_norm, pre_norm=pyramid_pre_norm)
         self._init_trunk()
         if weights is not None:
@@ -162,23 +172,25 @@ class ImageNetViT(Backbone):
 
     def _load(self, weights: Dict[str, torch.Tensor], source: str) -> None:
         depth = len(self.blocks)
-        weights = {k: v for k, v in weights.items()
-                   if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}
+        weights = {k: v for k, v in weights.items() if not (k.startswith("blocks.") and int(k.split(".")[1]) >= depth)}
         pos = weights.get("pos_embed")
         if pos is not None:
             if pos.dim() != 3 or pos.shape[0] != 1:
                 raise ValueError(
-                    f"ImageNetViT: pos_embed in {source} has shape {tuple(pos.shape)}, expected (1, 1 + N, C)")
+                    f"ImageNetViT: pos_embed in {source} has shape {tuple(pos.shape)}, expected (1, 1 + N, C)"
+                )
             side = int(round((pos.shape[1] - 1) ** 0.5))
             if side * side != pos.shape[1] - 1:
                 raise ValueError(
                     f"ImageNetViT: pos_embed in {source} has {pos.shape[1]} rows: expected a class token and a "
-                    f"square grid (distilled or register-token ViTs are not supported)")
+                    f"square grid (distilled or register-token ViTs are not supported)"
+                )
             weights["pos_embed"] = resize_grid_pos_embed(pos[0], (side, side), self.grid, antialias=True)[None]
             if (side, side) != self.grid:
                 logger.info("ImageNetViT: positional embedding resized from %dx%d to %dx%d", side, side, *self.grid)
-        load_backbone_weights(self, weights, "ImageNetViT", source, new_prefixes=("pyramid.",),
-                              ignored_prefixes=_CLASSIFIER_PREFIXES)
+        load_backbone_weights(
+            self, weights, "ImageNetViT", source, new_prefixes=("pyramid.",), ignored_prefixes=_CLASSIFIER_PREFIXES
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -189,9 +201,11 @@ class ImageNetViT(Backbone):
         weights = None
         if vit.WEIGHTS:
             weights = read_backbone_weights(
-                vit.WEIGHTS, "MODEL.VIT.WEIGHTS",
+                vit.WEIGHTS,
+                "MODEL.VIT.WEIGHTS",
                 "ViT-S/16 ImageNet weights in timm's layout: e.g. model.safetensors of the Hugging Face repo "
-                "timm/vit_small_patch16_384.augreg_in21k_ft_in1k (Segmenter's ViT-S/16).")
+                "timm/vit_small_patch16_384.augreg_in21k_ft_in1k (Segmenter's ViT-S/16).",
+            )
         else:
             logger.warning("MODEL.VIT.WEIGHTS is empty: ImageNetViT is randomly initialized (not the paper's setting)")
         return {

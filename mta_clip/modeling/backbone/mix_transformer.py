@@ -11,6 +11,7 @@ Parameter names are those of the official ImageNet files (NVlabs/SegFormer ``mit
 ``norm{s}`` (s = 1..4). Hugging Face ``SegformerModel`` state dicts (both the hub files' layout and
 the layout of transformers >= 5 in memory) are converted on load.
 """
+
 import logging
 import re
 from typing import Dict, List, Optional, Sequence
@@ -145,18 +146,24 @@ class MixTransformer(Backbone):
         for key, value in lists.items():
             if len(value) != 4 or min(int(v) for v in value) < 1:
                 raise ValueError(
-                    f"MixTransformer {key.lower()} {list(value)} (MODEL.MIT.{key}): expected 4 positive ints")
+                    f"MixTransformer {key.lower()} {list(value)} (MODEL.MIT.{key}): expected 4 positive ints"
+                )
         for s in range(4):
             if embed_dims[s] % num_heads[s]:
-                raise ValueError(f"MixTransformer stage {s + 1}: embed dim {embed_dims[s]} is not divisible by "
-                                 f"{num_heads[s]} heads (MODEL.MIT.EMBED_DIMS / NUM_HEADS)")
+                raise ValueError(
+                    f"MixTransformer stage {s + 1}: embed dim {embed_dims[s]} is not divisible by "
+                    f"{num_heads[s]} heads (MODEL.MIT.EMBED_DIMS / NUM_HEADS)"
+                )
         unknown = [f for f in out_features if f not in _STAGES]
         if unknown or not out_features:
-            raise ValueError(f"MixTransformer out_features {list(out_features)} (MODEL.MIT.OUT_FEATURES): "
-                             f"expected a subset of {_STAGES}")
+            raise ValueError(
+                f"MixTransformer out_features {list(out_features)} (MODEL.MIT.OUT_FEATURES): "
+                f"expected a subset of {_STAGES}"
+            )
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(
-                f"MixTransformer drop_path_rate {drop_path_rate} (MODEL.MIT.DROP_PATH_RATE): expected [0, 1)")
+                f"MixTransformer drop_path_rate {drop_path_rate} (MODEL.MIT.DROP_PATH_RATE): expected [0, 1)"
+            )
         self._out_features = list(out_features)
         self.num_stages = 1 + max(_STAGES.index(f) for f in out_features)
         total = sum(depths)
@@ -166,9 +173,16 @@ class MixTransformer(Backbone):
             in_ch = 3 if s == 0 else embed_dims[s - 1]
             kernel, stride = (7, 4) if s == 0 else (3, 2)
             setattr(self, f"patch_embed{s + 1}", _OverlapPatchEmbed(in_ch, embed_dims[s], kernel, stride))
-            setattr(self, f"block{s + 1}", nn.ModuleList([
-                _MiTBlock(embed_dims[s], num_heads[s], mlp_ratio, sr_ratios[s], rates[start + j])
-                for j in range(depths[s])]))
+            setattr(
+                self,
+                f"block{s + 1}",
+                nn.ModuleList(
+                    [
+                        _MiTBlock(embed_dims[s], num_heads[s], mlp_ratio, sr_ratios[s], rates[start + j])
+                        for j in range(depths[s])
+                    ]
+                ),
+            )
             setattr(self, f"norm{s + 1}", nn.LayerNorm(embed_dims[s], eps=_NORM_EPS))
             start += depths[s]
         if weights is None:
@@ -176,7 +190,7 @@ class MixTransformer(Backbone):
         else:  # every tensor comes from the file (a partial file is an error): no random init to overwrite
             self._load(weights, weights_source or "MiT weights")
 
-        self._out_feature_strides = {f: 4 * 2 ** i for i, f in enumerate(_STAGES)}
+        self._out_feature_strides = {f: 4 * 2**i for i, f in enumerate(_STAGES)}
         self._out_feature_channels = {f: int(embed_dims[i]) for i, f in enumerate(_STAGES)}
 
     def _load(self, weights: Dict[str, torch.Tensor], source: str) -> None:
@@ -196,13 +210,16 @@ class MixTransformer(Backbone):
         weights = None
         if mit.WEIGHTS:
             weights = read_backbone_weights(
-                mit.WEIGHTS, "MODEL.MIT.WEIGHTS",
+                mit.WEIGHTS,
+                "MODEL.MIT.WEIGHTS",
                 "MiT-B4 ImageNet-1k weights: SegFormer's mit_b4.pth (NVlabs/SegFormer README, 'ImageNet-1K "
                 "pretrained weights'), or model.safetensors / pytorch_model.bin of the Hugging Face repo "
-                "nvidia/mit-b4.")
+                "nvidia/mit-b4.",
+            )
         else:
-            logger.warning("MODEL.MIT.WEIGHTS is empty: MixTransformer is randomly initialized "
-                           "(not the paper's setting)")
+            logger.warning(
+                "MODEL.MIT.WEIGHTS is empty: MixTransformer is randomly initialized (not the paper's setting)"
+            )
         return {
             "embed_dims": tuple(mit.EMBED_DIMS),
             "num_heads": tuple(mit.NUM_HEADS),
@@ -258,11 +275,17 @@ _HF_HUB = [
     (r"^encoder\.layer_norm\.(\d)\.", lambda m: f"norm{int(m[1]) + 1}."),
 ]
 _HF_HUB_BLOCK = {
-    "layer_norm_1.": "norm1.", "layer_norm_2.": "norm2.",
-    "attention.self.query.": "attn.q.", "attention.self.key.": "attn.k.", "attention.self.value.": "attn.v.",
-    "attention.self.sr.": "attn.sr.", "attention.self.layer_norm.": "attn.norm.",
+    "layer_norm_1.": "norm1.",
+    "layer_norm_2.": "norm2.",
+    "attention.self.query.": "attn.q.",
+    "attention.self.key.": "attn.k.",
+    "attention.self.value.": "attn.v.",
+    "attention.self.sr.": "attn.sr.",
+    "attention.self.layer_norm.": "attn.norm.",
     "attention.output.dense.": "attn.proj.",
-    "mlp.dense1.": "mlp.fc1.", "mlp.dense2.": "mlp.fc2.", "mlp.dwconv.dwconv.": "mlp.dwconv.dwconv.",
+    "mlp.dense1.": "mlp.fc1.",
+    "mlp.dense2.": "mlp.fc2.",
+    "mlp.dwconv.dwconv.": "mlp.dwconv.dwconv.",
 }
 # transformers >= 5 module names (SegformerModel().state_dict()):
 _HF_V5 = [
@@ -272,11 +295,17 @@ _HF_V5 = [
     (r"^stages\.(\d)\.layer_norm\.", lambda m: f"norm{int(m[1]) + 1}."),
 ]
 _HF_V5_BLOCK = {
-    "layernorm_before.": "norm1.", "layernorm_after.": "norm2.",
-    "attention.q_proj.": "attn.q.", "attention.k_proj.": "attn.k.", "attention.v_proj.": "attn.v.",
+    "layernorm_before.": "norm1.",
+    "layernorm_after.": "norm2.",
+    "attention.q_proj.": "attn.q.",
+    "attention.k_proj.": "attn.k.",
+    "attention.v_proj.": "attn.v.",
     "attention.sequence_reduction.sequence_reduction.": "attn.sr.",
-    "attention.sequence_reduction.layer_norm.": "attn.norm.", "attention.o_proj.": "attn.proj.",
-    "mlp.fc1.": "mlp.fc1.", "mlp.fc2.": "mlp.fc2.", "mlp.dwconv.dwconv.": "mlp.dwconv.dwconv.",
+    "attention.sequence_reduction.layer_norm.": "attn.norm.",
+    "attention.o_proj.": "attn.proj.",
+    "mlp.fc1.": "mlp.fc1.",
+    "mlp.fc2.": "mlp.fc2.",
+    "mlp.dwconv.dwconv.": "mlp.dwconv.dwconv.",
 }
 
 
@@ -287,7 +316,7 @@ def mit_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
     projections are concatenated into ``attn.kv`` (keys first); the HF classifier becomes ``head.*``."""
     prefix = "segformer."
     if any(k.startswith(prefix) for k in state_dict):
-        state_dict = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+        state_dict = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
     if any(k.startswith("encoder.") for k in state_dict):
         rules, block_names = _HF_HUB, _HF_HUB_BLOCK
     elif any(k.startswith("stages.") for k in state_dict):
@@ -298,13 +327,13 @@ def mit_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
     unknown: List[str] = []
     for key, value in state_dict.items():
         if key.startswith("classifier."):
-            out["head." + key[len("classifier."):]] = value
+            out["head." + key[len("classifier.") :]] = value
             continue
         new = None
         for pattern, repl in rules:
             m = re.match(pattern, key)
             if m:
-                new = repl(m) + key[m.end():]
+                new = repl(m) + key[m.end() :]
                 break
         if new is None:
             unknown.append(key)
@@ -313,7 +342,7 @@ def mit_official_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, to
             head, rest = new.split(".", 2)[:2], new.split(".", 2)[2]
             for old, official in block_names.items():
                 if rest.startswith(old):
-                    rest = official + rest[len(old):]
+                    rest = official + rest[len(old) :]
                     break
             else:
                 unknown.append(key)

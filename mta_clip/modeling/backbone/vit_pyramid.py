@@ -7,6 +7,7 @@ level keeps the ViT width. With ``pre_norm`` every branch starts with ``GroupNor
 (DenseCLIP's CLIP ViT, used by the MTA-CLIP authors; res4 is then that norm alone). Shared by
 every ViT backbone of this project (CLIP ViT, ImageNet ViT).
 """
+
 from typing import Dict, Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 __all__ = ["LEVELS", "LEVEL_STRIDES", "ViTPyramid", "pyramid_branch", "check_pyramid_args"]
 
 LEVELS = ("res2", "res3", "res4", "res5")
-LEVEL_STRIDES = {f: 4 * 2 ** i for i, f in enumerate(LEVELS)}  # res2: 4 ... res5: 32
+LEVEL_STRIDES = {f: 4 * 2**i for i, f in enumerate(LEVELS)}  # res2: 4 ... res5: 32
 
 
 def pyramid_branch(level: str, width: int, norm: str, pre_norm: bool = False) -> nn.Module:

@@ -5,6 +5,7 @@ Accepted files: a PyTorch state dict (``.pth`` / ``.pt`` / ``.bin``, read with
 ``module.`` prefix are removed) or a ``.safetensors`` file. Nothing is downloaded:
 ``docs/backbones.md`` says where each file comes from and where to put it.
 """
+
 import logging
 import os
 from typing import Dict, Iterable, Sequence
@@ -27,7 +28,7 @@ def read_backbone_weights(path: str, key: str, how_to_get: str) -> Dict[str, tor
         raise FileNotFoundError(
             f"Backbone weights '{path}' ({key}, resolved to {os.path.abspath(path)}) do not exist. "
             f"{how_to_get} See docs/backbones.md; nothing is downloaded at run time. "
-            f"Set {key} to \"\" for random initialization (tests and toy runs only)."
+            f'Set {key} to "" for random initialization (tests and toy runs only).'
         )
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -46,12 +47,13 @@ def read_backbone_weights(path: str, key: str, how_to_get: str) -> Dict[str, tor
             raw = raw[wrapper]
     if not isinstance(raw, dict) or not any(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ValueError(
-            f"Backbone weights '{path}' ({key}): expected a state dict of tensors, got {type(raw).__name__}")
+            f"Backbone weights '{path}' ({key}): expected a state dict of tensors, got {type(raw).__name__}"
+        )
     state_dict = {}
     for name, value in raw.items():
         if not isinstance(value, torch.Tensor):
             continue
-        name = name[len("module."):] if name.startswith("module.") else name
+        name = name[len("module.") :] if name.startswith("module.") else name
         state_dict[name] = value.float() if value.is_floating_point() else value
     logger.info("Read backbone weights %s (%d tensors)", path, len(state_dict))
     return state_dict
@@ -81,8 +83,11 @@ def load_backbone_weights(
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict and not (new_prefixes and k.startswith(new_prefixes))]
     unexpected = [k for k in state_dict if k not in own]
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -91,8 +96,9 @@ def load_backbone_weights(
             parts.append(f"{len(unexpected)} unexpected tensors ({_short(unexpected)})")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches ({_short(wrong, 5)})")
-        raise ValueError(f"{component}: weights from {source} do not fit the configured architecture: "
-                         + "; ".join(parts))
+        raise ValueError(
+            f"{component}: weights from {source} do not fit the configured architecture: " + "; ".join(parts)
+        )
     module.load_state_dict(state_dict, strict=False)
     logger.info("%s: loaded %d tensors from %s", component, len(state_dict), source)
 

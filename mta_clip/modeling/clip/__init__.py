@@ -1,5 +1,6 @@
 """CLIP for MTA-CLIP: weight-file reading, prompt learner, prompt text encoder (with its
 shared-prefix speed-up)."""
+
 from .prompt_learner import PromptLearner, clip_tokenizer, tokenize_class_slot, tokenize_template
 from .text_encoder import PromptTextEncoder
 from .weights import (

@@ -12,6 +12,7 @@ CLIP's first ``L`` positional rows. The text feature is read at the EOT position
 text transformer is causal, positions after EOT do not change it: with contexts equal to a
 template's token embeddings the result equals CLIP's ``encode_text`` of ``"template class"``.
 """
+
 import functools
 import logging
 from typing import List, Optional, Sequence, Tuple

@@ -12,6 +12,7 @@ positions for ADE20k's 151 prompt names (K = 3, n_ctx = 8: 3 * 345 instead of 3 
 :class:`~.text_encoder.PromptTextEncoder` uses it by default (``encode(shared_prefix=True)``) when
 :func:`prefix_sharing_unsupported` finds every text block to be open_clip's plain block.
 """
+
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -123,8 +124,9 @@ def encode_shared_prefix(encoder: nn.Module, layout: PackedLayout) -> torch.Tens
     return x @ encoder.text_projection
 
 
-def _shared_prefix_block(block: nn.Module, x: torch.Tensor, prefix_len: int, layout: PackedLayout,
-                         keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _shared_prefix_block(
+    block: nn.Module, x: torch.Tensor, prefix_len: int, layout: PackedLayout, keep: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """One open_clip ``ResidualAttentionBlock`` (its own weights) on packed sequences x (K, P + N, W).
 
     Positions ``[:P]`` (the prefix) attend causally among themselves. A class position attends to
@@ -143,7 +145,9 @@ def _shared_prefix_block(block: nn.Module, x: torch.Tensor, prefix_len: int, lay
     out = [  # prefix: plain causal attention, (K, P, W)
         F.scaled_dot_product_attention(
             qp.transpose(1, 2), kp.transpose(1, 2), vp.transpose(1, 2), is_causal=True, scale=1.0
-        ).transpose(1, 2).reshape(K, P, width)
+        )
+        .transpose(1, 2)
+        .reshape(K, P, width)
     ]
     for (offset, n, t), future in zip(layout.groups, layout.future):
         sl = slice(P + offset, P + offset + n * t)

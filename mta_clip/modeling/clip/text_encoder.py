@@ -14,6 +14,7 @@ contexts invalidates it.
 The shared-prefix computation that :meth:`PromptTextEncoder.encode` uses by default lives in
 ``shared_prefix.py``.
 """
+
 import logging
 from typing import Dict, List, Optional, Sequence
 

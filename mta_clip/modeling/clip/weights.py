@@ -13,6 +13,7 @@ The architecture (:class:`CLIPArch`) is read from the tensor shapes, as OpenAI's
 attention heads are ``width // 64`` everywhere, so widths must be multiples of 64 (ResNet: the
 stage-5 width ``32 * width``). Nothing is downloaded unless the caller asks for it explicitly.
 """
+
 import contextlib
 import logging
 import os
@@ -57,7 +58,7 @@ def _official_files_text() -> str:
 
 
 def _official_url_text(model_name: str) -> str:
-    """"; <file> is at <url>" for an official architecture name (open_clip's registry, no network), else ""."""
+    """ "; <file> is at <url>" for an official architecture name (open_clip's registry, no network), else ""."""
     if model_name not in OFFICIAL_CLIP_FILES:
         return ""
     from open_clip import get_pretrained_url
@@ -112,8 +113,7 @@ class CLIPArch:
             patch_size=self.vision_patch_size,
             image_size=self.vision_image_size,
         )
-        return dict(embed_dim=self.embed_dim, vision_cfg=vision_cfg, text_cfg=self.text_tower_kwargs(),
-                    quick_gelu=True)
+        return dict(embed_dim=self.embed_dim, vision_cfg=vision_cfg, text_cfg=self.text_tower_kwargs(), quick_gelu=True)
 
     def text_tower_kwargs(self) -> dict:
         """Shape arguments of open_clip's text tower (``text_cfg`` / ``TextTransformer``)."""
@@ -147,7 +147,7 @@ class CLIPArch:
             import json
 
             try:
-                fields = json.loads(name[len(CUSTOM_PREFIX):])
+                fields = json.loads(name[len(CUSTOM_PREFIX) :])
                 if isinstance(fields.get("vision_layers"), list):
                     fields["vision_layers"] = tuple(fields["vision_layers"])
                 return cls(**fields)
@@ -155,8 +155,7 @@ class CLIPArch:
                 raise ValueError(f"MODEL.CLIP.MODEL_NAME {name!r} is not a valid custom CLIP: {e}") from None
         if name not in OFFICIAL_CLIP_FILES:
             raise ValueError(
-                f"Unknown CLIP model name '{name}' (MODEL.CLIP.MODEL_NAME); expected one of "
-                f"{list(OFFICIAL_CLIP_FILES)}"
+                f"Unknown CLIP model name '{name}' (MODEL.CLIP.MODEL_NAME); expected one of {list(OFFICIAL_CLIP_FILES)}"
             )
         from open_clip import get_model_config
 
@@ -190,7 +189,7 @@ class CLIPArch:
             )
 
         def count(prefix: str) -> int:
-            return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+            return len({k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix)})
 
         if is_vit:
             conv1 = state_dict["visual.conv1.weight"]
@@ -219,7 +218,7 @@ class CLIPArch:
 
 
 def _square_grid(n: int, source: str) -> int:
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     if side * side != n:
         raise ValueError(f"{source}: positional embedding grid of {n} cells is not square")
     return side
@@ -257,7 +256,7 @@ def _normalize_state_dict(obj: Dict[str, object], path: str) -> Dict[str, torch.
         obj = obj["state_dict"]
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor) and k not in _META_KEYS}
     if tensors and all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     if not tensors:
         raise ValueError(f"CLIP weights file '{path}' contains no tensors")
     return {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
@@ -318,7 +317,9 @@ def read_clip_weights(
         if found is not None:
             logger.warning(
                 "MODEL.CLIP.MODEL_NAME is %s but %s holds %s weights; using the file's architecture",
-                model_name, path, found,
+                model_name,
+                path,
+                found,
             )
         else:
             logger.info("%s holds a custom CLIP architecture (not %s): %s", path, model_name, arch)
@@ -355,7 +356,9 @@ def clip_weights_and_arch(
         logger.warning(
             "MODEL.CLIP.WEIGHTS is empty: %s is randomly initialized with the %s architecture. "
             "Set it to OpenAI's %s for the paper's setting.",
-            user, model_name, OFFICIAL_CLIP_FILES.get(model_name, _official_files_text()),
+            user,
+            model_name,
+            OFFICIAL_CLIP_FILES.get(model_name, _official_files_text()),
         )
         return None, CLIPArch.from_official(model_name)
     read = _READ_IN_THIS_BUILD.get()
@@ -371,7 +374,7 @@ def clip_weights_and_arch(
 
 def sub_state_dict(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     """Entries under ``prefix`` (e.g. ``"visual."``) with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def image_size_pair(size) -> Tuple[int, int]:
@@ -385,7 +388,10 @@ def image_size_pair(size) -> Tuple[int, int]:
 
 
 def resize_grid_pos_embed(
-    pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int], mode: str = "bicubic",
+    pos: torch.Tensor,
+    old_grid: Sequence[int],
+    new_grid: Sequence[int],
+    mode: str = "bicubic",
     antialias: bool = False,
 ) -> torch.Tensor:
     """Resizes a ``(1 + gh*gw, C)`` positional embedding to ``(1 + nh*nw, C)``.
@@ -436,7 +442,10 @@ def load_clip_weights(
     if result.unexpected_keys:
         logger.warning(
             "%s: %d unexpected tensors in %s: %s",
-            component, len(result.unexpected_keys), source, _short(result.unexpected_keys),
+            component,
+            len(result.unexpected_keys),
+            source,
+            _short(result.unexpected_keys),
         )
     logger.info("%s: loaded %d tensors from %s", component, len(state_dict) - len(result.unexpected_keys), source)
     return list(result.missing_keys), list(result.unexpected_keys)

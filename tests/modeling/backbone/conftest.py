@@ -1,4 +1,5 @@
 """Tiny random CLIP files of the three official layouts and a config builder for the backbone tests."""
+
 import pytest
 from detectron2.config import get_cfg
 

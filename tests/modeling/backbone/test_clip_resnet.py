@@ -1,4 +1,5 @@
 """CLIPResNet against open_clip's own visual tower on tiny random CLIPs."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,13 +37,21 @@ def test_resnet_shapes_names_rn101(ckpts):
     assert len(bb.layer3) == 23 and len(bb.layer1) == 3
     shapes = bb.output_shape()
     assert {k: (v.channels, v.stride) for k, v in shapes.items()} == {
-        "res2": (32, 4), "res3": (64, 8), "res4": (128, 16), "res5": (256, 32)}
+        "res2": (32, 4),
+        "res3": (64, 8),
+        "res4": (128, 16),
+        "res5": (256, 32),
+    }
     out = bb(torch.randn(1, 3, 64, 96))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "res2": (1, 32, 16, 24), "res3": (1, 64, 8, 12), "res4": (1, 128, 4, 6), "res5": (1, 256, 2, 3)}
+        "res2": (1, 32, 16, 24),
+        "res3": (1, 64, 8, 12),
+        "res4": (1, 128, 4, 6),
+        "res5": (1, 256, 2, 3),
+    }
     # names under the backbone are the CLIP file's visual.* names (a prefix change)
     sd, _ = read_clip_weights(ckpts["RN101"])
-    visual = {k[len("visual."):] for k in sd if k.startswith("visual.") and not k.startswith("visual.attnpool.")}
+    visual = {k[len("visual.") :] for k in sd if k.startswith("visual.") and not k.startswith("visual.attnpool.")}
     ours = set(bb.state_dict())
     assert ours <= visual
     assert visual - ours == {k for k in visual if k.endswith("num_batches_tracked")}  # FrozenBN keeps none
@@ -102,7 +111,8 @@ def test_resnet_attention_pool(ckpts):
         grid = stored[1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(5, 7), mode="bicubic", align_corners=False)
         ref.visual.attnpool.positional_embedding.data = torch.cat(
-            [stored[:1], grid.permute(0, 2, 3, 1).reshape(35, -1)])
+            [stored[:1], grid.permute(0, 2, 3, 1).reshape(35, -1)]
+        )
         expected = ref.visual.attnpool(out["res5"])
     assert out["attnpool"].shape == (1, 32, 5, 7)
     torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
@@ -130,5 +140,6 @@ def test_resnet_default_norm_is_the_authors_trained_batchnorm(ckpts):
     torch.testing.assert_close(seen["y"].double(), expected, atol=1e-4, rtol=1e-4)
     n = x.numel() / x.shape[1]
     torch.testing.assert_close(bb.bn1.running_mean.double(), 0.9 * mean0.double() + 0.1 * mu, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(bb.bn1.running_var.double(), 0.9 * var0.double() + 0.1 * var_b * n / (n - 1),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        bb.bn1.running_var.double(), 0.9 * var0.double() + 0.1 * var_b * n / (n - 1), atol=1e-5, rtol=1e-5
+    )

@@ -1,4 +1,5 @@
 """CLIPViT against open_clip's own visual tower on tiny random CLIPs."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,12 @@ from tests.conftest import open_clip_reference
 from tests.modeling.backbone.conftest import make_cfg
 
 # CLIP's own ViT arithmetic (open_clip parity); the defaults are DenseCLIP's (the MTA-CLIP authors')
-CLIP_VIT = {"VIT.PYRAMID_PRE_NORM": False, "VIT.CLASS_EMBED_TWICE": False, "VIT.POS_EMBED_INTERPOLATION": "bicubic",
-            "VIT.DROP_PATH_RATE": 0.0}
+CLIP_VIT = {
+    "VIT.PYRAMID_PRE_NORM": False,
+    "VIT.CLASS_EMBED_TWICE": False,
+    "VIT.POS_EMBED_INTERPOLATION": "bicubic",
+    "VIT.DROP_PATH_RATE": 0.0,
+}
 
 
 def test_registered_name():
@@ -35,7 +40,8 @@ def test_vit_pos_embed_interpolation(ckpts):
     """Load time: the CLIP file's grid 14x14 -> training grid 8x12; run time: -> the input's grid."""
     ref = open_clip_reference(ckpts["ViT-B-16"])
     bb = build_backbone(
-        make_cfg("CLIPViT", ckpts["ViT-B-16"], (128, 192), **{"VIT.PYRAMID_NORM": "BN", **CLIP_VIT})).eval()
+        make_cfg("CLIPViT", ckpts["ViT-B-16"], (128, 192), **{"VIT.PYRAMID_NORM": "BN", **CLIP_VIT})
+    ).eval()
     ckpt = ref.visual.positional_embedding.detach()
 
     def bicubic(pos, old, new):
@@ -59,10 +65,18 @@ def test_vit_pyramid_shapes_and_gradients(ckpts):
     assert isinstance(bb.pyramid["res2"][0], torch.nn.GroupNorm) and bb.pyramid["res2"][0].num_groups == 1
     assert isinstance(bb.pyramid["res2"][2], torch.nn.SyncBatchNorm)
     assert {k: (v.channels, v.stride) for k, v in bb.output_shape().items()} == {
-        "res2": (64, 4), "res3": (64, 8), "res4": (64, 16), "res5": (64, 32)}
+        "res2": (64, 4),
+        "res3": (64, 8),
+        "res4": (64, 16),
+        "res5": (64, 32),
+    }
     out = bb(torch.randn(2, 3, 64, 96))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "res2": (2, 64, 16, 24), "res3": (2, 64, 8, 12), "res4": (2, 64, 4, 6), "res5": (2, 64, 2, 3)}
+        "res2": (2, 64, 16, 24),
+        "res3": (2, 64, 8, 12),
+        "res4": (2, 64, 4, 6),
+        "res5": (2, 64, 2, 3),
+    }
     sum(v.mean() for v in out.values()).backward()
     assert bb.pyramid["res2"][0].weight.grad is not None and bb.conv1.weight.grad is not None
     assert bb.transformer.resblocks[11].mlp.c_fc.weight.grad is not None
@@ -77,8 +91,13 @@ def test_vit_pyramid_shapes_and_gradients(ckpts):
 
 
 def test_vit_fewer_blocks_and_errors(ckpts):
-    bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], **{
-        "VIT.OUT_INDICES": [1, 2, 4, 6], "VIT.OUT_FEATURES": ["res3", "res4"], "VIT.PYRAMID_NORM": "BN"}))
+    bb = build_backbone(
+        make_cfg(
+            "CLIPViT",
+            ckpts["ViT-B-16"],
+            **{"VIT.OUT_INDICES": [1, 2, 4, 6], "VIT.OUT_FEATURES": ["res3", "res4"], "VIT.PYRAMID_NORM": "BN"},
+        )
+    )
     assert len(bb.transformer.resblocks) == 5 and set(bb.pyramid.keys()) == {"res3", "res4"}
     assert set(bb(torch.randn(1, 3, 32, 32))) == {"res3", "res4"}
     with pytest.raises(ValueError, match="OUT_INDICES"):
@@ -159,8 +178,14 @@ def test_vit_drop_path_is_denseclip(ckpts, unit):
     import timm.layers
 
     rate = 0.5
-    bb = build_backbone(make_cfg("CLIPViT", ckpts["ViT-B-16"], (64, 64), **{
-        "VIT.PYRAMID_NORM": "BN", "VIT.DROP_PATH_RATE": rate, "VIT.DROP_PATH_UNIT": unit})).train()
+    bb = build_backbone(
+        make_cfg(
+            "CLIPViT",
+            ckpts["ViT-B-16"],
+            (64, 64),
+            **{"VIT.PYRAMID_NORM": "BN", "VIT.DROP_PATH_RATE": rate, "VIT.DROP_PATH_UNIT": unit},
+        )
+    ).train()
     rates = [rate * i / 11 for i in range(12)]
     assert [blk.ls_1.drop_prob for blk in list(bb.transformer.resblocks)[1:]] == pytest.approx(rates[1:])
     assert isinstance(bb.transformer.resblocks[0].ls_1, torch.nn.Identity)  # rate 0 for the first block

@@ -1,4 +1,5 @@
 """Detectron2's MODEL.BACKBONE.FREEZE_AT on backbones that do not use it (mta_clip.modeling.backbone.freeze)."""
+
 import logging
 
 import pytest

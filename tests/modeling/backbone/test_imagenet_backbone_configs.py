@@ -1,5 +1,6 @@
 """Table 3 (left) configs: the four ADE20k configs build and predict; a toy-sized MTA-CLIP with each
 ImageNet backbone trains a step and evaluates."""
+
 import os
 
 import pytest
@@ -9,14 +10,35 @@ from detectron2.modeling import build_model
 from mta_clip.engine import Trainer, setup_cfg
 from tests.conftest import ROOT, load_tool, toy_cfg
 
-TABLE3_LEFT = ["mtaclip_ViTS16_bs16_160k", "maskformer2_ViTS16_bs16_160k",
-               "mtaclip_MiTB4_bs16_160k", "maskformer2_MiTB4_bs16_160k"]
+TABLE3_LEFT = [
+    "mtaclip_ViTS16_bs16_160k",
+    "maskformer2_ViTS16_bs16_160k",
+    "mtaclip_MiTB4_bs16_160k",
+    "maskformer2_MiTB4_bs16_160k",
+]
 TOY_BACKBONES = {
-    "ImageNetViT": ["MODEL.VIT.EMBED_DIM", "64", "MODEL.VIT.DEPTH", "4", "MODEL.VIT.NUM_HEADS", "2",
-                    "MODEL.VIT.OUT_INDICES", "[0, 1, 2, 3]", "MODEL.VIT.PYRAMID_NORM", "BN",
-                    "MODEL.VIT.IMAGE_SIZE", "[96, 96]"],
-    "MixTransformer": ["MODEL.MIT.EMBED_DIMS", "[16, 32, 48, 64]", "MODEL.MIT.NUM_HEADS", "[1, 2, 2, 4]",
-                       "MODEL.MIT.DEPTHS", "[1, 1, 1, 1]"],
+    "ImageNetViT": [
+        "MODEL.VIT.EMBED_DIM",
+        "64",
+        "MODEL.VIT.DEPTH",
+        "4",
+        "MODEL.VIT.NUM_HEADS",
+        "2",
+        "MODEL.VIT.OUT_INDICES",
+        "[0, 1, 2, 3]",
+        "MODEL.VIT.PYRAMID_NORM",
+        "BN",
+        "MODEL.VIT.IMAGE_SIZE",
+        "[96, 96]",
+    ],
+    "MixTransformer": [
+        "MODEL.MIT.EMBED_DIMS",
+        "[16, 32, 48, 64]",
+        "MODEL.MIT.NUM_HEADS",
+        "[1, 2, 2, 4]",
+        "MODEL.MIT.DEPTHS",
+        "[1, 1, 1, 1]",
+    ],
 }
 
 
@@ -29,9 +51,10 @@ def tiny_vit_clip(tmp_path_factory):
 
 @pytest.mark.parametrize("name", TABLE3_LEFT)
 def test_table3_left_config_builds_and_predicts(name, tiny_vit_clip):
-    cfg = setup_cfg(os.path.join(ROOT, "configs", "ade20k", f"{name}.yaml"), [
-        "MODEL.DEVICE", "cpu", "MODEL.VIT.WEIGHTS", "", "MODEL.MIT.WEIGHTS", "",
-        "MODEL.CLIP.WEIGHTS", tiny_vit_clip])
+    cfg = setup_cfg(
+        os.path.join(ROOT, "configs", "ade20k", f"{name}.yaml"),
+        ["MODEL.DEVICE", "cpu", "MODEL.VIT.WEIGHTS", "", "MODEL.MIT.WEIGHTS", "", "MODEL.CLIP.WEIGHTS", tiny_vit_clip],
+    )
     model = build_model(cfg).eval()
     assert type(model.backbone).__name__ == ("ImageNetViT" if "ViTS16" in name else "MixTransformer")
     assert type(model).__name__ == ("MTACLIP" if name.startswith("mtaclip") else "SemanticMask2Former")
@@ -42,10 +65,26 @@ def test_table3_left_config_builds_and_predicts(name, tiny_vit_clip):
 
 @pytest.mark.parametrize("backbone", sorted(TOY_BACKBONES))
 def test_toy_training_step_and_evaluation(tmp_path, tiny_clip_file, backbone):
-    cfg = toy_cfg("mtaclip_toy.yaml", [
-        "MODEL.BACKBONE.NAME", backbone, *TOY_BACKBONES[backbone], "MODEL.CLIP.WEIGHTS", tiny_clip_file,
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1", "SOLVER.WARMUP_ITERS", "0", "DATALOADER.NUM_WORKERS", "0",
-        "OUTPUT_DIR", str(tmp_path)])
+    cfg = toy_cfg(
+        "mtaclip_toy.yaml",
+        [
+            "MODEL.BACKBONE.NAME",
+            backbone,
+            *TOY_BACKBONES[backbone],
+            "MODEL.CLIP.WEIGHTS",
+            tiny_clip_file,
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "1",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}

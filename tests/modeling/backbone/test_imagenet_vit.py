@@ -1,4 +1,5 @@
 """ImageNetViT (ViT-S/16, Table 3 left) against timm's VisionTransformer with the same random weights."""
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -16,8 +17,9 @@ BLOCKS = [0, 1, 2, 3]
 def timm_vit():
     """ViT-S widths (384, 6 heads), 4 blocks, 224 grid; random weights far from the init."""
     torch.manual_seed(0)
-    ref = VisionTransformer(img_size=224, patch_size=16, embed_dim=384, depth=4, num_heads=6,
-                            dynamic_img_size=True).eval()
+    ref = VisionTransformer(
+        img_size=224, patch_size=16, embed_dim=384, depth=4, num_heads=6, dynamic_img_size=True
+    ).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_(0.0, 0.05)
@@ -25,8 +27,9 @@ def timm_vit():
 
 
 def _ours(state_dict, image_size=(224, 224), **kwargs):
-    return ImageNetViT(depth=4, image_size=image_size, out_indices=BLOCKS, pyramid_norm="BN",
-                       weights=state_dict, **kwargs).eval()
+    return ImageNetViT(
+        depth=4, image_size=image_size, out_indices=BLOCKS, pyramid_norm="BN", weights=state_dict, **kwargs
+    ).eval()
 
 
 def _timm_features(ref, x):
@@ -74,7 +77,11 @@ def test_default_shapes_are_timm_vit_small():
     trunk = {k: tuple(v.shape) for k, v in ours.state_dict().items() if not k.startswith("pyramid.")}
     assert trunk == {k: tuple(v.shape) for k, v in ref.items() if not k.startswith(("norm.", "head."))}
     assert {k: (v.channels, v.stride) for k, v in ours.output_shape().items()} == {
-        "res2": (384, 4), "res3": (384, 8), "res4": (384, 16), "res5": (384, 32)}
+        "res2": (384, 4),
+        "res3": (384, 8),
+        "res4": (384, 16),
+        "res5": (384, 32),
+    }
     assert isinstance(ours.pyramid["res2"][0], torch.nn.GroupNorm)  # MODEL.VIT.PYRAMID_PRE_NORM, as the CLIP ViT
     rates = [b.drop_path.drop_prob for b in ours.blocks]
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.1, 12))
@@ -84,7 +91,11 @@ def test_pyramid_outputs_gradients_and_drop_path(timm_vit):
     ours = _ours(timm_vit.state_dict(), drop_path_rate=0.5).train()
     out = ours(torch.randn(2, 3, 64, 96))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "res2": (2, 384, 16, 24), "res3": (2, 384, 8, 12), "res4": (2, 384, 4, 6), "res5": (2, 384, 2, 3)}
+        "res2": (2, 384, 16, 24),
+        "res3": (2, 384, 8, 12),
+        "res4": (2, 384, 4, 6),
+        "res5": (2, 384, 2, 3),
+    }
     sum(v.mean() for v in out.values()).backward()
     assert ours.pyramid["res2"][0].weight.grad is not None and ours.patch_embed.proj.weight.grad is not None
     # stochastic depth: in training some samples skip a block (outputs differ run to run), none in eval
@@ -124,8 +135,11 @@ def test_weight_files_and_errors(tmp_path, timm_vit):
         "dist_token": {**sd, "dist_token": torch.zeros(1, 1, 384)},
         "width": {**sd, "blocks.0.mlp.fc1.weight": torch.zeros(1000, 384)},
     }
-    for what, match in [("missing block", r"missing tensors \(blocks\.3\."), ("dist_token", "unexpected tensors"),
-                        ("width", r"shape mismatches \(blocks\.0\.mlp\.fc1\.weight")]:
+    for what, match in [
+        ("missing block", r"missing tensors \(blocks\.3\."),
+        ("dist_token", "unexpected tensors"),
+        ("width", r"shape mismatches \(blocks\.0\.mlp\.fc1\.weight"),
+    ]:
         torch.save(bad[what], tmp_path / "bad.pth")
         cfg.MODEL.VIT.WEIGHTS = str(tmp_path / "bad.pth")
         with pytest.raises(ValueError, match=match):

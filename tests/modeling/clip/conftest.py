@@ -1,4 +1,5 @@
 """A tiny random CLIP (text tower of 3 blocks) and a prompt text encoder builder for the CLIP tests."""
+
 import pytest
 
 from mta_clip.modeling.clip.text_encoder import PromptTextEncoder

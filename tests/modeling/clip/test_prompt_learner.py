@@ -1,4 +1,5 @@
 """PromptLearner and the class-slot tokenizer: prompt layout, names that do not fit."""
+
 import os
 
 import pytest
@@ -21,9 +22,9 @@ def test_prompt_layout(clip):
             ids = tok.encode(name)
             assert torch.equal(row[0], emb[tok.sot_token_id])
             assert torch.equal(row[1:4], enc.prompt_learner.ctx[k])
-            assert torch.equal(row[4:4 + len(ids)], emb[ids])
+            assert torch.equal(row[4 : 4 + len(ids)], emb[ids])
             assert torch.equal(row[4 + len(ids)], emb[tok.eot_token_id])
-            assert torch.equal(row[5 + len(ids):], emb[[0] * (3 - len(ids))])
+            assert torch.equal(row[5 + len(ids) :], emb[[0] * (3 - len(ids))])
             assert eot[k * len(CLASSES) + c] == 4 + len(ids)
 
 

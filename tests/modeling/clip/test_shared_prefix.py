@@ -1,4 +1,5 @@
 """Prefix sharing (mta_clip.modeling.clip.shared_prefix) against the full (K*C, L) computation."""
+
 import logging
 
 import pytest
@@ -10,8 +11,9 @@ from tests.modeling.clip.conftest import CLASSES, MIXED, make_encoder, tokens_pe
 @pytest.mark.parametrize("num_prompts,n_ctx,suffix", [(1, 4, "."), (3, 8, ""), (3, 8, "."), (2, 0, "")])
 def test_shared_prefix_equals_full(clip, num_prompts, n_ctx, suffix):
     torch.manual_seed(0)
-    enc = make_encoder(clip, class_names=MIXED, num_prompts=num_prompts, n_ctx=n_ctx, class_slot=6,
-                       class_suffix=suffix).train()
+    enc = make_encoder(
+        clip, class_names=MIXED, num_prompts=num_prompts, n_ctx=n_ctx, class_slot=6, class_suffix=suffix
+    ).train()
     assert set(enc.prompt_learner.class_lengths.tolist()) == ({1, 2, 3} if suffix == "" else {2, 3, 4})
     ctx = enc.prompt_learner.ctx
     full, shared = enc.encode(shared_prefix=False), enc.encode()
@@ -40,9 +42,14 @@ def test_shared_prefix_exact_in_float64_and_weight_gradients(clip):
     assert shared.dtype == torch.float64
     torch.testing.assert_close(shared, full, rtol=0, atol=1e-10)
     g = torch.randn_like(full)
-    params = [enc.prompt_learner.ctx, enc.transformer.resblocks[0].attn.in_proj_weight,
-              enc.transformer.resblocks[0].attn.out_proj.bias, enc.transformer.resblocks[-1].mlp.c_fc.weight,
-              enc.positional_embedding, enc.token_embedding.weight]
+    params = [
+        enc.prompt_learner.ctx,
+        enc.transformer.resblocks[0].attn.in_proj_weight,
+        enc.transformer.resblocks[0].attn.out_proj.bias,
+        enc.transformer.resblocks[-1].mlp.c_fc.weight,
+        enc.positional_embedding,
+        enc.token_embedding.weight,
+    ]
     for a, b in zip(torch.autograd.grad((full * g).sum(), params), torch.autograd.grad((shared * g).sum(), params)):
         assert a.abs().max() > 1e-3
         torch.testing.assert_close(b, a, rtol=0, atol=1e-10)

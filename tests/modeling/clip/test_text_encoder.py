@@ -1,5 +1,6 @@
 """PromptTextEncoder: exactness against open_clip's encode_text, gradients, caching, config,
 recomputation and compute precision."""
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -50,8 +51,7 @@ def test_k_prompts_train_gradients_reach_contexts_only(clip):
 
 def test_random_context_init_std(clip):
     weights, arch = clip
-    enc = PromptTextEncoder(class_names=CLASSES, arch=arch, weights=None, num_prompts=3, n_ctx=8,
-                            context_init_std=1.0)
+    enc = PromptTextEncoder(class_names=CLASSES, arch=arch, weights=None, num_prompts=3, n_ctx=8, context_init_std=1.0)
     ctx = enc.prompt_learner.ctx.detach()
     assert ctx.shape == (3, 8, 128) and ctx.abs().max() <= 2.0 and 0.75 < ctx.std() < 1.0  # trunc. at 2 std: 0.88
     small = PromptTextEncoder(class_names=CLASSES, arch=arch, num_prompts=3, n_ctx=8, context_init_std=0.02)

@@ -1,4 +1,5 @@
 """CLIP weight-file reading (mta_clip.modeling.clip.weights) on tiny random CLIP files."""
+
 import logging
 import os
 import warnings
@@ -58,8 +59,10 @@ def test_read_plain_state_dict_is_exact(files, tmp_path):
     assert set(sd) == set(exp)
     assert all(torch.equal(sd[k], exp[k]) for k in exp)
     # wrapped {"state_dict": {"module.<key>": ...}} and fp16 tensors are read the same way
-    wrapped = {"state_dict": {"module." + k: (v.half() if v.is_floating_point() else v) for k, v in exp.items()},
-               "epoch": 3}
+    wrapped = {
+        "state_dict": {"module." + k: (v.half() if v.is_floating_point() else v) for k, v in exp.items()},
+        "epoch": 3,
+    }
     path = str(tmp_path / "wrapped.pt")
     torch.save(wrapped, path)
     sd2, arch2 = read_clip_weights(path)
