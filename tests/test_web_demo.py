@@ -124,3 +124,24 @@ def test_missing_weights_file_is_a_clear_error(capsys):
     assert "/nonexistent/model.pth" in capsys.readouterr().err
     assert web.main([]) == 2 and "--weights" in capsys.readouterr().err
     assert web.main(["--weights", ""]) == 2 and "needs --config-file" in capsys.readouterr().err
+
+
+def test_segmenter_from_a_model_file_alone(tmp_path):
+    """A model file written by the trainer (config and class names inside) needs no --config-file."""
+    import torch
+
+    from mta_clip.checkpointer import AtomicCheckpointer
+    from mta_clip.model_file import model_info
+    from mta_clip.predictor import Predictor
+
+    web = _load_web_demo()
+    torch.manual_seed(2)
+    reference = Predictor(TOY_BASELINE_CONFIG, weights="", device="cpu")
+    AtomicCheckpointer(reference.model, str(tmp_path), model_info=model_info(reference.cfg)).save("model_final")
+    model_file = str(tmp_path / "model_final.pth")
+    segmenter = web.Segmenter(None, [model_file], "cpu", output_dir=str(tmp_path / "out"))
+    image = np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    overlay, table, label_path = segmenter(image[:, :, ::-1], model_file)
+    labels = reference(image, return_probs=False)["labels"]
+    np.testing.assert_array_equal(np.array(Image.open(label_path)), labels)
+    assert overlay.shape[0] >= 48 and table
