@@ -18,18 +18,15 @@ Exit status 0 when every input was processed, 1 when some were skipped, 2 on bad
 """
 
 import argparse
-import glob
 import logging
 import os
 import sys
-import tempfile
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 import tqdm
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -38,19 +35,17 @@ import mta_clip  # noqa: E402,F401  (first: quiets third-party import warnings)
 # isort: split
 from detectron2.data.catalog import Metadata  # noqa: E402
 
-from mta_clip.atomic_io import atomic_output  # noqa: E402
-from mta_clip.predictor import Predictor, to_bgr_uint8  # noqa: E402
-from mta_clip.visualization import (  # noqa: E402
-    overlay_legend_width,
-    render_overlay,
-    save_label_png,
-    short_names,
+from mta_clip.demo_io import (  # noqa: E402
+    collect_inputs,
+    output_problem,
+    overlay_bgr,
+    read_image,
+    save_demo_outputs,
 )
+from mta_clip.predictor import Predictor  # noqa: E402
+from mta_clip.visualization import overlay_legend_width, save_label_png, short_names  # noqa: E402
 
 logger = logging.getLogger("mta_clip.demo")
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -91,70 +86,6 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------
-# Inputs
-# ------------------------------------------------------------------------------------------------
-
-
-def _is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_EXTS)
-
-
-def collect_inputs(inputs: Sequence[str]) -> Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]:
-    """-> ([(image path, output key)], [video paths], [(input that gives nothing, why)])."""
-    images, videos, missing = [], [], []
-    used = set()
-
-    def add(path: str, key: str) -> None:
-        base, n = key, 1
-        while key in used:  # two inputs with the same name: keep both
-            key, n = f"{base}_{n}", n + 1
-        used.add(key)
-        images.append((path, key))
-
-    for item in inputs:
-        if os.path.isdir(item):
-            found, found_videos = [], []
-            for dirpath, dirnames, filenames in os.walk(item):
-                dirnames.sort()
-                for f in sorted(filenames):
-                    if f.startswith("."):
-                        continue
-                    if f.lower().endswith(IMAGE_EXTS):
-                        found.append(os.path.join(dirpath, f))
-                    elif _is_video(f):
-                        found_videos.append(os.path.join(dirpath, f))
-            for path in found:
-                add(path, os.path.splitext(os.path.relpath(path, item))[0])
-            videos.extend(found_videos)
-            if not found and not found_videos:
-                missing.append((item, f"folder has no image ({', '.join(IMAGE_EXTS)}) or video file"))
-            continue
-        matches = [item] if os.path.exists(item) else sorted(glob.glob(os.path.expanduser(item)))
-        if not matches:
-            missing.append((item, "no such file"))
-        for path in matches:
-            if _is_video(path):
-                videos.append(path)
-            else:  # any other file is tried as an image; an unreadable one is reported
-                add(path, os.path.splitext(os.path.basename(path))[0])
-    return images, videos, missing
-
-
-def read_image(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 BGR; grayscale / RGBA / 16-bit converted. Raises ValueError if unreadable."""
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ValueError("not a readable image (tools/validate_dataset.py checks a whole dataset)")
-    try:  # OpenCV decodes a truncated file without an error; PIL notices
-        with Image.open(path) as im:
-            im.load()
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"truncated or damaged image ({e}); tools/validate_dataset.py checks a whole dataset") from e
-    return to_bgr_uint8(image)
-
-
-# ------------------------------------------------------------------------------------------------
 # Drawing
 # ------------------------------------------------------------------------------------------------
 
@@ -168,34 +99,9 @@ def display_metadata(metadata) -> Metadata:
     )
 
 
-def render(
-    image_bgr: np.ndarray, labels: np.ndarray, meta: Metadata, alpha: float, legend_width_px: Optional[int] = None
-) -> np.ndarray:
-    """-> BGR overlay with in-image labels and legend (``legend_width_px``: fixed size for videos)."""
-    vis = render_overlay(
-        image_bgr[:, :, ::-1],
-        labels,
-        meta.stuff_classes,
-        meta.stuff_colors,
-        alpha=alpha,
-        legend_width_px=legend_width_px,
-        grow=legend_width_px is None,
-    )
-    return np.ascontiguousarray(vis[:, :, ::-1])
-
-
 # ------------------------------------------------------------------------------------------------
 # Outputs
 # ------------------------------------------------------------------------------------------------
-
-
-def write_image_atomic(path: str, image: np.ndarray) -> None:
-    """Encodes ``image`` in the format of ``path``'s extension and writes it atomically."""
-    ok, buf = cv2.imencode(os.path.splitext(path)[1], image)
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    with atomic_output(path) as tmp:
-        buf.tofile(tmp)
 
 
 def run_images(
@@ -212,9 +118,7 @@ def run_images(
             return
         outs = predictor.predict_batch([b[2] for b in batch], return_probs=False)
         for (_path, key, image), out in zip(batch, outs):
-            labels = out["labels"]
-            save_label_png(os.path.join(out_dir, "labels", key + ".png"), labels, meta.stuff_colors)
-            write_image_atomic(os.path.join(out_dir, "overlays", key + ".png"), render(image, labels, meta, args.alpha))
+            save_demo_outputs(out_dir, key, image, out["labels"], meta.stuff_classes, meta.stuff_colors, args.alpha)
             written += 1
         bar.update(len(batch))
         batch.clear()
@@ -257,7 +161,7 @@ def run_stream(
             labels = predictor(frame, return_probs=False)["labels"]
             if width is None:  # every frame the same size, legend rows in class order
                 width = overlay_legend_width(meta.stuff_classes, *frame.shape[:2])
-            vis = render(frame, labels, meta, args.alpha, legend_width_px=width)
+            vis = overlay_bgr(frame, labels, meta.stuff_classes, meta.stuff_colors, args.alpha, width)
             if out_dir is None:
                 cv2.imshow(name, vis)
                 if cv2.waitKey(1) == 27:  # Esc
@@ -281,20 +185,6 @@ def run_stream(
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return n
-
-
-def output_problem(folder: str) -> Optional[str]:
-    """Why ``folder`` cannot receive the outputs (None when it can): created if missing, then a
-    probe file is written and removed."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        return "exists and is not a folder"
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        return f"cannot be created or written ({e.strerror or e})"
-    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,15 +1,14 @@
 """Files that appear whole or not at all: every output goes to a temporary sibling first.
 
 A stop in the middle of a write (killed job, full disk, exception) leaves the previous file, if
-any, untouched and no temporary file behind.
+any, untouched and no temporary file behind. torch is imported only by :func:`save_torch_atomic`,
+so the ONNX Runtime demo can load this file on a machine without torch.
 """
 
 import os
 import re
 from contextlib import contextmanager
 from typing import Any, Iterator, List
-
-import torch
 
 __all__ = ["atomic_output", "remove_stale_temporary_files", "write_text_atomic", "save_torch_atomic"]
 
@@ -40,6 +39,8 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def save_torch_atomic(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` atomically, flushed to disk before the rename."""
+    import torch
+
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

@@ -23,34 +23,12 @@ from detectron2.modeling import build_model
 
 from .checkpointer import AtomicCheckpointer, check_weights_file
 from .config import setup_cfg
+from .demo_io import to_bgr_uint8
 from .evaluation.test_time_augmentation import build_test_model, normalize_scores, test_mapper_augmentations
 
 __all__ = ["Predictor", "to_bgr_uint8", "load_config"]
 
 logger = logging.getLogger(__name__)
-
-
-def to_bgr_uint8(image: np.ndarray) -> np.ndarray:
-    """Any image as loaded by ``cv2.imread(..., IMREAD_UNCHANGED)`` -> (H, W, 3) uint8 BGR.
-
-    Accepts (H, W) / (H, W, 1) grayscale, (H, W, 3) BGR, (H, W, 4) BGRA (alpha dropped), uint8 or
-    uint16 (scaled by 255/65535). Anything else raises ValueError.
-    """
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"expected a numpy image, got {type(image).__name__}")
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 or uint16 image, got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
-        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    return np.ascontiguousarray(image)
 
 
 def load_config(

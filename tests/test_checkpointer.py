@@ -7,7 +7,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import nn
 
-import mta_clip.atomic_io as atomic_io
 from mta_clip.checkpointer import AtomicCheckpointer, check_weights_file
 from tests.conftest import toy_cfg
 
@@ -44,7 +43,7 @@ def test_interrupted_save_keeps_the_last_checkpoint_resumable(tmp_path, monkeypa
         raise KeyboardInterrupt  # the job is killed while writing
 
     later, _ = _checkpointer(tmp_path, 2.0)
-    monkeypatch.setattr(atomic_io.torch, "save", dies_halfway)
+    monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
         later.save("model_final", iteration=9)
     monkeypatch.undo()
