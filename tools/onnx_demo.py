@@ -99,6 +99,9 @@ def read_model_metadata(session: ort.InferenceSession, path: str) -> Dict:
     absent = [k for k in required if not meta.get(k)]
     if absent:
         raise ValueError(f"{path}: the '{METADATA_KEY}' metadata lacks {', '.join(absent)}")
+    test_size = ("min_size_test", "max_size_test")
+    if meta.get("dynamic") and not meta.get("test_resize") and any(k not in meta["input"] for k in test_size):
+        raise ValueError(f"{path}: the '{METADATA_KEY}' metadata lacks input.min_size_test / input.max_size_test")
     if len(meta["palette"]) != len(meta["class_names"]):
         raise ValueError(
             f"{path}: {len(meta['class_names'])} class names but {len(meta['palette'])} palette colors in the metadata"

@@ -277,8 +277,10 @@ def test_unusable_arguments_and_model_files(tmp_path, caplog):
     model = onnx.load(bare)
     del model.metadata_props[:]
     onnx.save(model, bare)
+    no_test_size = argmax_model(tmp_path / "old.onnx", handmade_meta(dynamic=True, input={"dtype": "uint8"}))
     out = str(tmp_path / "out")
     cases = [
+        (["--model", no_test_size], "lacks input.min_size_test"),
         (["--model", str(not_onnx)], "not a usable exported file"),
         (["--model", bare], "no 'mta_clip' metadata"),
         (["--model", str(tmp_path / "nope.onnx")], "nope.onnx: no such file"),
