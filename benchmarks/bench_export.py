@@ -5,9 +5,10 @@ MTA-CLIP (``configs/ade20k/mtaclip_R50_bs16_160k.yaml``), full size with random 
 not depend on the weight values; nothing is read or downloaded), ADE20k's 150 classes (MTA-CLIP's
 prompts use ``mta_clip.data.class_names.ADE20K_PROMPT_CLASSES``).
 
-Each model is wrapped in ``mta_clip.export.SegmentationGraph`` (preprocessing, model, semantic
-inference: the same work in all three runtimes) and exported at ``--size`` x ``--size``, batch 1:
-ONNX (``torch.onnx.export(dynamo=True)``, dynamic H, W unless ``--fixed-onnx``) and TorchScript
+Each model is wrapped in ``mta_clip.export.SegmentationGraph`` (the test resize to the config's
+test size, preprocessing, model, semantic inference: the same work in all three runtimes, as
+``tools/export_model.py`` exports it) and run at ``--size`` x ``--size``, batch 1:
+ONNX (``torch.onnx.export(dynamo=True)``, dynamic B, H, W unless ``--fixed-onnx``) and TorchScript
 (``torch.jit.trace``). PyTorch eager runs the graph module itself (the deformable attention on the
 project's usual dispatch: the C++ CPU kernel). One call per runtime per round, the three in turns
 (the order rotated every round), ``--repeats`` rounds after one warm-up round; the table gives
@@ -88,11 +89,14 @@ def main(argv=None) -> int:
     for key in args.models:
         torch.manual_seed(0)
         cfg, model = _build(key)
-        graph = SegmentationGraph(model, cfg.INPUT.FORMAT).eval()
+        test_size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        dynamic = not args.fixed_onnx
+        graph = SegmentationGraph(model, cfg.INPUT.FORMAT, test_size, dynamic).eval()
         image = sample_image((args.size, args.size))
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            export_onnx(graph, os.path.join(tmp, "m.onnx"), image, dynamic=not args.fixed_onnx)
+            sample = sample_image((args.size, args.size), batch=2) if dynamic else image
+            export_onnx(graph, os.path.join(tmp, "m.onnx"), sample, dynamic=dynamic)
             onnx_export_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             export_torchscript(graph, os.path.join(tmp, "m.ts"), image)

@@ -3,23 +3,26 @@
 The exported graph (:class:`SegmentationGraph`) holds everything between an image and its labels:
 
     image (B, H, W, 3) uint8 or float32, BGR (``cv2.imread`` order), values 0..255
-      -> channel order of INPUT.FORMAT, normalization (MODEL.PIXEL_MEAN / PIXEL_STD), zero padding
-         to the size divisibility -> backbone -> pixel decoder -> transformer decoder
-      -> semantic inference (sum_q softmax(class)[c] * sigmoid(mask), no-object dropped) at the
-         padded size, cropped back to (H, W)
-    outputs: ``probs`` (B, C, H, W) float32, the scores divided by their per-pixel sum (as
-             ``Predictor`` returns them), and ``labels`` (B, H, W) int64 (argmax of the scores).
+      -> :class:`ShortestEdgeResize`: channel order of INPUT.FORMAT; with ``test_size``, the test
+         mapper's resize (PIL's bilinear, bit for bit: ``mta_clip.resize``)
+      -> :class:`SegmentationNetwork`: normalization (MODEL.PIXEL_MEAN / PIXEL_STD), zero padding
+         to the size divisibility, backbone, pixel decoder, transformer decoder, masks at the
+         (resized) image size
+      -> :class:`SemanticInference`: sum_q softmax(class)[c] * sigmoid(mask), no-object dropped,
+         resized back to (H, W) as ``sem_seg_postprocess`` does
+    outputs: ``probs`` (B, C, H, W) float32, the scores divided by their per-pixel sum, and
+             ``labels`` (B, H, W) int64 (argmax of the scores): what ``Predictor`` returns.
 
-The graph runs at the size it is given: resize images to the test size first (the file's
-metadata holds INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST). MTA-CLIP's text features depend on no
-image: they are computed once at export and stored as a constant (the text encoder is not in
-the file). The deformable attention runs its PyTorch path inside the graph (see
-``mta_clip.layers.ms_deform_attn``: the compiled op is never traced).
+Without ``test_size`` the graph runs at the size it is given (resize images to the test size
+first). MTA-CLIP's text features depend on no image: they are computed once at export and stored
+as a constant (the text encoder is not in the file). The deformable attention runs its PyTorch
+path inside the graph (see ``mta_clip.layers.ms_deform_attn``: the compiled op is never traced).
 
     from mta_clip.export import export_model
-    report = export_model(cfg, model, "model.onnx", fmt="onnx", metadata=meta)
+    report = export_model(model, "model.onnx", "onnx", cfg.INPUT.FORMAT, metadata=meta,
+                          test_size=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
 
-ONNX: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript) with H and W (and B)
+ONNX: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript) with B, H and W
 dynamic. TorchScript: ``torch.jit.trace``, which records sizes as constants: the file serves
 the traced size only, and a scripted wrapper refuses other sizes with a clear error.
 """
@@ -34,10 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .resize import pil_bilinear_resize, shortest_edge_shape
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SegmentationGraph",
+    "SegmentationNetwork",
+    "SemanticInference",
+    "ShortestEdgeResize",
     "ExportedModel",
     "ExportCheckError",
     "FORMATS",
@@ -49,6 +57,7 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "min_image_size",
+    "network_min_side",
     "read_metadata",
     "sample_image",
 ]
@@ -64,17 +73,47 @@ class ExportCheckError(RuntimeError):
     """The exported model's predictions differ from PyTorch's by more than the check allows."""
 
 
-class SegmentationGraph(nn.Module):
-    """Preprocessing + a semantic meta-architecture in eval mode + semantic inference, for export.
+class ShortestEdgeResize(nn.Module):
+    """The image as the model sees it: (B, H, W, 3) BGR, values 0..255 -> (B, 3, h, w) float32 in
+    INPUT.FORMAT's channel order. ``test_size`` (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST): resized like
+    the test mapper (:func:`~mta_clip.resize.shortest_edge_shape`, PIL's bilinear resampling of the
+    uint8 image, bit for bit: :func:`~mta_clip.resize.pil_bilinear_resize`), each side at least
+    ``min_side``; None: the size is kept."""
 
-    Takes the image as (B, H, W, 3) BGR, uint8 or float32 with values 0..255; returns
-    ``(probs (B, C, H, W) float32, labels (B, H, W) int64)``.
-    """
-
-    def __init__(self, model: nn.Module, input_format: str = "BGR"):
+    def __init__(self, input_format: str = "BGR", test_size: Optional[Sequence[int]] = None, min_side: int = 1):
         super().__init__()
         if input_format not in ("BGR", "RGB"):
             raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {input_format!r}")
+        if test_size is not None and (len(test_size) != 2 or int(test_size[0]) <= 0):
+            raise ValueError(
+                f"test_size must be (INPUT.MIN_SIZE_TEST > 0, INPUT.MAX_SIZE_TEST), got {tuple(test_size)}; "
+                f"None runs the model at the size of the given image"
+            )
+        self.rgb = input_format == "RGB"
+        self.test_size = None if test_size is None else (int(test_size[0]), int(test_size[1]))
+        self.min_side = int(min_side)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).float()
+        if self.rgb:
+            x = x.flip(1)
+        if self.test_size is None:
+            return x
+        height, width = x.shape[-2], x.shape[-1]
+        if torch.jit.is_tracing():  # sizes are traced as tensors; a trace serves one size anyway
+            height, width = int(height), int(width)
+        h, w = shortest_edge_shape(height, width, *self.test_size)
+        h, w = torch.sym_max(h, self.min_side), torch.sym_max(w, self.min_side)
+        return pil_bilinear_resize(x, (h, w))
+
+
+class SegmentationNetwork(nn.Module):
+    """Normalization, zero padding to the size divisibility, backbone, pixel decoder, transformer
+    decoder: (B, 3, h, w) image in the model's channel order, values 0..255 ->
+    ``(classes (B, Q, C) softmax without no-object, masks (B, Q, h, w) logits at the image size)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
         for part in ("backbone", "sem_seg_head", "pixel_mean", "pixel_std", "size_divisibility"):
             if not hasattr(model, part):
                 raise ValueError(
@@ -84,7 +123,6 @@ class SegmentationGraph(nn.Module):
         model = model.eval()
         self.backbone = model.backbone
         self.sem_seg_head = model.sem_seg_head
-        self.rgb = input_format == "RGB"
         self.size_divisibility = int(model.size_divisibility)
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().float().view(1, -1, 1, 1))
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().float().view(1, -1, 1, 1))
@@ -102,27 +140,92 @@ class SegmentationGraph(nn.Module):
             self.register_buffer(name, value.detach().clone())
             self._decoder_input_names.append(name)
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        x = image.permute(0, 3, 1, 2).float()
-        if self.rgb:
-            x = x.flip(1)
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2], x.shape[-1]
         d = self.size_divisibility
-        if d > 1:
-            x = F.pad(x, (0, (d - w % d) % d, 0, (d - h % d) % d))
+        if d > 1:  # written as d * ceil(size / d) - size so that torch.export sees a multiple of d
+            x = F.pad(x, (0, d * ((w + d - 1) // d) - w, 0, d * ((h + d - 1) // d) - h))
         features = self.backbone(x)
         inputs = {name: getattr(self, name) for name in self._decoder_input_names}
         outputs = self.sem_seg_head(features, **inputs)
         masks = F.interpolate(outputs["pred_masks"], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        cls = F.softmax(outputs["pred_logits"], dim=-1)[..., :-1]
-        scores = torch.einsum("bqc,bqhw->bchw", cls, masks.sigmoid())
         # crop the padding; index_select, not slicing: a slice's contiguity depends on whether
         # padding was added, which makes torch.export fix the image size
-        scores = scores.index_select(2, torch.arange(h, device=x.device))
-        scores = scores.index_select(3, torch.arange(w, device=x.device))
+        masks = masks.index_select(2, torch.arange(h, device=x.device))
+        masks = masks.index_select(3, torch.arange(w, device=x.device))
+        return F.softmax(outputs["pred_logits"], dim=-1)[..., :-1], masks
+
+
+class SemanticInference(nn.Module):
+    """sum_q softmax(class)[c] * sigmoid(mask), at the size of ``image`` when ``resize`` (as
+    ``sem_seg_postprocess``, bilinear: the masks before the sum when ``before_inference``
+    (MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE), else the scores after it), else at
+    the masks' size. Returns ``(probs, labels)``: the scores divided by their per-pixel sum
+    (B, C, H, W) and their argmax (B, H, W) int64."""
+
+    def __init__(self, resize: bool = False, before_inference: bool = False):
+        super().__init__()
+        self.resize = bool(resize)
+        self.before_inference = bool(before_inference)
+
+    def forward(
+        self, classes: torch.Tensor, masks: torch.Tensor, image: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        size = (image.shape[1], image.shape[2])
+        if self.resize and self.before_inference:
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        scores = torch.einsum("bqc,bqhw->bchw", classes, masks.sigmoid())
+        if self.resize and not self.before_inference:
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
         probs = scores / scores.sum(dim=1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
         return probs, scores.argmax(dim=1)
+
+
+class SegmentationGraph(nn.Module):
+    """What an exported file computes: :class:`ShortestEdgeResize` -> :class:`SegmentationNetwork` ->
+    :class:`SemanticInference`.
+
+    Takes the image as (B, H, W, 3) BGR, uint8 or float32 with values 0..255; returns
+    ``(probs (B, C, H, W) float32, labels (B, H, W) int64)`` at the input size. With ``test_size``
+    (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST) the graph resizes the image like the test mapper and the
+    result back, so the file gives what ``Predictor`` gives for the original image; None: the model
+    runs at the size of the given image (resize it to the test size yourself). ``dynamic``: for a
+    dynamic-size export, whose network serves sides >= :func:`network_min_side` only: the test
+    resize makes each side at least that.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_format: str = "BGR",
+        test_size: Optional[Sequence[int]] = None,
+        dynamic: bool = False,
+    ):
+        super().__init__()
+        self.network = SegmentationNetwork(model)
+        self.dynamic = bool(dynamic)
+        min_side = network_min_side(self.network.size_divisibility) if dynamic else 1
+        self.preprocess = ShortestEdgeResize(input_format, test_size, min_side)
+        self.postprocess = SemanticInference(
+            test_size is not None, getattr(model, "sem_seg_postprocess_before_inference", False)
+        )
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network.backbone
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.network.size_divisibility
+
+    @property
+    def test_size(self) -> Optional[Tuple[int, int]]:
+        return self.preprocess.test_size
+
+    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        classes, masks = self.network(self.preprocess(image))
+        return self.postprocess(classes, masks, image)
 
 
 # --------------------------------------------------------------------------- exporters
@@ -138,30 +241,21 @@ def _check_size(size: Sequence[int], min_size: int) -> Tuple[int, int]:
     return h, w
 
 
-# Backbones whose graphs torch.export cannot keep size-generic after the padding to the size
-# divisibility: CLIPViT checks that the padded size is a multiple of the patch and resizes its
-# positional embedding to the padded grid, and torch.export's symbolic shapes cannot prove
-# ``(H + (32 - H % 32) % 32) % 16 == 0`` for all H, so it refuses the dynamic export.
-DYNAMIC_UNSUPPORTED_BACKBONES = ("CLIPViT",)
-
-
-def check_dynamic_supported(graph: SegmentationGraph) -> None:
-    """Raises ValueError when dynamic H, W cannot be exported for ``graph``'s backbone."""
-    name = type(graph.backbone).__name__
-    if name in DYNAMIC_UNSUPPORTED_BACKBONES:
-        raise ValueError(
-            f"dynamic image sizes cannot be exported with the {name} backbone (torch.export cannot prove that "
-            f"the padded size is a multiple of the patch for every H, W): export a fixed size (--size H W, "
-            f"dynamic=False) per image size you need"
-        )
+def network_min_side(size_divisibility: int) -> int:
+    """Smallest side the network of a dynamic-size file serves: twice the largest stride (64), so
+    that the stride-32 level has at least 2 rows and columns (a level of size 1 broadcasts
+    differently, which one graph cannot cover) and torch.export can prove it through the CLIP
+    ResNet's stride-2 stages."""
+    return 2 * max(32, int(size_divisibility))
 
 
 def min_image_size(graph: SegmentationGraph, dynamic: bool = True) -> int:
-    """Smallest side a file serves. Fixed size: 1 (the padding to the size divisibility makes any
-    size work). Dynamic: twice the largest stride (64), so that the stride-32 level has at least 2
-    rows and columns (a level of size 1 broadcasts differently, which one graph cannot cover) and
-    torch.export can prove it through the CLIP ResNet's stride-2 stages."""
-    return 2 * max(32, graph.size_divisibility) if dynamic else 1
+    """Smallest side of the images a file serves. Fixed size: 1 (the padding to the size
+    divisibility makes any size work). Dynamic: :func:`network_min_side` without the test resize
+    in the graph; with it 1 (the graph resizes the image, each side to at least that)."""
+    if not dynamic or graph.test_size is not None:
+        return 1
+    return network_min_side(graph.size_divisibility)
 
 
 def sample_image(size: Sequence[int], batch: int = 1, dtype: str = "uint8", seed: int = 0) -> torch.Tensor:
@@ -171,6 +265,67 @@ def sample_image(size: Sequence[int], batch: int = 1, dtype: str = "uint8", seed
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, 256, (batch, int(size[0]), int(size[1]), 3), generator=g, dtype=torch.uint8)
     return img if dtype == "uint8" else img.float()
+
+
+def _onnx_program(module: nn.Module, args: Tuple, input_names, output_names, dynamic_shapes, opset: int):
+    """ONNX ModelProto of ``module`` via ``torch.onnx.export(dynamo=True)``; raises when the
+    exporter fixed a dimension that ``dynamic_shapes`` declared dynamic."""
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            args,
+            None,
+            dynamo=True,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for value, spec in zip(proto.graph.input, (dynamic_shapes or {}).values()):
+        dims = value.type.tensor_type.shape.dim
+        fixed = [axis for axis in spec if not dims[axis].dim_param]
+        if fixed:
+            raise RuntimeError(
+                f"the ONNX exporter fixed axes {fixed} of {type(module).__name__}'s input {value.name!r} although "
+                f"they were asked to be dynamic (shape {[d.dim_param or d.dim_value for d in dims]}): some code of "
+                f"the model turns sizes into constants under torch.export; export a fixed size instead (--size H W)"
+            )
+    return proto
+
+
+def _chain(parts: Sequence[Tuple[str, object]], links: Sequence[Tuple[str, str]], inputs, outputs):
+    """One ONNX model from several: each part's names get the prefix ``name/``; ``links`` are
+    (source, target) value names joined by Identity nodes ("image" and the final outputs are the
+    chained model's own input / outputs)."""
+    import onnx
+    from onnx import compose, helper
+
+    def link(src: str, dst: str):
+        return helper.make_node("Identity", [src], [dst], name=f"link:{src}->{dst}")
+
+    prefixed = [compose.add_prefix(proto, f"{name}/") for name, proto in parts]
+    nodes, initializers, value_info, functions = [], [], [], []
+    for (name, _), proto in zip(parts, prefixed):  # in order: a part's links, then its nodes
+        nodes.extend(link(src, dst) for src, dst in links if dst.startswith(f"{name}/"))
+        nodes.extend(proto.graph.node)
+        initializers.extend(proto.graph.initializer)
+        value_info.extend(proto.graph.value_info)
+        functions.extend(proto.functions)
+    nodes.extend(link(src, dst) for src, dst in links if "/" not in dst)
+    graph = helper.make_graph(nodes, "mta_clip", list(inputs), list(outputs), initializers, value_info=value_info)
+    opsets = {}
+    for proto in prefixed:
+        for entry in proto.opset_import:
+            opsets[entry.domain] = max(opsets.get(entry.domain, 0), entry.version)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()], functions=functions
+    )
+    model.ir_version = max(proto.ir_version for _, proto in parts)
+    onnx.checker.check_model(model)
+    return model
 
 
 def export_onnx(
@@ -183,51 +338,86 @@ def export_onnx(
 ) -> None:
     """Writes ``graph`` as an ONNX file (atomically) with ``metadata`` as JSON in ``metadata_props``.
 
-    ``dynamic``: H and W are dynamic axes (H, W >= :func:`min_image_size`); else the file
-    serves ``sample``'s shape only. Exporter: ``torch.onnx.export(dynamo=True)``; the TorchScript-based
-    exporter (``dynamo=False``) records the level sizes of the deformable attention as constants
-    and emits ``Where`` on booleans, which ONNX Runtime's CPU provider does not implement.
+    ``dynamic``: B, H and W are dynamic axes (H, W >= :func:`min_image_size`; export with a batch
+    of 2 or more, torch.export fixes an axis of size 1); else the file serves ``sample``'s shape only.
+    Exporter: ``torch.onnx.export(dynamo=True)``; the TorchScript-based exporter (``dynamo=False``)
+    records the level sizes of the deformable attention as constants and emits ``Where`` on
+    booleans, which ONNX Runtime's CPU provider does not implement.
+
+    A dynamic graph with the test resize is exported in three parts joined in one file
+    (:func:`_chain`): torch.export's symbolic shapes cannot follow the resized size (an expression
+    of ``Min`` / ``Max`` / floor divisions) through the backbone, so the network gets sizes of its own.
     """
     import onnx
 
     from .atomic_io import atomic_output
 
     graph = graph.eval()
-    dynamic_shapes = None
-    if dynamic:
-        check_dynamic_supported(graph)
-        lo = min_image_size(graph)
-        _check_size(sample.shape[1:3], lo)
-        dims = {
-            1: torch.export.Dim("height", min=lo, max=16384),
-            2: torch.export.Dim("width", min=lo, max=16384),
-        }
-        dynamic_shapes = {"image": dims}
-    with torch.no_grad():
-        program = torch.onnx.export(
-            graph,
-            (sample,),
-            None,
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=dynamic_shapes,
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
+    lo = min_image_size(graph, dynamic)
+    _check_size(sample.shape[1:3], lo)
+    if dynamic and graph.test_size is not None and not graph.dynamic:
+        raise ValueError(
+            "a dynamic-size export with the test resize needs SegmentationGraph(..., dynamic=True) (its resize "
+            f"keeps each side >= {network_min_side(graph.size_divisibility)}, the smallest the network serves)"
         )
-    proto = program.model_proto
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if dynamic and any(not dims[i].dim_param for i in (1, 2)):
-        raise RuntimeError(
-            "the ONNX exporter fixed the image size although dynamic H, W were asked for (input shape "
-            f"{[d.dim_param or d.dim_value for d in dims]}): some code of the model turns sizes into constants "
-            "under torch.export; export a fixed size instead (--size H W)"
-        )
+    if not dynamic:
+        proto = _onnx_program(graph, (sample,), [INPUT_NAME], OUTPUT_NAMES, None, opset)
+    else:
+        if sample.shape[0] < 2:
+            raise ValueError(f"a dynamic-size export needs a sample batch of 2 or more, got {tuple(sample.shape)}")
+        batch = torch.export.Dim("batch", min=1, max=1024)
+        height = torch.export.Dim("height", min=lo, max=16384)
+        width = torch.export.Dim("width", min=lo, max=16384)
+        image_dims = {0: batch, 1: height, 2: width}
+        if graph.test_size is None:
+            proto = _onnx_program(graph, (sample,), [INPUT_NAME], OUTPUT_NAMES, {"image": image_dims}, opset)
+        else:
+            proto = _export_chained(graph, sample, image_dims, opset)
     _set_onnx_metadata(proto, metadata or {})
     with atomic_output(path) as tmp:
         onnx.save_model(proto, tmp)
-    logger.info("wrote %s (ONNX, opset %d, %s)", path, opset, "dynamic H, W" if dynamic else "fixed size")
+    logger.info("wrote %s (ONNX, opset %d, %s)", path, opset, "dynamic B, H, W" if dynamic else "fixed size")
+
+
+def _export_chained(graph: SegmentationGraph, sample: torch.Tensor, image_dims: Dict, opset: int):
+    """Test resize, network and semantic inference exported apart (each with its own symbolic sizes)
+    and chained: image -> preprocess -> network -> postprocess (which also reads the image's size)."""
+    from onnx import helper
+
+    Dim = torch.export.Dim
+    lo = network_min_side(graph.size_divisibility)
+    with torch.no_grad():
+        resized = graph.preprocess(sample)
+        classes, masks = graph.network(resized)
+    batch = image_dims[0]
+    net_dims = {0: batch, 2: Dim("net_height", min=lo, max=16384), 3: Dim("net_width", min=lo, max=16384)}
+    mask_dims = {0: batch, 2: Dim("mask_height", min=lo, max=16384), 3: Dim("mask_width", min=lo, max=16384)}
+    parts = [
+        ("pre", _onnx_program(graph.preprocess, (sample,), ["image"], ["x"], {"image": image_dims}, opset)),
+        ("net", _onnx_program(graph.network, (resized,), ["x"], ["classes", "masks"], {"x": net_dims}, opset)),
+        (
+            "post",
+            _onnx_program(
+                graph.postprocess,
+                (classes, masks, sample),
+                ["classes", "masks", "image"],
+                list(OUTPUT_NAMES),
+                {"classes": {0: batch}, "masks": mask_dims, "image": image_dims},
+                opset,
+            ),
+        ),
+    ]
+    links = [
+        (INPUT_NAME, "pre/image"),
+        ("pre/x", "net/x"),
+        ("net/classes", "post/classes"),
+        ("net/masks", "post/masks"),
+        (INPUT_NAME, "post/image"),
+    ] + [(f"post/{name}", name) for name in OUTPUT_NAMES]
+    first, last = parts[0][1].graph, parts[-1][1].graph
+    inputs = [helper.make_value_info(INPUT_NAME, first.input[0].type)]
+    outputs = [helper.make_value_info(out.name, out.type) for out in last.output]
+    return _chain(parts, links, inputs, outputs)
 
 
 def _set_onnx_metadata(proto, metadata: Dict) -> None:
@@ -434,6 +624,7 @@ def export_model(
     check: bool = True,
     check_size: Optional[Sequence[int]] = None,
     max_label_mismatch: float = MAX_LABEL_MISMATCH,
+    test_size: Optional[Sequence[int]] = None,
 ) -> Dict:
     """Exports a semantic meta-architecture (eval mode) to ``output`` and checks it against PyTorch.
 
@@ -442,13 +633,17 @@ def export_model(
         fmt: "onnx" or "torchscript".
         input_format: the model's INPUT.FORMAT (the file always takes BGR).
         size: (H, W) of the export sample; the only size served unless ``dynamic``.
-        dynamic: ONNX only: H and W dynamic (TorchScript traces one size: True raises ValueError).
+        dynamic: ONNX only: B, H and W dynamic (TorchScript traces one size: True raises ValueError).
         metadata: stored in the file (see :func:`export_metadata`); "image_size" / "dynamic" /
             "input.dtype" are filled in here.
         input_dtype: "uint8" or "float32" (values 0..255 either way).
         check: run the written file (ONNX Runtime / torch.jit) against PyTorch at ``size`` and, when
             dynamic, at ``check_size`` (default: ``size`` minus 7 on both sides, which is not a
-            multiple of 32); the file is written only if the labels agree (see ``check_export``).
+            multiple of 32) with a batch of 3; the file is written only if the labels agree (see
+            ``check_export``).
+        test_size: (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST): the file resizes the image like the test
+            mapper and returns results at the image's size, as ``Predictor`` does; None: the file
+            runs the model at the size it is given (metadata "test_resize" says which).
     Returns:
         {"output", "format", "dynamic", "checks": [per image: size, max_abs_prob_diff, label_mismatch]}.
     """
@@ -467,16 +662,15 @@ def export_model(
             f"cannot export {type(model).__name__}: only the single-scale semantic models (SemanticMask2Former, "
             f"MTACLIP) export; test-time augmentation (TEST.AUG / TEST.SLIDE) is not part of the graph"
         )
-    graph = SegmentationGraph(model, input_format).eval()
-    if dynamic:
-        check_dynamic_supported(graph)
+    graph = SegmentationGraph(model, input_format, test_size, dynamic).eval()
     lo = min_image_size(graph, dynamic)
     h, w = _check_size(size, lo)
-    sample = sample_image((h, w), dtype=input_dtype)
+    sample = sample_image((h, w), batch=2 if dynamic else 1, dtype=input_dtype)
     meta = dict(metadata or {})
     meta["dynamic"] = bool(dynamic)
     meta["image_size"] = None if dynamic else [h, w]
     meta["min_image_size"] = lo
+    meta["test_resize"] = graph.test_size is not None
     meta.setdefault("input", {})["dtype"] = input_dtype
     report = {"output": output, "format": fmt, "dynamic": bool(dynamic), "checks": []}
     with atomic_output(output) as tmp:
@@ -488,6 +682,6 @@ def export_model(
             images = [sample_image((h, w), dtype=input_dtype, seed=1)]
             if dynamic:
                 ch, cw = check_size if check_size is not None else (max(h - 7, lo), max(w - 7, lo))
-                images.append(sample_image(_check_size((ch, cw), lo), dtype=input_dtype, seed=2))
+                images.append(sample_image(_check_size((ch, cw), lo), batch=3, dtype=input_dtype, seed=2))
             report["checks"] = check_export(graph, tmp, images, max_label_mismatch)
     return report

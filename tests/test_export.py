@@ -1,10 +1,11 @@
 """mta_clip.export: ONNX (ONNX Runtime) and TorchScript files against the PyTorch model they came from.
 
 Reduced models (one encoder layer, two decoder predictions) keep the exports fast: the toy
-baseline, toy MTA-CLIP (tiny random CLIP RN50 text tower) and MTA-CLIP with a reduced CLIP ViT
-backbone. The reference is the meta-architecture's own eval forward (``model([{"image": ...}])``,
-Detectron2's ImageList padding and ``sem_seg_postprocess``), which shares no code with the exported
-graph's preprocessing and semantic inference.
+baseline, toy MTA-CLIP (tiny random CLIP RN50 text tower), MTA-CLIP with a reduced CLIP ViT
+backbone, and one with a tiny CLIP RN101. The reference is the meta-architecture's own eval forward
+(``model([{"image": ...}])``, Detectron2's ImageList padding and ``sem_seg_postprocess``), after
+Detectron2's test resize (PIL) for files with the resize inside, which shares no code with the
+exported graph's resize, preprocessing and semantic inference.
 """
 
 import json
@@ -22,6 +23,7 @@ from mta_clip.export import (
     check_export,
     export_metadata,
     export_model,
+    export_onnx,
     read_metadata,
     sample_image,
 )
@@ -34,16 +36,19 @@ PALETTE = [(70, 130, 180), (0, 200, 0), (128, 64, 128), (0, 0, 230), (220, 20, 6
 
 
 def _model(kind, clip_files):
-    torch.manual_seed({"baseline": 0, "mtaclip": 1, "vit": 2}[kind])
+    torch.manual_seed({"baseline": 0, "mtaclip": 1, "vit": 2, "rn101": 3}[kind])
     if kind == "baseline":
         cfg = toy_cfg("mask2former_toy.yaml", SMALL)
-    elif kind == "mtaclip":  # CLIP ResNet backbone and text tower from one tiny RN50-layout CLIP
+    elif kind in ("mtaclip", "rn101"):  # CLIP ResNet backbone and text tower from one tiny CLIP
+        arch = {"mtaclip": "RN50", "rn101": "RN101"}[kind]
         cfg = toy_cfg(
             "mtaclip_toy.yaml",
             SMALL
             + [
                 "MODEL.CLIP.WEIGHTS",
-                clip_files["RN50"],
+                clip_files[arch],
+                "MODEL.CLIP.MODEL_NAME",
+                arch,
                 "MODEL.BACKBONE.NAME",
                 "CLIPResNet",
                 "MODEL.CLIP.TEXT.NUM_PROMPTS",
@@ -93,26 +98,33 @@ def clip_files(tmp_path_factory, tiny_clip_file):
     tool = load_tool("make_tiny_clip")
     d = tmp_path_factory.mktemp("export_clip")
     vit = tool.make_tiny_clip(str(d / "ViT-B-16.pt"), "ViT-B-16", "torchscript", seed=2, vision_layers=4)
-    return {"RN50": tiny_clip_file, "ViT-B-16": vit}
+    rn101 = tool.make_tiny_clip(str(d / "RN101.pt"), "RN101", "torchscript", seed=3)
+    return {"RN50": tiny_clip_file, "ViT-B-16": vit, "RN101": rn101}
 
 
-@pytest.fixture(scope="module", params=["baseline", "mtaclip", "vit"])
+def _test_size(cfg):
+    return (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+
+# One dynamic ONNX file (batch, height, width) per model. MTA-CLIP's file has the test resize inside
+# (the three-part chained export); the baseline's and the ViT's run the model at the given size.
+EXPORTS = {"baseline": False, "mtaclip": True, "vit": False}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPORTS))
 def exported(request, clip_files, tmp_path_factory):
-    """(cfg, model, {size: onnx path}): one file with dynamic H, W for the ResNet models (the export's
-    own check ran at 64x96 and 64x89), one fixed-size file per size for CLIPViT (no dynamic sizes)."""
+    """(cfg, model, onnx path, test resize inside?); the export's own check ran at 64x96 and 67x89."""
     cfg, model = _model(request.param, clip_files)
-    folder = tmp_path_factory.mktemp("onnx")
+    path = str(tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
     meta = export_metadata(cfg, NAMES, PALETTE, 255, note="test")
-    if request.param != "vit":
-        path = str(folder / f"{request.param}.onnx")
-        report = export_model(model, path, "onnx", cfg.INPUT.FORMAT, size=SIZES[0], dynamic=True, metadata=meta)
-        assert [c["size"] for c in report["checks"]] == [[64, 96], [64, 89]]
-        return cfg, model, {size: path for size in SIZES}
-    paths = {}
-    for h, w in SIZES:
-        paths[(h, w)] = str(folder / f"vit_{h}x{w}.onnx")
-        export_model(model, paths[(h, w)], "onnx", cfg.INPUT.FORMAT, size=(h, w), dynamic=False, metadata=meta)
-    return cfg, model, paths
+    resize = EXPORTS[request.param]
+    test_size = _test_size(cfg) if resize else None
+    report = export_model(
+        model, path, "onnx", cfg.INPUT.FORMAT, size=(64, 96), metadata=meta, check_size=(67, 89), test_size=test_size
+    )
+    assert [c["size"] for c in report["checks"]] == [[64, 96], [67, 89]]
+    assert all(c["label_mismatch"] == 0 and c["max_abs_prob_diff"] < 1e-4 for c in report["checks"])
+    return cfg, model, path, resize
 
 
 def _image(size, seed):
@@ -128,13 +140,21 @@ def _image(size, seed):
     return img.clamp(0, 255).round().to(torch.uint8)[None]
 
 
-def _reference(cfg, model, image_bhwc_uint8):
-    """The meta-architecture's eval forward on the (model-format) CHW image -> (probs, labels)."""
-    img = image_bhwc_uint8[0].permute(2, 0, 1)
+def _reference(cfg, model, image_bhwc_uint8, test_resize=False):
+    """The meta-architecture's eval forward on the (model-format) CHW image -> (probs, labels) at the
+    image's size; ``test_resize``: the image resized first by Detectron2's test-mapper resize (PIL)."""
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    img = image_bhwc_uint8[0].numpy()
     if cfg.INPUT.FORMAT == "RGB":
-        img = img.flip(0)
+        img = img[:, :, ::-1]
+    height, width = img.shape[:2]
+    if test_resize:
+        resize = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        img = resize.get_transform(img).apply_image(np.ascontiguousarray(img))
+    chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
     with torch.no_grad():
-        scores = model([{"image": img.float(), "height": img.shape[1], "width": img.shape[2]}])[0]["sem_seg"]
+        scores = model([{"image": chw, "height": height, "width": width}])[0]["sem_seg"]
     return (scores / scores.sum(0, keepdim=True)).numpy(), scores.argmax(0).numpy()
 
 
@@ -145,28 +165,45 @@ def _assert_close(probs, labels, ref_probs, ref_labels):
     assert ref_probs.std(axis=(1, 2)).max() > 1e-3  # the distributions vary over the image
 
 
-def test_onnx_matches_pytorch_at_two_sizes(exported):
-    cfg, model, paths = exported
-    for seed, (h, w) in enumerate(SIZES):
-        runner = ExportedModel(paths[(h, w)])
-        assert runner.format == "onnx"
+def test_onnx_matches_pytorch(exported):
+    """Without the test resize in the file: the model's forward at the given size (SIZES: one not a
+    multiple of 32), within 1e-4. With it, the file takes the original image and answers at its
+    size as Predictor does: Detectron2's resize (PIL) + the model's forward, at sizes that need an
+    upscale (50x70 -> 96x134), a downscale (200x130 -> 148x96) and none (96x128)."""
+    cfg, model, path, resize = exported
+    runner = ExportedModel(path)
+    assert runner.format == "onnx"
+    sizes = [(50, 70), (200, 130), (96, 128)] if resize else SIZES
+    for seed, (h, w) in enumerate(sizes):
         image = _image((h, w), seed=10 + seed)
         probs, labels = runner(image.numpy())
-        assert labels.dtype == np.int64
-        ref_probs, ref_labels = _reference(cfg, model, image)
-        _assert_close(probs[0], labels[0], ref_probs, ref_labels)
+        assert labels.dtype == np.int64 and probs.shape == (1, len(NAMES), h, w)
+        _assert_close(probs[0], labels[0], *_reference(cfg, model, image, test_resize=resize))
+
+
+def test_onnx_batch_is_dynamic(exported):
+    """Two different images in one call give what each gives alone."""
+    _, _, path, _ = exported
+    runner = ExportedModel(path)
+    images = np.concatenate([_image((71, 101), seed=40).numpy(), _image((71, 101), seed=41).numpy()])
+    probs, labels = runner(images)
+    assert probs.shape[0] == 2 and labels.shape == (2, 71, 101)
+    for i in range(2):
+        p, lab = runner(images[i : i + 1])
+        np.testing.assert_allclose(probs[i], p[0], atol=1e-5, rtol=0)
+        assert (labels[i] == lab[0]).mean() >= 0.999
+    assert not np.array_equal(labels[0], labels[1])
 
 
 def test_onnx_metadata_round_trip(exported):
     import onnx
 
-    cfg, _, paths = exported
-    path = paths[SIZES[1]]
+    cfg, _, path, resize = exported
     meta = read_metadata(path)
     assert meta["class_names"] == NAMES and meta["palette"] == [list(c) for c in PALETTE]
-    dynamic = cfg.MODEL.BACKBONE.NAME != "CLIPViT"
-    assert meta["ignore_label"] == 255 and meta["note"] == "test" and meta["dynamic"] is dynamic
-    assert meta["image_size"] == (None if dynamic else list(SIZES[1]))
+    assert meta["ignore_label"] == 255 and meta["note"] == "test" and meta["dynamic"] is True
+    assert meta["image_size"] is None and meta["test_resize"] is resize
+    assert meta["min_image_size"] == (1 if resize else 64)
     assert meta["meta_architecture"] == cfg.MODEL.META_ARCHITECTURE
     assert meta["input"]["dtype"] == "uint8" and meta["input"]["channel_order"] == "BGR"
     props = {p.key: p.value for p in onnx.load(path).metadata_props}  # plain onnx, no project code
@@ -179,8 +216,8 @@ def test_mtaclip_text_features_are_constants(exported):
     import onnx
     from onnx import numpy_helper
 
-    cfg, model, paths = exported
-    proto = onnx.load(paths[SIZES[0]])
+    cfg, model, path, _ = exported
+    proto = onnx.load(path)
     assert [i.name for i in proto.graph.input] == ["image"]
     encoder = getattr(model, "text_encoder", None)
     if encoder is None:
@@ -194,29 +231,38 @@ def test_mtaclip_text_features_are_constants(exported):
     assert stored < sum(p.numel() for p in model.parameters()) - encoder_params + 100_000
 
 
-@pytest.mark.parametrize("kind", ["baseline", "mtaclip", "vit"])
-def test_torchscript_matches_pytorch(kind, clip_files, tmp_path):
+@pytest.mark.parametrize("kind", ["baseline", "mtaclip", "vit", "rn101"])
+def test_fixed_size_files_match_pytorch(kind, clip_files, tmp_path):
+    """TorchScript traces at SIZES (the second with the test resize inside and a float32 input);
+    for the CLIP RN101 model a fixed-size ONNX file with the test resize instead (its backbone's
+    TorchScript trace is the RN50's code)."""
     cfg, model = _model(kind, clip_files)
-    for i, (h, w) in enumerate(SIZES):
-        path = str(tmp_path / f"{kind}_{h}x{w}.ts")
-        export_model(
-            model,
-            path,
-            "torchscript",
-            cfg.INPUT.FORMAT,
-            size=(h, w),
-            dynamic=False,
-            metadata=export_metadata(cfg, NAMES, PALETTE),
-            input_dtype="float32" if i else "uint8",
-        )
-        runner = ExportedModel(path)
-        assert runner.format == "torchscript"
-        assert runner.metadata["class_names"] == NAMES and runner.metadata["image_size"] == [h, w]
-        image = _image((h, w), seed=20 + i)
-        probs, labels = runner(image.float() if i else image)
-        _assert_close(probs[0], labels[0], *_reference(cfg, model, image))
-    with pytest.raises(Exception, match=r"traced at a fixed size \(H, W\) = \(71, 101\)"):
-        runner(sample_image((64, 96)))
+    for fmt in ["onnx"] if kind == "rn101" else ["torchscript"]:
+        for i, (h, w) in enumerate(SIZES[1:] if kind == "rn101" else SIZES, start=1 if kind == "rn101" else 0):
+            path = str(tmp_path / f"{kind}_{h}x{w}.{fmt}")
+            resize = i == 1
+            export_model(
+                model,
+                path,
+                fmt,
+                cfg.INPUT.FORMAT,
+                size=(h, w),
+                dynamic=False,
+                metadata=export_metadata(cfg, NAMES, PALETTE),
+                input_dtype="float32" if i else "uint8",
+                test_size=_test_size(cfg) if resize else None,
+            )
+            runner = ExportedModel(path)
+            assert runner.format == fmt
+            assert runner.metadata["class_names"] == NAMES and runner.metadata["image_size"] == [h, w]
+            assert runner.metadata["test_resize"] is resize
+            image = _image((h, w), seed=20 + i)
+            probs, labels = runner(image.float() if i else image)
+            reference = _reference(cfg, model, image, test_resize=resize)
+            _assert_close(probs[0], labels[0], *reference)
+        if fmt == "torchscript":
+            with pytest.raises(Exception, match=r"traced at a fixed size \(H, W\) = \(71, 101\)"):
+                runner(sample_image((64, 96), dtype="float32"))
 
 
 def test_unsupported_cases_are_clear_errors(clip_files, tmp_path):
@@ -228,15 +274,19 @@ def test_unsupported_cases_are_clear_errors(clip_files, tmp_path):
         export_model(model, str(tmp_path / "x.onnx"), "onnx", size=(48, 64), dynamic=True)
     with pytest.raises(ValueError, match="format must be one of"):
         export_model(model, path, "tflite", size=(64, 64), dynamic=False)
-    _, vit = _model("vit", clip_files)
-    with pytest.raises(ValueError, match="dynamic image sizes cannot be exported with the CLIPViT backbone"):
-        export_model(vit, str(tmp_path / "vit.onnx"), "onnx", size=(64, 64), dynamic=True)
+    with pytest.raises(ValueError, match="test_size must be"):
+        export_model(model, path, "torchscript", size=(64, 64), dynamic=False, test_size=(0, 100))
+    onnx_path = str(tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="sample batch of 2 or more"):
+        export_onnx(SegmentationGraph(model), onnx_path, sample_image((64, 64)), dynamic=True)
+    with pytest.raises(ValueError, match=r"needs SegmentationGraph\(\.\.\., dynamic=True\)"):
+        export_onnx(SegmentationGraph(model, test_size=(96, 224)), onnx_path, sample_image((64, 64), 2), dynamic=True)
     from mta_clip.evaluation import SemSegTTA
 
     tta = SemSegTTA(toy_cfg("mask2former_toy.yaml", ["TEST.AUG.ENABLED", "True"]), model)
     with pytest.raises(ValueError, match="test-time augmentation"):
         export_model(tta, path, "torchscript", size=(64, 64), dynamic=False)
-    assert not os.path.exists(path)
+    assert not os.path.exists(path) and not os.path.exists(onnx_path)
 
 
 def test_check_refuses_a_file_that_disagrees(clip_files, tmp_path):

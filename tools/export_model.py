@@ -8,9 +8,11 @@ A model file written by ``train_net.py`` carries its config, class names and pal
 alone is enough. Other checkpoints (Detectron2 / Mask2Former files) need ``--config-file``.
 
 The file takes a (B, H, W, 3) BGR image (uint8, or float32 with ``--input-dtype float32``; values
-0..255) and returns ``probs`` (B, C, H, W) and ``labels`` (B, H, W); preprocessing and semantic
-inference are inside it, MTA-CLIP's text features are stored as constants, and the class names and
-palette are in its metadata (see docs/export.md). After writing, the tool runs the file (ONNX
+0..255) and returns ``probs`` (B, C, H, W) and ``labels`` (B, H, W) at that size, as ``Predictor``
+does: the resize to the test size (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST; ``--no-test-resize``: none,
+the model runs at the given size), preprocessing and semantic inference are inside it, MTA-CLIP's
+text features are stored as constants, and the class names and palette are in its metadata (see
+docs/export.md). ``--dynamic``: batch, height and width are free. After writing, the tool runs the file (ONNX
 Runtime / torch.jit) and PyTorch on random images and prints the differences; it exits with status
 1 and writes nothing when the labels differ on more than 0.1 % of the pixels, and with status 2
 (a message, nothing written) for requests it cannot serve.
@@ -65,6 +67,11 @@ def build_for_export(config_file: Optional[str], weights: str, opts: Sequence[st
     return cfg, predictor.model.eval(), metadata
 
 
+def test_size_of(cfg):
+    """(INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST) of the test mapper's resize, None when it has none."""
+    return (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) if cfg.INPUT.MIN_SIZE_TEST > 0 else None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -83,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     group.add_argument(
         "--size", type=int, nargs=2, metavar=("H", "W"), help="fixed image size (the only size the file serves)"
     )
-    group.add_argument("--dynamic", action="store_true", help="ONNX: any H, W from the minimum size up")
+    group.add_argument("--dynamic", action="store_true", help="ONNX: any batch size and image size")
     parser.add_argument(
         "--sample-size",
         type=int,
@@ -93,6 +100,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="with --dynamic: size of the tracing / check image (default 512 512)",
     )
     parser.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8")
+    parser.add_argument(
+        "--no-test-resize",
+        action="store_true",
+        help="leave the resize to the test size out of the file (it then runs the model at the size it is given)",
+    )
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -117,6 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 metadata=metadata,
                 input_dtype=args.input_dtype,
                 check=not args.no_check,
+                test_size=None if args.no_test_resize else test_size_of(cfg),
             )
     except ExportCheckError as exc:
         logger.error("check failed, nothing written: %s", exc)

@@ -44,6 +44,7 @@ def test_torchscript_export_with_check(weights, tmp_path, capsys):
     meta = read_metadata(out)
     assert meta["class_names"] == ["sky", "grass", "road", "water", "car", "building"]
     assert len(meta["palette"]) == 6 and meta["image_size"] == [96, 128] and meta["dynamic"] is False
+    assert meta["test_resize"] is True  # the default: the file resizes like the test mapper
     assert meta["weights"] == os.path.basename(weights)
     # the same labels as the Predictor (an independent path: numpy image, Detectron2 resize, model forward)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
@@ -105,6 +106,7 @@ def test_bad_requests(weights, tmp_path, caplog):
     aug = ["--opts", "TEST.AUG.ENABLED", "True"]
     assert tool.main(base + ["--format", "torchscript", "--size", "64", "64"] + aug) == 2
     assert "TEST.AUG.ENABLED" in caplog.text
-    assert tool.main(base + ["--format", "onnx", "--dynamic", "--sample-size", "40", "64"]) == 2
+    # without the resize inside, a dynamic file's network serves sides >= 64 only
+    assert tool.main(base + ["--format", "onnx", "--dynamic", "--no-test-resize", "--sample-size", "40", "64"]) == 2
     assert ">= 64" in caplog.text
     assert not os.path.exists(out)

@@ -404,11 +404,15 @@ def resize_grid_pos_embed(
     if mode not in ("bicubic", "bilinear"):
         raise ValueError(f"positional embedding interpolation must be 'bicubic' or 'bilinear', got {mode!r}")
     gh, gw = int(old_grid[0]), int(old_grid[1])
-    nh, nw = int(new_grid[0]), int(new_grid[1])
     if pos.dim() != 2 or pos.shape[0] != 1 + gh * gw:
         raise ValueError(f"positional embedding of shape {tuple(pos.shape)} does not match a {gh}x{gw} grid")
-    if (gh, gw) == (nh, nw):
-        return pos
+    nh, nw = new_grid[0], new_grid[1]
+    if not any(isinstance(n, torch.SymInt) for n in (nh, nw)):
+        nh, nw = int(nh), int(nw)
+        if (gh, gw) == (nh, nw):
+            return pos
+    # symbolic sizes (torch.export): no int() and no size comparison, which would fix the image size;
+    # an interpolation to the same size gives back its input exactly (weights 1 and 0)
     channels = pos.shape[1]
     grid = pos[1:].reshape(1, gh, gw, channels).permute(0, 3, 1, 2)
     grid = F.interpolate(grid.float(), size=(nh, nw), mode=mode, align_corners=False, antialias=antialias)
