@@ -20,19 +20,14 @@ from typing import Dict, Optional, Sequence
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import BACKBONE_REGISTRY
+from torch import nn
 
 from ...config import choice
 from ...layers.drop_path import DROP_PATH_UNITS, DropPath
-from ..clip.weights import (
-    clip_weights_and_arch,
-    image_size_pair,
-    load_clip_weights,
-    resize_grid_pos_embed,
-    sub_state_dict,
-)
+from ..clip.weights import clip_weights_and_arch, load_clip_weights, resize_grid_pos_embed, sub_state_dict
 from .freeze import warn_unused_freeze_at
-from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
+from .vit_pyramid import LEVELS, PlainViTBackbone, ViTPyramid
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +35,7 @@ __all__ = ["CLIPViT"]
 
 
 @BACKBONE_REGISTRY.register()
-class CLIPViT(Backbone):
+class CLIPViT(PlainViTBackbone):
     """CLIP ViT: the patch tokens after blocks ``out_indices`` (default 3, 5, 7, 11; 0-based) as
     (B, width, H/16, W/16) maps, turned into ``res2..res5`` at strides 4/8/16/32 (all ``width``
     channels) by ConvTranspose x4 (with norm + GELU between the two), ConvTranspose x2, identity,
@@ -87,29 +82,22 @@ class CLIPViT(Backbone):
         super().__init__()
         from open_clip.transformer import QuickGELU, VisionTransformer
 
-        level_index = check_pyramid_args(
-            "CLIPViT",
-            out_indices,
-            layers,
-            out_features,
-            pyramid_norm,
-            width,
-            "MODEL.CLIP.VIT.OUT_INDICES",
-            "MODEL.CLIP.VIT.PYRAMID_NORM",
+        image_size = self._init_vit(
+            width=width,
+            layers=layers,
+            patch_size=patch_size,
+            image_size=image_size,
+            out_indices=out_indices,
+            out_features=out_features,
+            pyramid_norm=pyramid_norm,
+            drop_path_rate=drop_path_rate,
+            key="MODEL.CLIP.VIT",
+            image_size_key="MODEL.CLIP.IMAGE_SIZE",
         )
         pos_embed_interpolation = choice(
             ("bilinear", "bicubic"), pos_embed_interpolation, "MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION"
         )
         drop_path_unit = choice(DROP_PATH_UNITS, drop_path_unit, "MODEL.CLIP.VIT.DROP_PATH_UNIT")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(
-                f"CLIPViT drop_path_rate {drop_path_rate} (MODEL.CLIP.VIT.DROP_PATH_RATE): expected [0, 1)"
-            )
-        image_size = image_size_pair(image_size)
-        if image_size[0] % patch_size or image_size[1] % patch_size:
-            raise ValueError(
-                f"CLIPViT image_size {image_size} (MODEL.CLIP.IMAGE_SIZE) must be multiples of {patch_size}"
-            )
 
         trunk = VisionTransformer(
             image_size=image_size,
@@ -123,11 +111,7 @@ class CLIPViT(Backbone):
         )
         if not getattr(trunk.transformer, "batch_first", True):
             raise RuntimeError("CLIPViT calls open_clip's blocks on (B, N, C) tokens: needs batch-first blocks")
-        self.patch_size = patch_size
-        self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
-        self._out_features = list(out_features)
-        self.level_index = level_index
-        depth = 1 + max(self.level_index.values())
+        depth = self._used_blocks
         self.conv1 = trunk.conv1
         self.class_embedding = trunk.class_embedding
         self.positional_embedding = trunk.positional_embedding
@@ -149,9 +133,6 @@ class CLIPViT(Backbone):
 
         if weights is not None:
             self._load_clip(weights, weights_source or "CLIP weights", depth)
-
-        self._out_feature_strides = dict(LEVEL_STRIDES)
-        self._out_feature_channels = {f: width for f in LEVELS}
 
     def _load_clip(self, weights: Dict[str, torch.Tensor], source: str, depth: int) -> None:
         def used(key: str) -> bool:
@@ -205,16 +186,7 @@ class CLIPViT(Backbone):
             weights_source=clip.WEIGHTS,
         )
 
-    @property
-    def size_divisibility(self) -> int:
-        """Padding to 2 x patch keeps res5 exactly at stride 32 (forward accepts multiples of the patch)."""
-        return 2 * self.patch_size
-
-    def block_features(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
-        """Patch tokens after the used blocks: {block index: (B, width, H/p, W/p)}."""
-        p = self.patch_size
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % p or x.shape[3] % p:
-            raise ValueError(f"CLIPViT takes (B, 3, H, W) input with H, W multiples of {p}, got {tuple(x.shape)}")
+    def _embed_tokens(self, x: torch.Tensor):
         b = x.shape[0]
         x = self.conv1(x)  # (B, C, gh, gw)
         gh, gw = x.shape[-2:]
@@ -224,17 +196,7 @@ class CLIPViT(Backbone):
         pos = resize_grid_pos_embed(self.positional_embedding, self.grid, (gh, gw), self.pos_embed_interpolation)
         if self.class_embed_twice:  # DenseCLIP: the class row of the positional embedding + class embedding
             pos = torch.cat([pos[:1] + self.class_embedding[None], pos[1:]], dim=0)
-        x = x + pos.to(x.dtype)
-        x = self.ln_pre(x)
-        wanted = set(self.level_index.values())
-        feats = {}
-        for i, block in enumerate(self.transformer.resblocks):
-            x = block(x)
-            if i in wanted:
-                feats[i] = x[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
-        return feats
+        return self.ln_pre(x + pos.to(x.dtype)), (gh, gw)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x: (B, 3, H, W) normalized images -> {res2..res5: (B, width, H/stride, W/stride)}."""
-        feats = self.block_features(x)
-        return self.pyramid({f: feats[i] for f, i in self.level_index.items()})
+    def _trunk_blocks(self) -> nn.ModuleList:
+        return self.transformer.resblocks

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
 from ...layers.drop_path import DropPath
-from ..clip.weights import image_size_pair, resize_grid_pos_embed
+from ..clip.weights import resize_grid_pos_embed
 from .freeze import warn_unused_freeze_at
-from .vit_pyramid import LEVEL_STRIDES, LEVELS, ViTPyramid, check_pyramid_args
+from .vit_pyramid import LEVELS, PlainViTBackbone, ViTPyramid
 from .weight_files import load_backbone_weights, read_backbone_weights
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class ViTBlock(nn.Module):
 
 
 @BACKBONE_REGISTRY.register()
-class ImageNetViT(Backbone):
+class ImageNetViT(PlainViTBackbone):
     """Plain ViT with ImageNet weights (timm layout): patch tokens after blocks ``out_indices``
     (default 3, 5, 7, 11) as (B, embed_dim, H/16, W/16) maps, turned into ``res2..res5`` at strides
     4/8/16/32 (``embed_dim`` channels each) by the shared ViT pyramid. Takes any input whose sides
@@ -121,28 +121,18 @@ class ImageNetViT(Backbone):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"ImageNetViT embed_dim {embed_dim} is not divisible by num_heads {num_heads} (MODEL.VIT)")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"ImageNetViT drop_path_rate {drop_path_rate} (MODEL.VIT.DROP_PATH_RATE): expected [0, 1)")
-        level_index = check_pyramid_args(
-            "ImageNetViT",
-            out_indices,
-            depth,
-            out_features,
-            pyramid_norm,
-            embed_dim,
-            "MODEL.VIT.OUT_INDICES",
-            "MODEL.VIT.PYRAMID_NORM",
+        self._init_vit(
+            width=embed_dim,
+            layers=depth,
+            patch_size=patch_size,
+            image_size=image_size,
+            out_indices=out_indices,
+            out_features=out_features,
+            pyramid_norm=pyramid_norm,
+            drop_path_rate=drop_path_rate,
+            key="MODEL.VIT",
+            image_size_key="MODEL.VIT.IMAGE_SIZE",
         )
-        image_size = image_size_pair(image_size)
-        if image_size[0] % patch_size or image_size[1] % patch_size:
-            raise ValueError(
-                f"ImageNetViT image_size {image_size} (MODEL.VIT.IMAGE_SIZE) must be multiples of {patch_size}"
-            )
-        self.patch_size = patch_size
-        self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
-        self._out_features = list(out_features)
-        self.level_index = level_index
-        used = 1 + max(level_index.values())
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # over the full depth
 
         self.patch_embed = nn.Module()
@@ -150,15 +140,12 @@ class ImageNetViT(Backbone):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], embed_dim))
         self.blocks = nn.ModuleList(
-            [ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(used)]
+            [ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i]) for i in range(self._used_blocks)]
         )
         self.pyramid = ViTPyramid(self._out_features, embed_dim, pyramid_norm, pre_norm=pyramid_pre_norm)
         self._init_trunk()
         if weights is not None:
             self._load(weights, weights_source or "ViT weights")
-
-        self._out_feature_strides = dict(LEVEL_STRIDES)
-        self._out_feature_channels = {f: embed_dim for f in LEVELS}
 
     def _init_trunk(self) -> None:
         """Random init of the trunk as timm's ViT (truncated normal 0.02; used without weights)."""
@@ -225,31 +212,13 @@ class ImageNetViT(Backbone):
             "weights_source": vit.WEIGHTS,
         }
 
-    @property
-    def size_divisibility(self) -> int:
-        """Padding to 2 x patch keeps res5 exactly at stride 32 (forward accepts multiples of the patch)."""
-        return 2 * self.patch_size
-
-    def block_features(self, x: torch.Tensor) -> Dict[int, torch.Tensor]:
-        """Patch tokens after the used blocks: {block index: (B, embed_dim, H/p, W/p)}."""
-        p = self.patch_size
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % p or x.shape[3] % p:
-            raise ValueError(f"ImageNetViT takes (B, 3, H, W) input with H, W multiples of {p}, got {tuple(x.shape)}")
+    def _embed_tokens(self, x: torch.Tensor):
         b = x.shape[0]
         x = self.patch_embed.proj(x)  # (B, C, gh, gw)
         gh, gw = x.shape[-2:]
         x = torch.cat([self.cls_token.expand(b, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
         pos = resize_grid_pos_embed(self.pos_embed[0], self.grid, (gh, gw), antialias=True)
-        x = x + pos.to(x.dtype)
-        wanted = set(self.level_index.values())
-        feats = {}
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in wanted:
-                feats[i] = x[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
-        return feats
+        return x + pos.to(x.dtype), (gh, gw)
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """x: (B, 3, H, W) normalized images -> {res2..res5: (B, embed_dim, H/stride, W/stride)}."""
-        feats = self.block_features(x)
-        return self.pyramid({f: feats[i] for f, i in self.level_index.items()})
+    def _trunk_blocks(self) -> nn.ModuleList:
+        return self.blocks
