@@ -17,12 +17,12 @@ does not allow it).
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from _timing import Clock, machine
 
 LEVELS = [(64, 64), (32, 32), (16, 16)]
 HEADS, POINTS, CHANNELS = 8, 4, 32
@@ -89,22 +89,16 @@ def _worker(args):
     value, locations, weights, grad_out = (t.to(device) for t in (value, locations, weights, grad_out))
     shapes, starts = shapes.to(device), starts.to(device)
     leaves = [t.requires_grad_(True) for t in (value, locations, weights)]
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    clock = Clock(device)
 
     def step():
         for t in leaves:
             t.grad = None
-        sync()
-        t0 = time.perf_counter()
+        t0 = clock.now()
         out = fn(leaves[0], shapes, starts, leaves[1], leaves[2])
-        sync()
-        t1 = time.perf_counter()
+        t1 = clock.now()
         out.backward(grad_out)
-        sync()
-        t2 = time.perf_counter()
+        t2 = clock.now()
         return t1 - t0, t2 - t1
 
     peak_mib = None
@@ -117,7 +111,7 @@ def _worker(args):
     if device.type == "cuda":
         for t in leaves:
             t.grad = None
-        sync()
+        clock.sync()
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         step()
@@ -127,21 +121,6 @@ def _worker(args):
     bwd = statistics.median(t[1] for t in times) * 1e3
     both = statistics.median(t[0] + t[1] for t in times) * 1e3
     print(json.dumps({"impl": args.worker, "fwd_ms": fwd, "bwd_ms": bwd, "total_ms": both, "peak_mib": peak_mib}))
-
-
-def _machine(device):
-    import torch
-
-    if device == "cuda":
-        name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-        return f"{name}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None):
@@ -180,7 +159,7 @@ def main(argv=None):
         f"multi-scale deformable attention, {args.device}, {args.dtype}: batch {args.batch}, levels "
         f"{'/'.join(f'{h}x{w}' for h, w in LEVELS)}, Q=S={total}, heads {HEADS}, points {POINTS}, D {CHANNELS}\n"
     )
-    out.write(f"machine: {_machine(args.device)}; median of {args.repeats} steps\n\n")
+    out.write(f"machine: {machine(args.device)}; median of {args.repeats} steps\n\n")
     header = f"| {'impl':<9} | {'fwd ms':>9} | {'bwd ms':>9} | {'fwd+bwd ms':>10} | {'peak MiB':>9} | {'speed-up':>8} |"
     out.write(header + "\n|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|\n")
     ref = next((r["total_ms"] for r in rows if r["impl"] == "pytorch" and "total_ms" in r), None)
@@ -196,7 +175,7 @@ def main(argv=None):
     if args.json:
         folder = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(folder, exist_ok=True)
-        payload = {"args": vars(args), "machine": _machine(args.device), "levels": LEVELS, "rows": rows}
+        payload = {"args": vars(args), "machine": machine(args.device), "levels": LEVELS, "rows": rows}
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as f:
             json.dump(payload, f, indent=1)
         os.replace(f.name, args.json)

@@ -15,12 +15,10 @@ the repeats after warm-up, per mode:
 """
 
 import argparse
-import os
-import platform
-import statistics
 import time
 
 import torch
+from _timing import Clock, machine, median_ms
 from detectron2.layers import ShapeSpec
 
 import mta_clip.layers.ms_deform_attn as msda
@@ -60,39 +58,11 @@ def build_decoder(device):
     return decoder.to(device).train()
 
 
-def _time(fn, device, warmup, repeats):
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def _machine(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
 def main(argv=None):
     args = _parse_args(argv)
     device = torch.device(args.device)
     decoder = build_decoder(device)
+    clock = Clock(device)
     gen = torch.Generator().manual_seed(1)
     feats = {
         k: torch.randn(args.batch, CHANNELS[k], args.size // s, args.size // s, generator=gen).to(device)
@@ -124,8 +94,8 @@ def main(argv=None):
         rows.append(
             (
                 name,
-                _time(forward(fn), device, args.warmup, args.repeats),
-                _time(forward_backward(fn), device, args.warmup, args.repeats),
+                median_ms(forward(fn), clock, args.warmup, args.repeats),
+                median_ms(forward_backward(fn), clock, args.warmup, args.repeats),
                 None,
             )
         )
@@ -138,8 +108,8 @@ def main(argv=None):
         rows.append(
             (
                 "compiled",
-                _time(forward(compiled), device, args.warmup, args.repeats),
-                _time(forward_backward(compiled), device, args.warmup, args.repeats),
+                median_ms(forward(compiled), clock, args.warmup, args.repeats),
+                median_ms(forward_backward(compiled), clock, args.warmup, args.repeats),
                 compile_s,
             )
         )
@@ -149,7 +119,7 @@ def main(argv=None):
         f"MSDeformAttn pixel decoder, {args.device}, float32: batch {args.batch}, {args.size}x{args.size} input "
         f"(encoder levels {levels}), 6 layers, conv_dim 256, 8 heads, 4 points"
     )
-    print(f"machine: {_machine(device)}; median of {args.repeats} steps after {args.warmup} warm-up\n")
+    print(f"machine: {machine(device)}; median of {args.repeats} steps after {args.warmup} warm-up\n")
     print("| mode | fwd ms | fwd+bwd ms | first call s |")
     print("|---|---|---|---|")
     for name, fwd, both, first in rows:
