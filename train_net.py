@@ -20,26 +20,13 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from mta_clip.checkpointer import AtomicCheckpointer
+from mta_clip.data.dataset_file import add_dataset_arguments
 from mta_clip.engine import Trainer, check_launch_args, save_run_config, setup
 
 
 def get_parser():
     parser = default_argument_parser()
-    parser.add_argument(
-        "--dataset-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="dataset file (YAML/JSON: name, classes, image/label folders) to register; repeatable",
-    )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="module or .py file to import first (e.g. code calling mta_clip.register_sem_seg_dataset); repeatable",
-    )
+    add_dataset_arguments(parser)
     return parser
 
 

@@ -35,6 +35,7 @@ import mta_clip  # noqa: E402,F401  (first: quiets third-party import warnings)
 # isort: split
 from detectron2.data.catalog import Metadata  # noqa: E402
 
+from mta_clip.data.dataset_file import add_dataset_arguments  # noqa: E402
 from mta_clip.demo_io import (  # noqa: E402
     collect_inputs,
     output_problem,
@@ -58,21 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights", metavar="FILE", help="model file; alone it gives the config, class names and palette too"
     )
-    parser.add_argument(
-        "--dataset-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="dataset file to register (datasets named by the config); repeatable",
-    )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="module or .py file to import first (own dataset registration); repeatable",
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--input", nargs="+", default=[], help="image files, folders, glob patterns or videos")
     parser.add_argument("--webcam", action="store_true", help="read the default camera")
     parser.add_argument("--output", help="output folder (required except with --webcam)")

@@ -30,7 +30,11 @@ import mta_clip  # noqa: E402,F401  (first: registers the built-in datasets, qui
 # isort: split
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
-from mta_clip.data.dataset_file import import_registration, register_dataset_file  # noqa: E402
+from mta_clip.data.dataset_file import (  # noqa: E402
+    add_dataset_arguments,
+    import_registration,
+    register_dataset_file,
+)
 from mta_clip.data.datasets import load_dataset_dicts  # noqa: E402
 from mta_clip.data.file_checks import exif_orientation, oriented_size  # noqa: E402
 
@@ -155,21 +159,7 @@ def report(result: Dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="registered dataset name (with --dataset-file: default all of its)")
-    parser.add_argument(
-        "--dataset-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="dataset file (YAML/JSON) to register first; repeatable",
-    )
-    parser.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="module or .py file to import first (e.g. code calling register_sem_seg_dataset)",
-    )
+    add_dataset_arguments(parser)
     parser.add_argument("--limit", type=int, default=None, help="check only the first N images")
     args = parser.parse_args(argv)
     for target in args.imports:

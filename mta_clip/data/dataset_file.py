@@ -18,6 +18,7 @@ Images and label maps pair up by their path relative to the folder minus the suf
 ``load_sem_seg_pairs``). The metadata of every dataset registered here also has ``dataset_file``.
 """
 
+import argparse
 import importlib
 import importlib.util
 import logging
@@ -30,6 +31,7 @@ from ..safe_yaml import safe_load_yaml_file
 from .datasets import IGNORE_LABEL, register_sem_seg_dataset
 
 __all__ = [
+    "add_dataset_arguments",
     "import_registration",
     "prepare_datasets",
     "read_dataset_file",
@@ -179,6 +181,29 @@ def register_dataset_files(paths: Sequence[str]) -> List[str]:
     for path in paths:
         names.extend(register_dataset_file(path))
     return names
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the options of the scripts that register datasets before their work (``train_net.py``,
+    ``demo/demo.py``, ``tools/validate_dataset.py``): ``--dataset-file`` (``args.dataset_file``,
+    for :func:`register_dataset_file`) and ``--import`` (``args.imports``, for
+    :func:`import_registration`), both repeatable lists."""
+    parser.add_argument(
+        "--dataset-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="dataset file (YAML/JSON: name, classes, image/label folders) to register first; repeatable",
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="module or .py file to import first (own dataset registration, e.g. code calling "
+        "mta_clip.register_sem_seg_dataset); repeatable",
+    )
 
 
 def import_registration(target: str) -> None:

@@ -1,5 +1,6 @@
 """Dataset files (YAML/JSON, safe-loaded), --dataset-file / --import, NUM_CLASSES from the training data."""
 
+import argparse
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from mta_clip.config import setup_cfg
-from mta_clip.data.dataset_file import read_dataset_file, register_dataset_file
+from mta_clip.data.dataset_file import add_dataset_arguments, read_dataset_file, register_dataset_file
 from mta_clip.engine import Trainer
 from tests.conftest import ROOT, TOY_BASELINE_CONFIG, load_tool
 
@@ -121,6 +122,19 @@ def test_import_registration_module(tmp_path):
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 3
     with pytest.raises(ImportError, match="--import no_such_module_here"):
         setup_cfg(TOY_BASELINE_CONFIG, imports=["no_such_module_here"])
+
+
+def test_dataset_arguments_are_repeatable_lists_of_the_scripts():
+    parser = argparse.ArgumentParser()
+    add_dataset_arguments(parser)
+    args = parser.parse_args(["--dataset-file", "a.yaml", "--import", "pkg.mod", "--dataset-file", "b.json"])
+    assert args.dataset_file == ["a.yaml", "b.json"] and args.imports == ["pkg.mod"]
+    assert vars(parser.parse_args([])) == {"dataset_file": [], "imports": []}
+    # the three scripts that register datasets take the same options from the one helper
+    for script in ("train_net.py", "demo/demo.py", "tools/validate_dataset.py"):
+        with open(os.path.join(ROOT, script)) as f:
+            text = f.read()
+        assert "add_dataset_arguments(parser)" in text and '"--dataset-file"' not in text, script
 
 
 def test_validate_dataset_takes_dataset_files(capsys):

@@ -42,6 +42,9 @@ class CLIPViT(PlainViTBackbone):
     max-pool /2. Takes any input whose sides are multiples of the patch size.
     """
 
+    _CONFIG_NODE = "MODEL.CLIP.VIT"
+    _IMAGE_SIZE_KEY = "MODEL.CLIP.IMAGE_SIZE"
+
     @configurable
     def __init__(
         self,
@@ -83,16 +86,7 @@ class CLIPViT(PlainViTBackbone):
         from open_clip.transformer import QuickGELU, VisionTransformer
 
         image_size = self._init_vit(
-            width=width,
-            layers=layers,
-            patch_size=patch_size,
-            image_size=image_size,
-            out_indices=out_indices,
-            out_features=out_features,
-            pyramid_norm=pyramid_norm,
-            drop_path_rate=drop_path_rate,
-            key="MODEL.CLIP.VIT",
-            image_size_key="MODEL.CLIP.IMAGE_SIZE",
+            width, layers, patch_size, image_size, out_indices, out_features, pyramid_norm, drop_path_rate
         )
         pos_embed_interpolation = choice(
             ("bilinear", "bicubic"), pos_embed_interpolation, "MODEL.CLIP.VIT.POS_EMBED_INTERPOLATION"

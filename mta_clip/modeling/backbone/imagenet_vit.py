@@ -86,6 +86,9 @@ class ImageNetViT(PlainViTBackbone):
     anti-aliased) at load time to ``image_size`` and at run time to the input's grid.
     """
 
+    _CONFIG_NODE = "MODEL.VIT"
+    _IMAGE_SIZE_KEY = "MODEL.VIT.IMAGE_SIZE"
+
     @configurable
     def __init__(
         self,
@@ -122,16 +125,7 @@ class ImageNetViT(PlainViTBackbone):
         if embed_dim % num_heads:
             raise ValueError(f"ImageNetViT embed_dim {embed_dim} is not divisible by num_heads {num_heads} (MODEL.VIT)")
         self._init_vit(
-            width=embed_dim,
-            layers=depth,
-            patch_size=patch_size,
-            image_size=image_size,
-            out_indices=out_indices,
-            out_features=out_features,
-            pyramid_norm=pyramid_norm,
-            drop_path_rate=drop_path_rate,
-            key="MODEL.VIT",
-            image_size_key="MODEL.VIT.IMAGE_SIZE",
+            embed_dim, depth, patch_size, image_size, out_indices, out_features, pyramid_norm, drop_path_rate
         )
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # over the full depth
 

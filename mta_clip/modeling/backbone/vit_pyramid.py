@@ -95,14 +95,18 @@ class PlainViTBackbone(Backbone):
     """Base of the plain ViT backbones: the patch tokens after the blocks ``level_index`` names, as
     (B, width, H/p, W/p) maps, turned into ``res2..res5`` by a :class:`ViTPyramid` ``self.pyramid``.
 
-    A subclass calls :meth:`_init_vit` first in its ``__init__``, then builds its trunk (the blocks
-    up to :attr:`_used_blocks`) and ``self.pyramid``; it implements :meth:`_embed_tokens` (images ->
-    tokens for the first block) and :meth:`_trunk_blocks`. Error messages name the subclass.
+    A subclass sets the config keys named in its errors (:attr:`_CONFIG_NODE`,
+    :attr:`_IMAGE_SIZE_KEY`), calls :meth:`_init_vit` first in its ``__init__``, then builds its
+    trunk (the blocks up to :attr:`_used_blocks`) and ``self.pyramid``; it implements
+    :meth:`_embed_tokens` (images -> tokens for the first block) and :meth:`_trunk_blocks`. Error
+    messages name the subclass.
     """
+
+    _CONFIG_NODE: str  # config node of the ViT's keys OUT_INDICES, PYRAMID_NORM, DROP_PATH_RATE (e.g. MODEL.VIT)
+    _IMAGE_SIZE_KEY: str  # config key of image_size
 
     def _init_vit(
         self,
-        *,
         width: int,
         layers: int,
         patch_size: int,
@@ -111,13 +115,10 @@ class PlainViTBackbone(Backbone):
         out_features: Sequence[str],
         pyramid_norm: str,
         drop_path_rate: float,
-        key: str,
-        image_size_key: str,
     ) -> Tuple[int, int]:
         """Checks the arguments every plain ViT has and sets ``patch_size``, ``grid`` (the patch grid
-        of ``image_size``), ``level_index`` and the output features; returns ``image_size`` as (H, W).
-        ``key`` is the config node of the other arguments (e.g. ``MODEL.VIT``), named in errors."""
-        owner = type(self).__name__
+        of ``image_size``), ``level_index`` and the output features; returns ``image_size`` as (H, W)."""
+        owner, key = type(self).__name__, self._CONFIG_NODE
         self.level_index = check_pyramid_args(
             owner,
             out_indices,
@@ -132,7 +133,9 @@ class PlainViTBackbone(Backbone):
             raise ValueError(f"{owner} drop_path_rate {drop_path_rate} ({key}.DROP_PATH_RATE): expected [0, 1)")
         image_size = image_size_pair(image_size)
         if image_size[0] % patch_size or image_size[1] % patch_size:
-            raise ValueError(f"{owner} image_size {image_size} ({image_size_key}) must be multiples of {patch_size}")
+            raise ValueError(
+                f"{owner} image_size {image_size} ({self._IMAGE_SIZE_KEY}) must be multiples of {patch_size}"
+            )
         self.patch_size = patch_size
         self.grid = (image_size[0] // patch_size, image_size[1] // patch_size)
         self._out_features = list(out_features)
