@@ -26,6 +26,13 @@ def model(tmp_path_factory):
     return path, Predictor(CONFIG, weights=path, device="cpu")
 
 
+def _run_demo(weights, output, *inputs) -> int:
+    """demo/demo.py's exit code for the toy config with ``weights`` on CPU, writing to ``output``;
+    ``inputs``: the input options (``"--input", path, ...`` or ``"--webcam"``)."""
+    args = ["--config-file", CONFIG, *inputs, "--output", str(output), "--device", "cpu"]
+    return demo.main(args + ["--opts", "MODEL.WEIGHTS", weights])
+
+
 def test_images_folder_and_bad_files(model, tmp_path, capsys):
     weights, predictor = model
     rng = np.random.default_rng(0)
@@ -41,23 +48,7 @@ def test_images_folder_and_bad_files(model, tmp_path, capsys):
     single = tmp_path / "single.png"
     cv2.imwrite(str(single), color[:10, :12])
     out = tmp_path / "out"
-    rc = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--input",
-            str(src),
-            str(single),
-            str(tmp_path / "missing.jpg"),
-            "--output",
-            str(out),
-            "--device",
-            "cpu",
-            "--opts",
-            "MODEL.WEIGHTS",
-            weights,
-        ]
-    )
+    rc = _run_demo(weights, out, "--input", str(src), str(single), str(tmp_path / "missing.jpg"))
     assert rc == 1  # two inputs skipped, the run went on
     printed = capsys.readouterr().out
     assert "4 input(s) written" in printed and "broken.png" in printed and "missing.jpg" in printed
@@ -93,21 +84,7 @@ def test_video(model, tmp_path):
         writer.write(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
     writer.release()
     out = tmp_path / "out"
-    rc = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--input",
-            path,
-            "--output",
-            str(out),
-            "--device",
-            "cpu",
-            "--opts",
-            "MODEL.WEIGHTS",
-            weights,
-        ]
-    )
+    rc = _run_demo(weights, out, "--input", path)
     assert rc == 0
     assert sorted(os.listdir(out / "labels" / "clip")) == ["000000.png", "000001.png", "000002.png"]
     capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
@@ -174,20 +151,7 @@ def test_webcam(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo.cv2, "VideoCapture", fake_capture)
     out = tmp_path / "out"
-    rc = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--webcam",
-            "--output",
-            str(out),
-            "--device",
-            "cpu",
-            "--opts",
-            "MODEL.WEIGHTS",
-            weights,
-        ]
-    )
+    rc = _run_demo(weights, out, "--webcam")
     assert rc == 0 and opened == [0]
     assert sorted(os.listdir(out / "labels" / "webcam")) == ["000000.png", "000001.png"]
     assert os.path.isfile(out / "webcam_overlay.mp4")
@@ -201,20 +165,7 @@ def test_webcam_that_cannot_open_is_reported(model, tmp_path, monkeypatch, capsy
             return False
 
     monkeypatch.setattr(demo.cv2, "VideoCapture", lambda source: Closed())
-    rc = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--webcam",
-            "--output",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--opts",
-            "MODEL.WEIGHTS",
-            weights,
-        ]
-    )
+    rc = _run_demo(weights, tmp_path, "--webcam")
     assert rc == 1
     assert "cannot open camera 0" in capsys.readouterr().out
 
@@ -240,21 +191,7 @@ def test_truncated_image_is_reported_with_its_name(model, tmp_path, capsys):
     weights, _ = model
     ok, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     (tmp_path / "cut.jpg").write_bytes(buf.tobytes()[: len(buf) // 2])
-    rc = demo.main(
-        [
-            "--config-file",
-            CONFIG,
-            "--input",
-            str(tmp_path / "cut.jpg"),
-            "--output",
-            str(tmp_path / "o"),
-            "--device",
-            "cpu",
-            "--opts",
-            "MODEL.WEIGHTS",
-            weights,
-        ]
-    )
+    rc = _run_demo(weights, tmp_path / "o", "--input", str(tmp_path / "cut.jpg"))
     assert rc == 1
     out = capsys.readouterr().out
     assert "cut.jpg" in out and "truncated" in out and "tools/validate_dataset.py" in out
