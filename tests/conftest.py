@@ -69,6 +69,24 @@ def save_random_toy_weights(folder, seed: int) -> str:
     return path
 
 
+def graph_recording_backend():
+    """A ``torch.compile`` backend (AOTAutograd, graphs run as they are) that keeps the text of every
+    FX graph it is given: returns ``(backend, {"forward": [...], "backward": [...]})``."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = {"forward": [], "backward": []}
+
+    def keep(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind].append(str(gm.graph))
+            return make_boxed_func(gm.forward)
+
+        return compiler
+
+    return aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward")), graphs
+
+
 @pytest.fixture(scope="module")
 def restore_loggers():
     """Entry points (train_net.main) give the project's loggers file handlers and stop their

@@ -18,6 +18,7 @@ from mta_clip.layers import (
     ms_deform_attn_pytorch_gather,
     multi_scale_deformable_attention,
 )
+from tests.conftest import graph_recording_backend
 
 CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -518,19 +519,7 @@ def test_export_op_on_cpu():
 def test_compile_fullgraph_forward_and_backward():
     """torch.compile(fullgraph=True): the op is one node in the forward graph and its backward op
     one node in the backward graph; results equal eager."""
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
-    graphs = {"forward": [], "backward": []}
-
-    def keep(kind):
-        def compiler(gm, example_inputs):
-            graphs[kind].append(str(gm.graph))
-            return make_boxed_func(gm.forward)
-
-        return compiler
-
-    backend = aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+    backend, graphs = graph_recording_backend()
     torch._dynamo.reset()
     fn = torch.compile(multi_scale_deformable_attention, fullgraph=True, backend=backend)
     inputs = make_inputs(SHAPES_A, 2, 4, 2, 3, 2, seed=12)

@@ -4,11 +4,10 @@ torch.export."""
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
-from functorch.compile import make_boxed_func
-from torch._dynamo.backends.common import aot_autograd
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mta_clip.modeling.pixel_decoder import MSDeformAttnPixelDecoder
+from tests.conftest import graph_recording_backend
 
 aten = torch.ops.aten
 
@@ -139,23 +138,13 @@ def _decoder_step(decoder, feats):
 def test_pixel_decoder_compiles_fullgraph_with_the_compiled_op():
     """torch.compile(fullgraph=True) of forward + backward: one graph each, the C++ op and its
     backward op inside, results equal to eager."""
-    graphs = {"forward": [], "backward": []}
-
-    def keep(kind):
-        def compiler(gm, example_inputs):
-            graphs[kind].append(str(gm.graph))
-            return make_boxed_func(gm.forward)
-
-        return compiler
-
+    backend, graphs = graph_recording_backend()
     decoder = small_decoder(layers=1)  # one encoder layer: the graph is the same per layer
     feats = features()
     eager_mf, eager_multi = _decoder_step(decoder, feats)
     eager_grads = torch.autograd.grad(eager_mf.square().sum(), list(decoder.parameters()))
     torch._dynamo.reset()
-    step = torch.compile(
-        _decoder_step, fullgraph=True, backend=aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
-    )
+    step = torch.compile(_decoder_step, fullgraph=True, backend=backend)
     mf, multi = step(decoder, feats)
     compiled_grads = torch.autograd.grad(mf.square().sum(), list(decoder.parameters()))
     assert len(graphs["forward"]) == 1 and len(graphs["backward"]) == 1
