@@ -110,3 +110,36 @@ def test_bad_requests(weights, tmp_path, caplog):
     assert tool.main(base + ["--format", "onnx", "--dynamic", "--no-test-resize", "--sample-size", "40", "64"]) == 2
     assert ">= 64" in caplog.text
     assert not os.path.exists(out)
+
+
+def test_check_on_your_own_images(weights, tmp_path, capsys, caplog):
+    """--check-images: the check runs on the user's images (resized to a fixed-size file's size);
+    an unreadable one is an error naming it, and nothing is written."""
+    import cv2
+
+    tool = load_tool("export_model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "b.jpg"), rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    base = [
+        "--config-file",
+        TOY_BASELINE_CONFIG,
+        "--weights",
+        weights,
+        "--format",
+        "torchscript",
+        "--size",
+        "96",
+        "128",
+    ]
+    out = str(tmp_path / "m.ts")
+    assert tool.main(base + ["--output", out, "--check-images", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("check at 96x128") == 2 and "checked 2 images" in printed
+    (folder / "c.png").write_bytes(b"not an image")
+    caplog.set_level(logging.ERROR)
+    other = str(tmp_path / "n.ts")
+    assert tool.main(base + ["--output", other, "--check-images", str(folder)]) == 2
+    assert "c.png" in caplog.text and not os.path.exists(other)
