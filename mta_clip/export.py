@@ -577,6 +577,25 @@ def check_export(
     return results
 
 
+def _check_image(image: np.ndarray, index: int, size: Optional[Tuple[int, int]], lo: int, dtype: str) -> torch.Tensor:
+    """A user's (H, W, 3) BGR uint8 image as a (1, H, W, 3) check input (resized to ``size``)."""
+    import cv2
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(
+            f"check image {index}: expected an (H, W, 3) BGR uint8 array, got {image.dtype} {tuple(image.shape)}"
+        )
+    if size is not None and image.shape[:2] != tuple(size):
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    try:
+        _check_size(image.shape[:2], lo)
+    except ValueError as exc:
+        raise ValueError(f"check image {index}: {exc}") from None
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
+    return tensor if dtype == "uint8" else tensor.float()
+
+
 # --------------------------------------------------------------------------- one call
 def export_metadata(
     cfg, class_names: Sequence[str], palette: Sequence[Sequence[int]], ignore_label: int = 255, **extra
@@ -625,6 +644,7 @@ def export_model(
     check_size: Optional[Sequence[int]] = None,
     max_label_mismatch: float = MAX_LABEL_MISMATCH,
     test_size: Optional[Sequence[int]] = None,
+    check_images: Optional[Sequence[np.ndarray]] = None,
 ) -> Dict:
     """Exports a semantic meta-architecture (eval mode) to ``output`` and checks it against PyTorch.
 
@@ -641,6 +661,9 @@ def export_model(
             dynamic, at ``check_size`` (default: ``size`` minus 7 on both sides, which is not a
             multiple of 32) with a batch of 3; the file is written only if the labels agree (see
             ``check_export``).
+        check_images: (H, W, 3) BGR uint8 images (your own data) checked instead of the random ones:
+            each at its size in a dynamic file (sides >= :func:`min_image_size`), resized to ``size``
+            (bilinear) for a fixed-size file.
         test_size: (INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST): the file resizes the image like the test
             mapper and returns results at the image's size, as ``Predictor`` does; None: the file
             runs the model at the size it is given (metadata "test_resize" says which).
@@ -678,7 +701,12 @@ def export_model(
             export_onnx(graph, tmp, sample, dynamic=dynamic, metadata=meta)
         else:
             export_torchscript(graph, tmp, sample, metadata=meta)
-        if check:
+        if check and check_images:
+            images = [
+                _check_image(img, i, None if dynamic else (h, w), lo, input_dtype) for i, img in enumerate(check_images)
+            ]
+            report["checks"] = check_export(graph, tmp, images, max_label_mismatch)
+        elif check:
             images = [sample_image((h, w), dtype=input_dtype, seed=1)]
             if dynamic:
                 ch, cw = check_size if check_size is not None else (max(h - 7, lo), max(w - 7, lo))

@@ -67,6 +67,25 @@ def build_for_export(config_file: Optional[str], weights: str, opts: Sequence[st
     return cfg, predictor.model.eval(), metadata
 
 
+def read_check_images(patterns: Sequence[str]) -> List:
+    """(H, W, 3) BGR uint8 images named by files / folders / globs (``mta_clip.demo_io``'s rules)."""
+    from mta_clip.demo_io import collect_inputs, read_image
+
+    items, videos, missing = collect_inputs(patterns)
+    problems = [f"{path}: {why}" for path, why in missing] + [f"{path}: a video" for path in videos]
+    images = []
+    for path, _ in items:
+        try:
+            images.append(read_image(path))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path}: {exc}")
+    if problems:
+        raise ValueError("--check-images: " + "; ".join(problems))
+    if not images:
+        raise ValueError(f"--check-images {' '.join(patterns)}: no images found")
+    return images
+
+
 def test_size_of(cfg):
     """(INPUT.MIN_SIZE_TEST, MAX_SIZE_TEST) of the test mapper's resize, None when it has none."""
     return (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) if cfg.INPUT.MIN_SIZE_TEST > 0 else None
@@ -106,6 +125,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="leave the resize to the test size out of the file (it then runs the model at the size it is given)",
     )
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with PyTorch")
+    parser.add_argument(
+        "--check-images",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="image files / folders / globs of your data to check on instead of random images",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -117,6 +143,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--dynamic needs --format onnx: a TorchScript trace serves one size (use --size H W)")
     size = args.size if args.size is not None else (args.sample_size or (512, 512))
     try:
+        check_images = read_check_images(args.check_images) if args.check_images and not args.no_check else None
         cfg, model, metadata = build_for_export(args.config_file, args.weights, args.opts)
         with torch.no_grad():
             report = export_model(
@@ -130,6 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 input_dtype=args.input_dtype,
                 check=not args.no_check,
                 test_size=None if args.no_test_resize else test_size_of(cfg),
+                check_images=check_images,
             )
     except ExportCheckError as exc:
         logger.error("check failed, nothing written: %s", exc)
@@ -141,6 +169,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(
             f"check at {check['size'][0]}x{check['size'][1]}: max |probs - PyTorch| = "
             f"{check['max_abs_prob_diff']:.3g}, labels differ on {100 * check['label_mismatch']:.4f}% of pixels"
+        )
+    if check_images:
+        worst = max(c["max_abs_prob_diff"] for c in report["checks"])
+        mismatch = sum(c["label_mismatch"] * c["size"][0] * c["size"][1] for c in report["checks"])
+        pixels = sum(c["size"][0] * c["size"][1] for c in report["checks"])
+        print(
+            f"checked {len(report['checks'])} images: max |probs - PyTorch| = {worst:.3g}, labels differ on "
+            f"{100 * mismatch / pixels:.4f}% of all pixels"
         )
     print(json.dumps({"output": report["output"], "format": report["format"], "dynamic": report["dynamic"]}))
     return 0

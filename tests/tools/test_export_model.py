@@ -13,6 +13,13 @@ from mta_clip.predictor import Predictor
 from tests.conftest import TOY_BASELINE_CONFIG, load_tool, save_random_toy_weights
 
 
+def toy_args(weights, size=(96, 128)):
+    """Arguments of tools/export_model.py for the toy baseline as TorchScript at ``size`` (no --output)."""
+    return ["--config-file", TOY_BASELINE_CONFIG, "--weights", weights, "--format", "torchscript", "--size"] + [
+        str(v) for v in size
+    ]
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return save_random_toy_weights(tmp_path_factory.mktemp("export_tool"), seed=3)
@@ -21,24 +28,7 @@ def weights(tmp_path_factory):
 def test_torchscript_export_with_check(weights, tmp_path, capsys):
     out = str(tmp_path / "toy.ts")
     tool = load_tool("export_model")
-    assert (
-        tool.main(
-            [
-                "--config-file",
-                TOY_BASELINE_CONFIG,
-                "--weights",
-                weights,
-                "--format",
-                "torchscript",
-                "--size",
-                "96",
-                "128",
-                "--output",
-                out,
-            ]
-        )
-        == 0
-    )
+    assert tool.main(toy_args(weights) + ["--output", out]) == 0
     printed = capsys.readouterr().out
     assert "check at 96x128" in printed and "labels differ on 0.0000% of pixels" in printed
     meta = read_metadata(out)
@@ -72,24 +62,7 @@ def test_model_file_alone(weights, tmp_path):
     assert meta["class_names"] == info["classes"] and meta["palette"] == info["palette"]
     image = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
     from_config = str(tmp_path / "c.ts")
-    assert (
-        tool.main(
-            [
-                "--config-file",
-                TOY_BASELINE_CONFIG,
-                "--weights",
-                weights,
-                "--format",
-                "torchscript",
-                "--size",
-                "64",
-                "64",
-                "--output",
-                from_config,
-            ]
-        )
-        == 0
-    )
+    assert tool.main(toy_args(weights, (64, 64)) + ["--output", from_config]) == 0
     np.testing.assert_array_equal(ExportedModel(out)(image)[0], ExportedModel(from_config)(image)[0])
 
 
@@ -110,3 +83,26 @@ def test_bad_requests(weights, tmp_path, caplog):
     assert tool.main(base + ["--format", "onnx", "--dynamic", "--no-test-resize", "--sample-size", "40", "64"]) == 2
     assert ">= 64" in caplog.text
     assert not os.path.exists(out)
+
+
+def test_check_on_your_own_images(weights, tmp_path, capsys, caplog):
+    """--check-images: the check runs on the user's images (resized to a fixed-size file's size);
+    an unreadable one is an error naming it, and nothing is written."""
+    import cv2
+
+    tool = load_tool("export_model")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    cv2.imwrite(str(folder / "b.jpg"), rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    base = toy_args(weights)
+    out = str(tmp_path / "m.ts")
+    assert tool.main(base + ["--output", out, "--check-images", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("check at 96x128") == 2 and "checked 2 images" in printed
+    (folder / "c.png").write_bytes(b"not an image")
+    caplog.set_level(logging.ERROR)
+    other = str(tmp_path / "n.ts")
+    assert tool.main(base + ["--output", other, "--check-images", str(folder)]) == 2
+    assert "c.png" in caplog.text and not os.path.exists(other)
