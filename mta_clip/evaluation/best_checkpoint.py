@@ -14,7 +14,7 @@ a run reporting the best of many evaluations can be compared with one reporting 
 Differences from Detectron2's ``BestCheckpointer``: it does not need the evaluation period, it does
 not tag ``model_best`` as the last checkpoint (``--resume`` keeps continuing from the newest
 periodic checkpoint), it stores only the model weights, and the best value survives a resume
-(read back from ``model_best_metrics.json``).
+(read back from ``model_best_metrics.json``); a new run in the same folder starts a best of its own.
 """
 
 import json
@@ -79,7 +79,9 @@ class BestCheckpointHook(HookBase):
         return value > self.best_value if self.mode == "max" else value < self.best_value
 
     def before_train(self):
-        """Restores the best value of an earlier run in the same folder (resume)."""
+        """Restores the best value of the run this one continues (``--resume``: it starts after
+        iteration 0). A run that starts at iteration 0 is a new one: the best of an earlier run in
+        the same folder is replaced at this run's first evaluation, whatever its value."""
         if not self.save:
             return
         try:
@@ -89,6 +91,13 @@ class BestCheckpointHook(HookBase):
             return
         except (OSError, ValueError) as e:
             logger.warning("Ignoring unreadable %s: %s", self.metrics_path, e)
+            return
+        if getattr(self.trainer, "start_iter", 0) == 0:
+            logger.info(
+                "A new run in %s: %s of an earlier run is replaced at this run's first evaluation",
+                self.checkpointer.save_dir,
+                self.checkpoint_path,
+            )
             return
         if previous.get("metric") == self.metric and previous.get("mode") == self.mode:
             self.best_value = float(previous["value"])

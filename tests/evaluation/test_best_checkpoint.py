@@ -26,8 +26,9 @@ def _loader():
         yield torch.tensor([1.0, 2.0, 3.0])
 
 
-def _train(out_dir, values, max_iter=8, period=2, mode="max"):
-    """Trains ``max_iter`` steps; evaluation k returns values[k]. Returns (hook, weights per eval)."""
+def _train(out_dir, values, max_iter=8, period=2, mode="max", start_iter=0):
+    """Trains from ``start_iter`` to ``max_iter``; evaluation k returns values[k]. Returns (hook,
+    weights per eval)."""
     model = TinyModel()
     trainer = SimpleTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.05))
     checkpointer = DetectionCheckpointer(model, str(out_dir))
@@ -40,7 +41,7 @@ def _train(out_dir, values, max_iter=8, period=2, mode="max"):
 
     best = BestCheckpointHook(checkpointer, metric="sem_seg/mIoU", mode=mode)
     trainer.register_hooks([hooks.EvalHook(period, evaluate), best])
-    trainer.train(0, max_iter)
+    trainer.train(start_iter, max_iter)
     return best, snapshots
 
 
@@ -71,12 +72,23 @@ def test_keeps_the_best_evaluation(tmp_path):
 def test_best_value_survives_resume(tmp_path):
     _train(tmp_path, [10.0, 30.0, 20.0, 25.0])
     before = os.stat(tmp_path / "model_best.pth").st_mtime_ns
-    best, _ = _train(tmp_path, [12.0, 29.0, 1.0, 2.0])
+    best, _ = _train(tmp_path, [12.0, 29.0, 1.0, 2.0], max_iter=16, start_iter=8)
     assert best.best_value == 30.0
     assert os.stat(tmp_path / "model_best.pth").st_mtime_ns == before
-    best, snapshots = _train(tmp_path, [12.0, 31.0, 1.0, 2.0])
+    best, snapshots = _train(tmp_path, [12.0, 31.0, 1.0, 2.0], max_iter=24, start_iter=16)
     metrics, state = _saved(tmp_path)
     assert metrics["value"] == 31.0 and metrics["iteration"] == snapshots[1][0]
+
+
+def test_a_new_run_in_the_same_folder_has_a_best_of_its_own(tmp_path):
+    """Training again from iteration 0 (no --resume) must not keep the earlier run's weights as
+    this run's best, even when the earlier run scored higher."""
+    _train(tmp_path, [10.0, 30.0, 20.0, 25.0])
+    best, snapshots = _train(tmp_path, [5.0, 7.0, 6.0, 1.0])
+    metrics, state = _saved(tmp_path)
+    assert best.best_value == 7.0 and metrics["value"] == 7.0
+    assert metrics["iteration"] == snapshots[1][0] == state["iteration"]
+    torch.testing.assert_close(state["model"]["w"], snapshots[1][1])
 
 
 def test_min_mode_and_nan(tmp_path):
